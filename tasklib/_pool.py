@@ -1,0 +1,217 @@
+"""The worker's pre-forked child processes and the parent's side of talking to them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from tasklib._protocol import decode_available, encode
+
+log = logging.getLogger("tasklib.worker")
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    """A claimed task as the worker holds it (the columns it needs, nothing more)."""
+
+    id: UUID
+    name: str
+    kwargs_json: str
+    retry_count: int
+    max_retries: int
+    timeout_seconds: int | None
+    priority: int
+    started_at: datetime  # the claim's token: finishing requires the row to still carry it
+    token: int = 0
+    cancelled: bool = False
+
+
+@dataclass(eq=False)
+class Child:
+    """One child process and its pipes. ``outstanding`` is what it was sent, in order; the first
+    entry is the one running now."""
+
+    process: Any
+    inbox_parent: Any  # parent's write end (Connection)
+    outbox_parent: Any  # parent's read end (Connection)
+    ready: bool = False
+    outstanding: deque[Job] = field(default_factory=deque)
+    current_since: float = 0.0  # monotonic time the head of ``outstanding`` started
+    kill_reason: str | None = None  # "timeout" | "cancel" | "shutdown"
+    read_buffer: bytearray = field(default_factory=bytearray)
+    write_buffer: bytearray = field(default_factory=bytearray)
+    dead: bool = False
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+    @property
+    def current(self) -> Job | None:
+        return self.outstanding[0] if self.outstanding else None
+
+    def kill(self, reason: str) -> None:
+        if self.dead:
+            return
+        self.kill_reason = self.kill_reason or reason
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _context(modules: list[str], preload_main: bool) -> multiprocessing.context.BaseContext:
+    """A forkserver: the server imports the task modules once and forks each child from that clean
+    state, so a replacement child starts in milliseconds and never inherits the worker's sockets."""
+    ctx = multiprocessing.get_context("forkserver")
+    # "__main__" re-runs the worker's script (minus its ``if __name__ == "__main__"`` block) so tasks
+    # defined in that script exist in the children too.
+    ctx.set_forkserver_preload((["__main__"] if preload_main else []) + ["tasklib._child", *modules])
+    return ctx
+
+
+class ChildPool:
+    """Starts, feeds and replaces ``size`` children. Callbacks report results and deaths to the worker."""
+
+    def __init__(
+        self,
+        size: int,
+        modules: list[str],
+        on_message: Callable[[Child, Any], None],
+        on_death: Callable[[Child, str], None],
+        preload_main: bool = False,
+    ) -> None:
+        self.size = size
+        self.modules = modules
+        self.children: list[Child] = []
+        self._ctx = _context(modules, preload_main)
+        self._on_message = on_message
+        self._on_death = on_death
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.closing = False
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for _ in range(self.size):
+            self._spawn()
+
+    def _spawn(self) -> Child:
+        from tasklib._child import child_main
+
+        assert self._loop is not None
+        inbox_child, inbox_parent = self._ctx.Pipe(duplex=False)
+        outbox_parent, outbox_child = self._ctx.Pipe(duplex=False)
+        process = self._ctx.Process(
+            target=child_main, args=(inbox_child, outbox_child, self.modules), name="tasklib-child", daemon=True
+        )
+        process.start()
+        inbox_child.close()
+        outbox_child.close()
+        os.set_blocking(inbox_parent.fileno(), False)
+        os.set_blocking(outbox_parent.fileno(), False)
+        child = Child(process, inbox_parent, outbox_parent)
+        self.children.append(child)
+        self._loop.add_reader(outbox_parent.fileno(), self._readable, child)
+        self._loop.add_reader(process.sentinel, self._exited, child)
+        return child
+
+    def send(self, child: Child, message: Any) -> None:
+        child.write_buffer += encode(message)
+        self._flush_writes(child)
+
+    def _flush_writes(self, child: Child) -> None:
+        assert self._loop is not None
+        fd = child.inbox_parent.fileno()
+        try:
+            while child.write_buffer:
+                written = os.write(fd, child.write_buffer)
+                del child.write_buffer[:written]
+        except BlockingIOError:
+            self._loop.add_writer(fd, self._flush_writes, child)
+            return
+        except (BrokenPipeError, OSError):
+            child.write_buffer.clear()  # the child is gone; its sentinel reports that
+        self._loop.remove_writer(fd)
+
+    def _readable(self, child: Child) -> None:
+        try:
+            chunk = os.read(child.outbox_parent.fileno(), 1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            assert self._loop is not None
+            self._loop.remove_reader(child.outbox_parent.fileno())
+            return
+        child.read_buffer += chunk
+        for message in decode_available(child.read_buffer):
+            self._on_message(child, message)
+
+    def _exited(self, child: Child) -> None:
+        assert self._loop is not None
+        self._loop.remove_reader(child.process.sentinel)
+        # Results written just before the exit are still in the pipe: read them first.
+        try:
+            while True:
+                chunk = os.read(child.outbox_parent.fileno(), 1 << 18)
+                if not chunk:
+                    break
+                child.read_buffer += chunk
+        except (BlockingIOError, OSError):
+            pass
+        for message in decode_available(child.read_buffer):
+            self._on_message(child, message)
+        self._discard(child)
+        child.process.join(1)
+        code = child.process.exitcode
+        if code is not None and code < 0:
+            reason = f"killed by signal {signal.Signals(-code).name}"
+        else:
+            reason = f"exited with code {code}"
+        self._on_death(child, reason)
+        if not self.closing:
+            self._spawn()
+
+    def _discard(self, child: Child) -> None:
+        assert self._loop is not None
+        child.dead = True
+        for fd_owner in (child.outbox_parent, child.inbox_parent):
+            try:
+                self._loop.remove_reader(fd_owner.fileno())
+                self._loop.remove_writer(fd_owner.fileno())
+            except (OSError, ValueError):
+                pass
+        if child in self.children:
+            self.children.remove(child)
+        for conn in (child.inbox_parent, child.outbox_parent):
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Ask idle children to exit (close their input), then kill what is left."""
+        self.closing = True
+        for child in list(self.children):
+            try:
+                child.inbox_parent.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        while self.children and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for child in list(self.children):
+            child.kill("shutdown")
+        while self.children and time.monotonic() < deadline + 2:
+            await asyncio.sleep(0.02)

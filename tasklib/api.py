@@ -1,0 +1,383 @@
+"""The public library API: init, submit, inspect, cancel and retry tasks."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import psycopg
+import pydantic
+from psycopg.rows import dict_row
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasklib import sql
+from tasklib.config import Config
+from tasklib.db import Database
+from tasklib.errors import (
+    DatabaseError,
+    InvalidTransition,
+    NotInitialized,
+    TaskNotFound,
+    ValidationError,
+)
+from tasklib.models import PRIORITY_MAX, PRIORITY_MIN, Task
+from tasklib.registry import definition_for, dumps_json, resolve_names
+from tasklib.schema import ensure_schema
+from tasklib.states import TaskState
+
+_MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
+_MAX_LIST_LIMIT = 10_000
+
+_lock = threading.Lock()
+_config: Config | None = None
+_database: Database | None = None
+
+
+def init(config: Config) -> None:
+    """Make ``config`` the default and create or upgrade the ``tasks`` table. Idempotent.
+
+    Calling it again with another config switches to it and closes the previous pools.
+    """
+    global _config, _database
+    database = Database(config.resolved_database_url())
+    with database.connect("tasklib-init") as conn:
+        try:
+            ensure_schema(conn)
+        except psycopg.Error as exc:
+            raise DatabaseError(f"could not create the tasks table: {exc}") from exc
+    with _lock:
+        previous, _config, _database = _database, config, database
+    if previous is not None:
+        previous.close()
+
+
+def current_config() -> Config:
+    """The config passed to the last ``init`` call."""
+    if _config is None:
+        raise NotInitialized()
+    return _config
+
+
+def database() -> Database:
+    """The pools of the current config's database."""
+    if _database is None:
+        raise NotInitialized()
+    return _database
+
+
+class SubmitOptions(BaseModel):
+    """Per-submit options, validated like the arguments."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    delay_seconds: float = Field(0, ge=0, le=_MAX_DELAY_SECONDS)
+    max_retries: int | None = Field(None, ge=0, le=1000)
+    timeout_seconds: int | None = Field(None, ge=1)
+    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
+    tags: dict[str, pydantic.JsonValue] | None = None
+
+
+def _options(**options: Any) -> SubmitOptions:
+    try:
+        return SubmitOptions(**options)
+    except pydantic.ValidationError as exc:
+        problems = [
+            {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)
+        ]
+        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        raise ValidationError(f"invalid submit options: {summary}", problems) from None
+
+
+def _insert_params(func: Callable[..., Any] | str, opts: SubmitOptions, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one call and build the INSERT parameters (all text/number, for any driver)."""
+    definition = definition_for(func)
+    payload = definition.validate(dict(kwargs))
+    config = _config
+    max_retries = opts.max_retries
+    if max_retries is None:
+        max_retries = definition.max_retries if definition.max_retries is not None else (
+            config.max_retries if config else 3
+        )
+    timeout = opts.timeout_seconds or definition.timeout_seconds or (
+        config.default_task_timeout_seconds if config else None
+    )
+    try:
+        kwargs_json = dumps_json(payload)
+        tags_json = None if opts.tags is None else dumps_json(opts.tags)
+    except ValueError as exc:
+        raise ValidationError(f"{definition.name}: {exc}") from None
+    return {
+        "id": str(uuid.uuid4()),
+        "name": definition.name,
+        "kwargs": kwargs_json,
+        "max_retries": max_retries,
+        "delay": float(opts.delay_seconds),
+        "timeout": timeout,
+        "priority": opts.priority,
+        "tags": tags_json,
+    }
+
+
+def _wrap_db_error(exc: psycopg.Error) -> DatabaseError:
+    return DatabaseError(f"PostgreSQL refused the statement: {exc}")
+
+
+async def submit_task(
+    func: Callable[..., Any] | str,
+    *,
+    delay_seconds: float = 0,
+    max_retries: int | None = None,
+    timeout_seconds: int | None = None,
+    priority: int = 0,
+    tags: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> uuid.UUID:
+    """Validate the arguments and enqueue a task; returns its id. Raises ValidationError on bad input."""
+    opts = _options(
+        delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
+        priority=priority, tags=tags,
+    )
+    params = _insert_params(func, opts, kwargs)
+    pool = await database().apool()
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(sql.INSERT_TASK, params)
+    except psycopg.Error as exc:
+        raise _wrap_db_error(exc) from exc
+    return uuid.UUID(params["id"])
+
+
+def submit_task_sync(
+    func: Callable[..., Any] | str,
+    *,
+    delay_seconds: float = 0,
+    max_retries: int | None = None,
+    timeout_seconds: int | None = None,
+    priority: int = 0,
+    tags: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> uuid.UUID:
+    """``submit_task`` for sync code (Flask, Django, scripts): same validation, same result."""
+    opts = _options(
+        delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
+        priority=priority, tags=tags,
+    )
+    params = _insert_params(func, opts, kwargs)
+    try:
+        with database().pool().connection() as conn:
+            conn.execute(sql.INSERT_TASK, params)
+    except psycopg.Error as exc:
+        raise _wrap_db_error(exc) from exc
+    return uuid.UUID(params["id"])
+
+
+def _dbapi_cursor(tx: Any) -> Any:
+    """A DB-API cursor inside the caller's transaction (psycopg 3/2 connection, SQLAlchemy Session or Connection)."""
+    if isinstance(tx, psycopg.Connection):
+        return tx.cursor()
+    if hasattr(tx, "get_bind") and hasattr(tx, "connection"):  # sqlalchemy.orm.Session
+        tx = tx.connection()
+    raw = getattr(tx, "connection", None)  # sqlalchemy Connection -> pooled DB-API connection
+    if raw is not None and hasattr(raw, "cursor") and hasattr(tx, "execute"):
+        return raw.cursor()
+    if hasattr(tx, "cursor") and hasattr(tx, "commit"):  # any other DB-API connection (psycopg2)
+        return tx.cursor()
+    raise TypeError(
+        "submit_task_in needs a psycopg Connection or a SQLAlchemy Session/Connection, "
+        f"got {type(tx).__name__}"
+    )
+
+
+def submit_task_in(
+    tx: Any,
+    func: Callable[..., Any] | str,
+    *,
+    delay_seconds: float = 0,
+    max_retries: int | None = None,
+    timeout_seconds: int | None = None,
+    priority: int = 0,
+    tags: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> uuid.UUID:
+    """Enqueue inside the caller's open transaction: the task exists only if that transaction commits.
+
+    ``tx`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``, or a psycopg connection. Workers are
+    woken when it commits (NOTIFY is transactional). Uses the config's defaults if ``init`` was called.
+    """
+    opts = _options(
+        delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
+        priority=priority, tags=tags,
+    )
+    params = _insert_params(func, opts, kwargs)
+    cursor = _dbapi_cursor(tx)
+    try:
+        cursor.execute(sql.INSERT_TASK, params)
+    finally:
+        cursor.close()
+    return uuid.UUID(params["id"])
+
+
+def _many_params(
+    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], opts: SubmitOptions
+) -> dict[str, list[Any]]:
+    rows: list[dict[str, Any]] = []
+    for index, kwargs in enumerate(kwargs_list):
+        try:
+            rows.append(_insert_params(func, opts, kwargs))
+        except ValidationError as exc:
+            raise ValidationError(f"item {index}: {exc}", [{**e, "item": index} for e in exc.errors]) from None
+    keys = ("id", "name", "kwargs", "max_retries", "delay", "timeout", "priority", "tags")
+    columns = {k: [r[k] for r in rows] for k in keys}
+    return {
+        "ids": columns["id"], "names": columns["name"], "kwargs": columns["kwargs"],
+        "max_retries": columns["max_retries"], "delays": columns["delay"], "timeouts": columns["timeout"],
+        "priorities": columns["priority"], "tags": columns["tags"],
+    }
+
+
+async def submit_many(
+    func: Callable[..., Any] | str,
+    kwargs_list: Iterable[Mapping[str, Any]],
+    *,
+    delay_seconds: float = 0,
+    max_retries: int | None = None,
+    timeout_seconds: int | None = None,
+    priority: int = 0,
+    tags: dict[str, Any] | None = None,
+) -> list[uuid.UUID]:
+    """Enqueue one task per kwargs dict in a single statement. All are validated first; any error
+    rejects the whole batch and nothing is written."""
+    opts = _options(delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
+                    priority=priority, tags=tags)
+    params = _many_params(func, kwargs_list, opts)
+    if params["ids"]:
+        pool = await database().apool()
+        try:
+            async with pool.connection() as conn:
+                await conn.execute(sql.INSERT_MANY, params)
+        except psycopg.Error as exc:
+            raise _wrap_db_error(exc) from exc
+    return [uuid.UUID(i) for i in params["ids"]]
+
+
+def submit_many_sync(
+    func: Callable[..., Any] | str,
+    kwargs_list: Iterable[Mapping[str, Any]],
+    *,
+    delay_seconds: float = 0,
+    max_retries: int | None = None,
+    timeout_seconds: int | None = None,
+    priority: int = 0,
+    tags: dict[str, Any] | None = None,
+) -> list[uuid.UUID]:
+    """``submit_many`` for sync code."""
+    opts = _options(delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
+                    priority=priority, tags=tags)
+    params = _many_params(func, kwargs_list, opts)
+    if params["ids"]:
+        try:
+            with database().pool().connection() as conn:
+                conn.execute(sql.INSERT_MANY, params)
+        except psycopg.Error as exc:
+            raise _wrap_db_error(exc) from exc
+    return [uuid.UUID(i) for i in params["ids"]]
+
+
+def parse_task_id(task_id: uuid.UUID | str) -> uuid.UUID:
+    """A task id from a UUID or its string form; ValidationError otherwise."""
+    if isinstance(task_id, uuid.UUID):
+        return task_id
+    try:
+        return uuid.UUID(str(task_id))
+    except ValueError:
+        raise ValidationError(f"not a task id (expected a UUID): {str(task_id)[:80]!r}") from None
+
+
+def row_to_task(row: Mapping[str, Any]) -> Task:
+    return Task.model_validate(dict(row))
+
+
+def _fetch(query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+    try:
+        with database().pool().connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(query, params)  # type: ignore[arg-type]
+            return cur.fetchall()
+    except psycopg.Error as exc:
+        raise _wrap_db_error(exc) from exc
+
+
+def get_task(task_id: uuid.UUID | str) -> Task | None:
+    """The task with that id, or None."""
+    rows = _fetch(sql.GET_TASK, {"id": parse_task_id(task_id)})
+    return row_to_task(rows[0]) if rows else None
+
+
+def parse_state(state: TaskState | str) -> TaskState:
+    try:
+        return TaskState(state)
+    except ValueError:
+        valid = ", ".join(s.value for s in TaskState)
+        raise ValidationError(f"unknown state {str(state)[:40]!r}; expected one of: {valid}") from None
+
+
+def list_tasks(state: TaskState | str | None = None, name: str | None = None, limit: int = 100) -> list[Task]:
+    """Tasks newest first (by ``created_at``, then id), optionally of one state and/or task name.
+
+    ``name`` is a full name (``myapp.tasks.send_email``) or, for tasks registered in this process, the
+    bare function name (``send_email``).
+    """
+    if not isinstance(limit, int) or not 1 <= limit <= _MAX_LIST_LIMIT:
+        raise ValidationError(f"limit must be an integer from 1 to {_MAX_LIST_LIMIT}")
+    clauses, params = [], {"limit": limit}
+    if state is not None:
+        clauses.append("state = %(state)s")
+        params["state"] = parse_state(state).value  # type: ignore[assignment]
+    if name is not None:
+        clauses.append("name = ANY(%(names)s)")
+        params["names"] = resolve_names(name)  # type: ignore[assignment]
+    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+    return [row_to_task(r) for r in _fetch(sql.LIST_TASKS.format(where=where), params)]
+
+
+def _transition(statement: str, task_id: uuid.UUID | str, action: str, expected: str) -> Task:
+    tid = parse_task_id(task_id)
+    try:
+        with database().pool().connection() as conn:
+            changed = conn.execute(statement, {"id": tid}).fetchone()  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raise _wrap_db_error(exc) from exc
+    task = get_task(tid)
+    if task is None:
+        raise TaskNotFound(f"no task with id {tid}")
+    if changed is None:
+        raise InvalidTransition(
+            f"cannot {action} task {tid}: it is {task.state}, and only {expected} tasks can be {action}ed"
+            if action != "cancel" else
+            f"cannot cancel task {tid}: it is {task.state}, and only {expected} tasks can be cancelled",
+            current_state=str(task.state),
+        )
+    return task
+
+
+def cancel_task(task_id: uuid.UUID | str) -> Task:
+    """pending/running -> cancelled. A running task's worker kills its code. Returns the updated task."""
+    return _transition(sql.CANCEL_TASK, task_id, "cancel", "pending or running")
+
+
+def retry_task(task_id: uuid.UUID | str) -> Task:
+    """failed/cancelled -> pending, due now. Returns the updated task."""
+    return _transition(sql.RETRY_TASK, task_id, "retry", "failed or cancelled")
+
+
+def count_by_state() -> dict[str, int]:
+    """Exact number of tasks per state (every state present, zero included)."""
+    counts = {s.value: 0 for s in TaskState}
+    try:
+        with database().pool().connection() as conn:
+            for state, count in conn.execute(sql.COUNT_BY_STATE).fetchall():
+                counts[state] = count
+    except psycopg.Error as exc:
+        raise _wrap_db_error(exc) from exc
+    return counts

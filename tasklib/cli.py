@@ -1,0 +1,136 @@
+"""The ``tasklib`` command: worker, dashboard, database helpers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from tasklib.config import ENV_DATABASE_URL, Config, redact_url
+
+ENV_DASHBOARD_AUTH = "TASKLIB_DASHBOARD_AUTH"
+
+
+def _add_database(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help=f"PostgreSQL URL (default: ${ENV_DATABASE_URL}, else the embedded local PostgreSQL "
+        "that TaskLib starts itself)",
+    )
+
+
+def _config(args: argparse.Namespace, **extra: object) -> Config:
+    try:
+        return Config(database_url=args.database_url or os.environ.get(ENV_DATABASE_URL) or None, **extra)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise SystemExit(f"tasklib: invalid configuration: {exc}") from None
+
+
+def _import_apps(modules: Sequence[str]) -> None:
+    # Like `celery -A`: modules are found relative to the current directory.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SystemExit(f"tasklib: cannot import --app {module!r}: {exc}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tasklib", description="TaskLib: a durable task queue in one PostgreSQL table."
+    )
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="logging verbosity (default: info)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = sub.add_parser("worker", help="run a worker that executes tasks",
+                            description="Run a worker: claim due tasks and run them in child processes.")
+    worker.add_argument("--app", "-A", action="append", default=[], metavar="MODULE",
+                        help="module that defines @tasklib.task functions (repeatable), e.g. myproject.tasks")
+    worker.add_argument("--concurrency", "-c", type=int, default=1, metavar="N",
+                        help="tasks run at once, each in its own child process (default: 1)")
+    worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
+                        help="fallback poll interval when no notification arrives (default: 1.0)")
+    worker.add_argument("--lock-timeout", type=int, default=None, metavar="SECONDS",
+                        help="seconds without a heartbeat before another worker rescues a task (default: 600)")
+    worker.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
+                        help="on SIGTERM/Ctrl+C, how long running tasks may finish (default: 30)")
+    worker.add_argument("--worker-id", default=None, help="name shown in the dashboard (default: host:pid:random)")
+    _add_database(worker)
+
+    dash = sub.add_parser("dashboard", help="serve the web dashboard",
+                          description="Serve the dashboard (Litestar + htmx) with uvicorn.")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    dash.add_argument("--auth", default=None, metavar="USER:PASSWORD",
+                      help=f"require HTTP basic auth (also ${ENV_DASHBOARD_AUTH}); needed to bind a "
+                      "non-loopback address")
+    dash.add_argument("--insecure", action="store_true",
+                      help="allow a non-loopback address without --auth (not recommended)")
+    _add_database(dash)
+
+    init = sub.add_parser("init-db", help="create or upgrade the tasks table, then exit")
+    _add_database(init)
+
+    db = sub.add_parser("db", help="manage the embedded local PostgreSQL",
+                        description="Manage the PostgreSQL server TaskLib runs when no database URL is set.")
+    db.add_argument("action", choices=["status", "start", "stop", "url"],
+                    help="status: where it lives and whether it runs; url: print its URL; start/stop")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if args.command == "worker":
+        return _worker(args)
+    if args.command == "dashboard":
+        from dashboard.serve import serve
+
+        auth = args.auth or os.environ.get(ENV_DASHBOARD_AUTH)
+        return serve(_config(args), host=args.host, port=args.port, auth=auth, insecure=args.insecure)
+    if args.command == "init-db":
+        import tasklib
+
+        config = _config(args)
+        tasklib.init(config)
+        print(f"tasks table ready in {redact_url(config.resolved_database_url())}")
+        return 0
+    if args.command == "db":
+        from tasklib import embedded
+
+        return embedded.cli(args.action)
+    return 2
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from tasklib.worker import TaskWorker
+
+    if args.concurrency < 1:
+        raise SystemExit("tasklib: --concurrency must be at least 1")
+    _import_apps(args.app)
+    extra: dict[str, object] = {}
+    if args.lock_timeout is not None:
+        extra["lock_timeout_seconds"] = args.lock_timeout
+    if args.shutdown_grace is not None:
+        extra["shutdown_grace_seconds"] = args.shutdown_grace
+    if args.worker_id:
+        extra["worker_id"] = args.worker_id
+    worker = TaskWorker(_config(args, **extra), concurrency=args.concurrency,
+                        poll_interval_seconds=args.poll_interval, modules=list(args.app))
+    asyncio.run(worker.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Configuration: one validated Pydantic model shared by the library, the worker and the dashboard."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_DATABASE_URL = "TASKLIB_DATABASE_URL"
+
+# SQLAlchemy-style driver suffixes people paste from their app settings; libpq wants them gone.
+_ACCEPTED_SCHEMES = ("postgresql", "postgres")
+
+
+def normalize_database_url(url: str) -> str:
+    """Turn ``postgres://``, ``postgresql+psycopg://`` … into a libpq URL, or raise ValueError."""
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ValueError(
+            "database_url must be a PostgreSQL URL such as postgresql://user:password@host:5432/dbname"
+        )
+    base = scheme.split("+", 1)[0].lower()
+    if base not in _ACCEPTED_SCHEMES:
+        raise ValueError(f"database_url must use postgresql:// (got {scheme}://); TaskLib only supports PostgreSQL")
+    return f"postgresql://{rest}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``***`` (safe for logs and pages)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "postgresql://***"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[-1]}"))
+
+
+class Config(BaseModel):
+    """TaskLib settings. Only ``database_url`` matters to most users; the rest have seed defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: PostgreSQL URL. ``None`` means: ``$TASKLIB_DATABASE_URL``, else the embedded local server.
+    database_url: str | None = None
+    max_retries: int = Field(3, ge=0, le=1000)
+    base_retry_delay_seconds: float = Field(5.0, ge=0)
+    retry_backoff_multiplier: float = Field(2.0, ge=1.0)
+    lock_timeout_seconds: int = Field(600, ge=1)
+    default_task_timeout_seconds: int | None = Field(None, ge=1)
+    worker_id: str | None = Field(None, min_length=1, max_length=200)
+    #: Spread retries by up to ±25 % so a burst of failures does not retry in lockstep. Off by
+    #: default so the documented 5 s / 10 s / 20 s schedule holds exactly.
+    retry_jitter: bool = False
+    #: On shutdown, how long running tasks may finish before they are stopped and released.
+    shutdown_grace_seconds: float = Field(30.0, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_database_url(value)
+
+    def resolved_database_url(self) -> str:
+        """The URL to connect to: explicit, then ``$TASKLIB_DATABASE_URL``, then the embedded server."""
+        if self.database_url:
+            return self.database_url
+        env = os.environ.get(ENV_DATABASE_URL)
+        if env:
+            return normalize_database_url(env)
+        from tasklib.embedded import ensure_embedded_url
+
+        return ensure_embedded_url()
+
+    def __repr_args__(self):  # type: ignore[no-untyped-def]
+        for key, value in super().__repr_args__():
+            yield key, (redact_url(value) if key == "database_url" and value else value)

@@ -1,0 +1,90 @@
+"""Connections: one sync pool and one async pool per event loop, for one database URL."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from typing import Any
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from tasklib.config import redact_url
+from tasklib.errors import DatabaseError
+
+APPLICATION_NAME = "tasklib"
+
+
+def connect_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, Any]:
+    """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
+    return {"autocommit": True, "application_name": application_name}
+
+
+class Database:
+    """Pools for one database. Closed and replaced as a whole when ``init`` switches databases."""
+
+    def __init__(self, url: str, max_size: int = 10) -> None:
+        self.url = url
+        self.max_size = max_size
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool | None = None
+        # asyncio.run() makes a new loop each call; a pool is bound to the loop it was opened on.
+        self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def __repr__(self) -> str:
+        return f"Database({redact_url(self.url)!r})"
+
+    def pool(self) -> ConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ConnectionPool(
+                    self.url, min_size=1, max_size=self.max_size, kwargs=connect_kwargs(),
+                    open=False, name="tasklib",
+                )
+                try:
+                    self._pool.open(wait=True, timeout=10)
+                except Exception as exc:
+                    self._pool = None
+                    raise DatabaseError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
+            return self._pool
+
+    async def apool(self) -> AsyncConnectionPool:
+        loop = asyncio.get_running_loop()
+        pool = self._apools.get(loop)
+        if pool is None:
+            pool = AsyncConnectionPool(
+                self.url, min_size=1, max_size=self.max_size, kwargs=connect_kwargs(), open=False,
+                name="tasklib-async",
+            )
+            try:
+                await pool.open(wait=True, timeout=10)
+            except Exception as exc:
+                raise DatabaseError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
+            self._apools[loop] = pool
+        return pool
+
+    def connect(self, application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
+        """A dedicated connection outside the pools (schema setup, tools)."""
+        try:
+            return psycopg.connect(self.url, **connect_kwargs(application_name))
+        except psycopg.Error as exc:
+            raise DatabaseError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.close()
+                self._pool = None
+        for loop, pool in list(self._apools.items()):
+            if loop.is_closed():
+                continue
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is loop:
+                loop.create_task(pool.close())
+        self._apools.clear()

@@ -1,0 +1,49 @@
+"""Typed errors. Everything TaskLib raises on purpose derives from :class:`TaskLibError`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TaskLibError(Exception):
+    """A TaskLib operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(TaskLibError):
+    """The configuration is invalid."""
+
+
+class NotInitialized(TaskLibError):
+    """tasklib.init(config) has not been called in this process."""
+
+
+class ValidationError(TaskLibError):
+    """Task arguments or options are invalid; nothing was written."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        #: One dict per problem: ``{"field": "body", "message": "Field required"}``.
+        self.errors: list[dict[str, Any]] = errors or []
+
+
+class TaskNotRegistered(TaskLibError):
+    """No task function is registered under that name in this process."""
+
+
+class TaskNotFound(TaskLibError):
+    """No task has that id."""
+
+
+class InvalidTransition(TaskLibError):
+    """The task is not in a state that allows this change."""
+
+    def __init__(self, message: str, current_state: str | None = None) -> None:
+        super().__init__(message)
+        self.current_state = current_state
+
+
+class DatabaseError(TaskLibError):
+    """PostgreSQL could not be reached or refused a statement."""

@@ -1,0 +1,102 @@
+"""The one table. This SQLModel class is the single source of the schema (DDL is generated from it)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CheckConstraint, Column, DateTime, Index, Integer, String, Text, text
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlmodel import Field, SQLModel
+
+from tasklib.states import TaskState
+
+PRIORITY_MIN = -32768
+PRIORITY_MAX = 32767
+
+_STATES_SQL = ", ".join(f"'{s.value}'" for s in TaskState)
+
+
+def _ts(nullable: bool = True, default_now: bool = False) -> Any:
+    return Field(
+        default=None,
+        sa_column=Column(
+            DateTime(timezone=True),
+            nullable=nullable,
+            server_default=text("now()") if default_now else None,
+        ),
+    )
+
+
+class Task(SQLModel, table=True):
+    """One task: its call, its state, its outcome and its lock. Instances are what ``get_task`` returns."""
+
+    __tablename__ = "tasks"
+    __table_args__ = (
+        CheckConstraint(f"state IN ({_STATES_SQL})", name="tasks_state_valid"),
+        CheckConstraint(f"priority BETWEEN {PRIORITY_MIN} AND {PRIORITY_MAX}", name="tasks_priority_range"),
+        CheckConstraint("retry_count >= 0 AND max_retries >= 0", name="tasks_retries_nonnegative"),
+        CheckConstraint("timeout_seconds IS NULL OR timeout_seconds > 0", name="tasks_timeout_positive"),
+        CheckConstraint(
+            "state <> 'running' OR (worker_id IS NOT NULL AND locked_until IS NOT NULL)",
+            name="tasks_running_is_locked",
+        ),
+        # The claim: next due pending task by priority, then age. Partial, so it stays small.
+        Index(
+            "tasks_pending_due_idx",
+            text("priority DESC"),
+            "scheduled_at",
+            postgresql_where=text("state = 'pending'"),
+        ),
+        # Rescue and heartbeat: running tasks by lock expiry / holder.
+        Index("tasks_running_lock_idx", "locked_until", postgresql_where=text("state = 'running'")),
+        # Listing: newest first, optionally within one state or one name (dashboard and list_tasks).
+        Index("tasks_created_idx", text("created_at DESC"), text("id DESC")),
+        Index("tasks_state_created_idx", "state", text("created_at DESC"), text("id DESC")),
+        Index("tasks_name_created_idx", "name", text("created_at DESC"), text("id DESC")),
+        # Throughput charts and "recently finished": by completion time.
+        Index("tasks_completed_idx", "completed_at", postgresql_where=text("completed_at IS NOT NULL")),
+        # Tag filters (tags @> '{"batch": "x"}').
+        Index("tasks_tags_idx", "tags", postgresql_using="gin", postgresql_ops={"tags": "jsonb_path_ops"}),
+    )
+
+    id: uuid.UUID = Field(
+        default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
+    )
+    name: str = Field(sa_column=Column(String, nullable=False))
+    args: list[Any] = Field(default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]"))
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
+    )
+    state: TaskState = Field(
+        default=TaskState.PENDING, sa_column=Column(String, nullable=False, server_default="pending")
+    )
+    result: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    retry_count: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    max_retries: int = Field(default=3, sa_column=Column(Integer, nullable=False, server_default="3"))
+    scheduled_at: datetime | None = _ts(nullable=False, default_now=True)
+    started_at: datetime | None = _ts()
+    completed_at: datetime | None = _ts()
+    created_at: datetime | None = _ts(nullable=False, default_now=True)
+    next_retry_at: datetime | None = _ts()
+    worker_id: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    locked_until: datetime | None = _ts()
+    timeout_seconds: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    priority: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    tags: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+
+    @property
+    def attempts(self) -> int:
+        """How many attempts have started (the running one included)."""
+        return self.retry_count + (1 if self.state != TaskState.PENDING or self.started_at else 0)
+
+    @property
+    def short_name(self) -> str:
+        """The function name without its module."""
+        return self.name.rsplit(".", 1)[-1]
+
+
+#: Column order used by every SELECT that builds Task objects.
+TASK_COLUMNS: tuple[str, ...] = tuple(c.name for c in Task.__table__.columns)  # type: ignore[attr-defined]

@@ -1,0 +1,211 @@
+"""The task registry: ``@task``, stable names, and argument validation compiled once per function."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import sys
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar, overload
+
+from typing_extensions import NotRequired, TypedDict
+
+import pydantic
+import pydantic_core
+
+from tasklib.errors import TaskNotRegistered, ValidationError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_REGISTRY: dict[str, TaskDefinition] = {}
+
+# The stored kwargs must be JSON; this rejects what JSON cannot carry (sets, bytes, objects).
+_JSON_ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(pydantic.JsonValue)
+
+
+def module_name_of(func: Callable[..., Any]) -> str:
+    """The importable module name of ``func``.
+
+    Functions defined in the script being run live in ``__main__`` (or ``__mp_main__`` in a child
+    process). They are named after the script (``python jobs.py`` -> ``jobs``) or the module given to
+    ``python -m``, so a worker that imports that file as a module registers the same names.
+    """
+    module = func.__module__
+    if module not in ("__main__", "__mp_main__"):
+        return module
+    main = sys.modules.get(module)
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name not in ("__main__", "__mp_main__"):
+        return str(spec.name)
+    path = getattr(main, "__file__", None)
+    if path:
+        return os.path.splitext(os.path.basename(path))[0]
+    return "__main__"
+
+
+@dataclass(frozen=True)
+class TaskDefinition:
+    """A registered task function and how to validate its arguments."""
+
+    name: str
+    func: Callable[..., Any]
+    max_retries: int | None = None
+    timeout_seconds: int | None = None
+    accepts_extra: bool = False
+    field_names: frozenset[str] = frozenset()
+    _adapter: pydantic.TypeAdapter[Any] = field(repr=False, default=None)  # type: ignore[assignment]
+
+    def validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Validate call arguments; return their JSON form. Raise ValidationError naming each field."""
+        known, extra = self._split(kwargs)
+        try:
+            validated = self._adapter.validate_python(known)
+            payload: dict[str, Any] = self._adapter.dump_python(validated, mode="json")
+        except pydantic.ValidationError as exc:
+            raise _validation_error(self.name, exc) from None
+        except pydantic_core.PydanticSerializationError as exc:
+            raise ValidationError(f"{self.name}: arguments cannot be stored as JSON: {exc}") from None
+        for key, value in extra.items():
+            try:
+                payload[key] = _JSON_ADAPTER.validate_python(pydantic_core.to_jsonable_python(value))
+            except (pydantic.ValidationError, pydantic_core.PydanticSerializationError) as exc:
+                raise ValidationError(
+                    f"{self.name}: argument {key!r} cannot be stored as JSON ({type(value).__name__})",
+                    [{"field": key, "message": str(exc).splitlines()[0]}],
+                ) from None
+        return payload
+
+    def load(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Turn stored JSON arguments back into the annotated Python types (in the worker)."""
+        known, extra = self._split(payload)
+        try:
+            validated: dict[str, Any] = self._adapter.validate_python(known)
+        except pydantic.ValidationError as exc:
+            raise _validation_error(self.name, exc) from None
+        validated.update(extra)
+        return validated
+
+    def _split(self, kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        if not self.accepts_extra:
+            return kwargs, {}
+        names = self.field_names
+        known = {k: v for k, v in kwargs.items() if k in names}
+        return known, {k: v for k, v in kwargs.items() if k not in names}
+
+
+def _validation_error(task_name: str, exc: pydantic.ValidationError) -> ValidationError:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(part) for part in err["loc"]) or "(arguments)"
+        message = "unexpected argument" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append({"field": loc, "message": message})
+    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+    return ValidationError(f"invalid arguments for task {task_name}: {summary}", problems)
+
+
+def _build_adapter(func: Callable[..., Any]) -> tuple[pydantic.TypeAdapter[Any], bool, frozenset[str]]:
+    """A TypedDict adapter mirroring the function's keyword parameters (extra keys forbidden)."""
+    try:
+        hints = typing.get_type_hints(func)
+    except Exception:  # unresolved forward references: validate those parameters as Any
+        hints = {}
+    fields: dict[str, Any] = {}
+    accepts_extra = False
+    for param in inspect.signature(func).parameters.values():
+        if param.kind is param.VAR_KEYWORD:
+            accepts_extra = True
+            continue
+        if param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
+            if param.kind is param.POSITIONAL_ONLY and param.default is param.empty:
+                raise TypeError(f"task {func.__qualname__}: positional-only parameter {param.name!r} "
+                                "cannot be passed by keyword; tasks take keyword arguments")
+            continue
+        annotation = hints.get(param.name, Any)
+        fields[param.name] = annotation if param.default is param.empty else NotRequired[annotation]
+    typed_dict = TypedDict(f"{func.__qualname__}_args", fields)  # type: ignore[operator]
+    typed_dict.__pydantic_config__ = pydantic.ConfigDict(  # type: ignore[attr-defined]
+        extra="forbid", arbitrary_types_allowed=True
+    )
+    return pydantic.TypeAdapter(typed_dict), accepts_extra, frozenset(fields)
+
+
+@overload
+def task(func: Callable[P, R], /) -> Callable[P, R]: ...
+@overload
+def task(
+    *, max_retries: int | None = None, timeout_seconds: int | None = None, name: str | None = None
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def task(
+    func: Callable[P, R] | None = None,
+    /,
+    *,
+    max_retries: int | None = None,
+    timeout_seconds: int | None = None,
+    name: str | None = None,
+) -> Any:
+    """Register a sync function as a task. The function stays directly callable.
+
+    Its name is ``module.qualname`` unless ``name=`` is given.
+    """
+    if max_retries is not None and max_retries < 0:
+        raise ValueError("max_retries must be >= 0")
+    if timeout_seconds is not None and timeout_seconds < 1:
+        raise ValueError("timeout_seconds must be >= 1")
+
+    def register(fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.iscoroutinefunction(fn):
+            raise TypeError(f"task {fn.__qualname__}: TaskLib runs sync functions; this one is async")
+        task_name = name or f"{module_name_of(fn)}.{fn.__qualname__}"
+        adapter, accepts_extra, names = _build_adapter(fn)
+        _REGISTRY[task_name] = TaskDefinition(
+            task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter
+        )
+        fn.__tasklib_name__ = task_name  # type: ignore[attr-defined]
+        return fn
+
+    return register(func) if func is not None else register
+
+
+def definition_for(func_or_name: Callable[..., Any] | str) -> TaskDefinition:
+    """The registered definition for a task function or name."""
+    name = func_or_name if isinstance(func_or_name, str) else getattr(func_or_name, "__tasklib_name__", None)
+    if name is None:
+        raise TaskNotRegistered(
+            f"{getattr(func_or_name, '__qualname__', func_or_name)!r} is not a task: decorate it with @tasklib.task"
+        )
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise TaskNotRegistered(f"no task named {name!r} is registered in this process") from None
+
+
+def get_registered_tasks() -> dict[str, Callable[..., Any]]:
+    """All registered tasks: ``{name: function}``."""
+    return {name: d.func for name, d in _REGISTRY.items()}
+
+
+def registered_definitions() -> dict[str, TaskDefinition]:
+    """All registered task definitions (for the worker)."""
+    return dict(_REGISTRY)
+
+
+def resolve_names(name: str) -> list[str]:
+    """Names a ``name=`` filter means: itself, plus registered tasks whose short name it is."""
+    names = [name]
+    if "." not in name:
+        names += [n for n in _REGISTRY if n.rsplit(".", 1)[-1] == name]
+    return names
+
+
+def dumps_json(value: Any) -> str:
+    """Serialise to JSON text PostgreSQL's jsonb accepts (no NUL characters)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if "\\u0000" in text:
+        raise ValueError("JSON text contains a NUL character (\\u0000), which PostgreSQL's jsonb refuses")
+    return text

@@ -1,0 +1,64 @@
+"""Create and evolve the ``tasks`` table. DDL is generated from the SQLModel class.
+
+Versioning: the version is kept in the table's comment (``tasklib schema N``), so no second table is
+needed. A new version appends a list of additive statements to ``MIGRATIONS``; ``init`` applies the
+missing ones under an advisory lock, so any number of processes may start at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql as psql
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from tasklib import sql
+from tasklib.models import Task
+
+SCHEMA_VERSION = 1
+_DIALECT = postgresql.dialect()
+
+
+def create_statements() -> list[str]:
+    """``CREATE TABLE`` and ``CREATE INDEX`` statements, all ``IF NOT EXISTS``."""
+    table = Task.__table__  # type: ignore[attr-defined]
+    statements = [str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT))]
+    for index in sorted(table.indexes, key=lambda ix: ix.name):
+        statements.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)))
+    return statements
+
+
+#: version -> statements that bring the previous version up to it. Additive only.
+MIGRATIONS: dict[int, list[str]] = {
+    1: create_statements(),
+}
+
+
+def _version_comment(version: int) -> str:
+    return f"tasklib schema {version}"
+
+
+def current_version(conn: psycopg.Connection[Any]) -> int:
+    """The schema version recorded on the table, 0 when there is no table."""
+    if not conn.execute(sql.TABLE_EXISTS).fetchone()[0]:  # type: ignore[index]
+        return 0
+    comment = conn.execute(sql.SCHEMA_VERSION_GET).fetchone()[0]  # type: ignore[index]
+    if comment and comment.startswith("tasklib schema "):
+        return int(comment.rsplit(" ", 1)[1])
+    return 1  # a table created by hand from the documented DDL
+
+
+def ensure_schema(conn: psycopg.Connection[Any]) -> int:
+    """Create or upgrade the table; safe to call from many processes at once. Returns the version."""
+    with conn.transaction():
+        conn.execute(sql.SCHEMA_LOCK)
+        found = version = current_version(conn)
+        for target in sorted(v for v in MIGRATIONS if v > version):
+            for statement in MIGRATIONS[target]:
+                conn.execute(statement)  # type: ignore[call-overload]
+            version = target
+        if version != found:
+            conn.execute(psql.SQL(sql.SCHEMA_VERSION_SET).format(psql.Literal(_version_comment(version))))
+    return version

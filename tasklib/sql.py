@@ -1,0 +1,191 @@
+"""Every SQL statement TaskLib runs, by name. Values are always bound parameters.
+
+Each state-changing statement names the transition it makes and filters on the state it expects,
+returning the rows it changed: no row back means the transition did not happen.
+The insert statements cast every parameter so they run unchanged on psycopg 3 and psycopg2
+(transactional submit borrows the caller's connection, whichever driver it is).
+"""
+
+from __future__ import annotations
+
+from tasklib.models import TASK_COLUMNS
+
+NOTIFY_CHANNEL_SUBMIT = "tasklib_submit"
+NOTIFY_CHANNEL_CANCEL = "tasklib_cancel"
+
+COLUMNS = ", ".join(TASK_COLUMNS)
+# Read rows with JSON as text and let Python parse it once (psycopg would parse it anyway).
+_SELECT_TASK = f"SELECT {COLUMNS} FROM tasks"
+
+# Schema / bookkeeping -------------------------------------------------------------------------
+
+#: Serialise concurrent init() calls across processes (transaction-scoped advisory lock).
+SCHEMA_LOCK = "SELECT pg_advisory_xact_lock(hashtext('tasklib.schema'))"
+#: The schema version lives in the table comment: no extra table is needed to version the schema.
+SCHEMA_VERSION_GET = "SELECT obj_description('tasks'::regclass, 'pg_class')"
+SCHEMA_VERSION_SET = "COMMENT ON TABLE tasks IS {}"  # utility statement: a literal, not a parameter
+TABLE_EXISTS = "SELECT to_regclass('tasks') IS NOT NULL"
+
+# Submit (-> pending) --------------------------------------------------------------------------
+
+#: INSERT one task (-> pending) and wake idle workers; NOTIFY is delivered only on commit.
+INSERT_TASK = f"""
+WITH ins AS (
+    INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
+                       created_at, timeout_seconds, priority, tags)
+    VALUES (CAST(%(id)s AS uuid), CAST(%(name)s AS varchar), '[]', CAST(%(kwargs)s AS jsonb), 'pending', 0,
+            CAST(%(max_retries)s AS integer),
+            now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
+            CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb))
+    RETURNING name
+)
+SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name) FROM ins
+"""
+
+#: INSERT many tasks (-> pending) in one round trip from parallel arrays; one NOTIFY per distinct name.
+INSERT_MANY = f"""
+WITH ins AS (
+    INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
+                       created_at, timeout_seconds, priority, tags)
+    SELECT v.id, v.name, '[]', v.kwargs::jsonb, 'pending', 0, v.max_retries,
+           now() + make_interval(secs => v.delay), now(), v.timeout, v.priority, v.tags::jsonb
+    FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(names)s AS varchar[]), CAST(%(kwargs)s AS text[]),
+                CAST(%(max_retries)s AS integer[]), CAST(%(delays)s AS double precision[]),
+                CAST(%(timeouts)s AS integer[]), CAST(%(priorities)s AS integer[]), CAST(%(tags)s AS text[]))
+         AS v(id, name, kwargs, max_retries, delay, timeout, priority, tags)
+    RETURNING name
+)
+SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name) FROM (SELECT DISTINCT name FROM ins) AS n
+"""
+
+# Read -----------------------------------------------------------------------------------------
+
+GET_TASK = f"{_SELECT_TASK} WHERE id = %(id)s"
+
+#: Newest first; ties on created_at broken by id so keyset pages are stable.
+LIST_TASKS = f"{_SELECT_TASK} {{where}} ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+
+COUNT_BY_STATE = "SELECT state, count(*) FROM tasks GROUP BY state"
+
+# Worker: claim, finish, heartbeat, rescue, release -------------------------------------------
+
+#: pending -> running: claim up to %(limit)s due tasks this worker can run, highest priority first.
+#: SKIP LOCKED lets many workers claim side by side without waiting on each other's rows.
+CLAIM_NEXT = """
+WITH next AS (
+    SELECT id FROM tasks
+    WHERE state = 'pending' AND scheduled_at <= now() AND name = ANY(%(names)s)
+    ORDER BY priority DESC, scheduled_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE tasks AS t
+SET state = 'running', worker_id = %(worker_id)s, started_at = now(), completed_at = NULL,
+    locked_until = now() + make_interval(secs => %(lock_seconds)s)
+FROM next
+WHERE t.id = next.id
+RETURNING t.id, t.name, t.kwargs::text, t.retry_count, t.max_retries, t.timeout_seconds,
+          t.priority, t.started_at
+"""
+
+#: running -> completed | failed | pending (retry): record a batch of outcomes in one statement.
+#: Only rows still running under this worker's claim (same started_at) change, so a result that
+#: arrives late can never overwrite a cancel, a rescue or another worker's newer claim.
+FINISH_MANY = """
+UPDATE tasks AS t
+SET state = v.state,
+    result = CAST(v.result AS jsonb),
+    error = v.error,
+    retry_count = v.retry_count,
+    completed_at = CASE WHEN v.state = 'pending' THEN NULL ELSE now() END,
+    scheduled_at = CASE WHEN v.state = 'pending' THEN now() + make_interval(secs => v.delay)
+                        ELSE t.scheduled_at END,
+    next_retry_at = CASE WHEN v.state = 'pending' THEN now() + make_interval(secs => v.delay) END,
+    locked_until = NULL
+FROM unnest(%(ids)s::uuid[], %(started)s::timestamptz[], %(states)s::text[], %(results)s::text[],
+            %(errors)s::text[], %(retry_counts)s::integer[], %(delays)s::double precision[])
+     AS v(id, started_at, state, result, error, retry_count, delay)
+WHERE t.id = v.id AND t.state = 'running' AND t.worker_id = %(worker_id)s AND t.started_at = v.started_at
+RETURNING t.id
+"""
+
+#: running -> running: extend the locks this worker still holds; rows missing from the result were
+#: cancelled or rescued meanwhile, and the worker must stop them.
+HEARTBEAT = """
+UPDATE tasks SET locked_until = now() + make_interval(secs => %(lock_seconds)s)
+WHERE id = ANY(%(ids)s) AND state = 'running' AND worker_id = %(worker_id)s
+RETURNING id
+"""
+
+#: running -> pending | failed: rescue tasks whose worker stopped renewing its lock (crash, kill,
+#: lost network). The lost attempt counts: retry_count + 1, failed once retries are used up.
+RESCUE_EXPIRED = """
+UPDATE tasks AS t
+SET state = CASE WHEN t.retry_count < t.max_retries THEN 'pending' ELSE 'failed' END,
+    retry_count = CASE WHEN t.retry_count < t.max_retries THEN t.retry_count + 1 ELSE t.retry_count END,
+    error = format('WorkerLost: worker %%s stopped renewing its lock, which expired at %%s; '
+                   'the attempt started at %%s is counted as failed.',
+                   t.worker_id, t.locked_until, t.started_at),
+    scheduled_at = CASE WHEN t.retry_count < t.max_retries THEN now() ELSE t.scheduled_at END,
+    next_retry_at = CASE WHEN t.retry_count < t.max_retries THEN now() END,
+    completed_at = CASE WHEN t.retry_count < t.max_retries THEN NULL ELSE now() END,
+    locked_until = NULL
+FROM (SELECT id FROM tasks WHERE state = 'running' AND locked_until < now()
+      LIMIT 1000 FOR UPDATE SKIP LOCKED) AS expired
+WHERE t.id = expired.id AND t.state = 'running'
+RETURNING t.id, t.state
+"""
+
+#: running -> pending: hand back tasks this worker claimed but will not finish (shutdown, prefetched
+#: but never started, or stopped after the grace period). No attempt is burned.
+RELEASE_MANY = """
+UPDATE tasks SET state = 'pending', locked_until = NULL, scheduled_at = now()
+WHERE id = ANY(%(ids)s) AND state = 'running' AND worker_id = %(worker_id)s
+RETURNING id
+"""
+
+# Actions (dashboard and user code) ------------------------------------------------------------
+
+#: pending | running -> cancelled; running ones are stopped by their worker (NOTIFY + heartbeat).
+CANCEL_TASK = f"""
+WITH c AS (
+    UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
+                     error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'
+    WHERE id = %(id)s AND state IN ('pending', 'running')
+    RETURNING id
+)
+SELECT c.id, pg_notify('{NOTIFY_CHANNEL_CANCEL}', c.id::text) FROM c
+"""
+
+#: failed | cancelled -> pending, due now. The retry count is kept: it records attempts made.
+RETRY_TASK = f"""
+WITH r AS (
+    UPDATE tasks SET state = 'pending', scheduled_at = now(), next_retry_at = NULL, completed_at = NULL,
+                     locked_until = NULL
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    RETURNING id, name
+)
+SELECT r.id, pg_notify('{NOTIFY_CHANNEL_SUBMIT}', r.name) FROM r
+"""
+
+#: failed | cancelled -> pending for every task matching a filter (bulk retry), capped per call.
+RETRY_MATCHING = f"""
+WITH r AS (
+    UPDATE tasks SET state = 'pending', scheduled_at = now(), next_retry_at = NULL, completed_at = NULL,
+                     locked_until = NULL
+    WHERE id IN (SELECT id FROM tasks {{where}} LIMIT %(cap)s FOR UPDATE SKIP LOCKED)
+      AND state IN ('failed', 'cancelled')
+    RETURNING id, name
+)
+SELECT count(*), (SELECT count(pg_notify('{NOTIFY_CHANNEL_SUBMIT}', n)) FROM (SELECT DISTINCT name AS n FROM r) d)
+FROM r
+"""
+
+#: pending -> cancelled for every task matching a filter (bulk cancel), capped per call.
+CANCEL_MATCHING = """
+UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
+                 error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'
+WHERE id IN (SELECT id FROM tasks {where} LIMIT %(cap)s FOR UPDATE SKIP LOCKED) AND state = 'pending'
+"""
+
+COUNT_MATCHING = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT %(cap)s) AS capped"

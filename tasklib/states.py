@@ -1,0 +1,46 @@
+"""The task state machine: every state, and every transition the code may make."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TaskState(StrEnum):
+    """Where a task is in its life. Stored as text in ``tasks.state``."""
+
+    #: Waiting to run: due when ``scheduled_at <= now()`` (new, retrying, released or rescued).
+    PENDING = "pending"
+    #: Claimed by ``worker_id``; the claim is valid until ``locked_until`` (renewed by heartbeats).
+    RUNNING = "running"
+    #: Finished without raising; ``result`` holds the JSON return value. Final.
+    COMPLETED = "completed"
+    #: Raised, timed out or lost its worker on the last allowed attempt; ``error`` holds why.
+    FAILED = "failed"
+    #: Stopped by a person or by code before it completed; a running task's child is killed.
+    CANCELLED = "cancelled"
+
+
+#: Allowed transitions, and which operation makes each one. Statements in ``tasklib.sql`` check the
+#: expected source state in their WHERE clause, so a transition not listed here cannot happen.
+TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
+    (TaskState.PENDING, TaskState.RUNNING): "claim by a worker",
+    (TaskState.PENDING, TaskState.CANCELLED): "cancel_task",
+    (TaskState.RUNNING, TaskState.COMPLETED): "task returned",
+    (TaskState.RUNNING, TaskState.PENDING): "retry after failure, rescue of an expired lock, or release at shutdown",
+    (TaskState.RUNNING, TaskState.FAILED): "last attempt failed, timed out or lost its worker",
+    (TaskState.RUNNING, TaskState.CANCELLED): "cancel_task (the worker kills the running code)",
+    (TaskState.FAILED, TaskState.PENDING): "retry_task",
+    (TaskState.CANCELLED, TaskState.PENDING): "retry_task",
+}
+
+FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
+
+
+def can_transition(source: TaskState | str, target: TaskState | str) -> bool:
+    """Whether the state machine allows ``source -> target``."""
+    return (TaskState(source), TaskState(target)) in TRANSITIONS
+
+
+def sources_for(target: TaskState) -> list[TaskState]:
+    """States from which ``target`` can be reached, in enum order."""
+    return [s for s in TaskState if (s, target) in TRANSITIONS]
