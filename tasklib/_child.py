@@ -49,13 +49,13 @@ def run_one(definitions: dict[str, Any], name: str, kwargs_json: str) -> tuple[s
             raise LookupError(f"task {name!r} is not registered in the worker's child process")
         kwargs = definition.load(json.loads(kwargs_json))
         result = definition.func(**kwargs)
-    except BaseException as exc:  # noqa: BLE001 - the task's failure is data to record, whatever it is
+    except BaseException as exc:
         # Drop this frame: users want their own code's traceback, not TaskLib's.
         tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
         return "error", _clean("".join(traceback.format_exception(type(exc), exc, tb)))
     try:
         text = pydantic_core.to_json(result).decode()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return "error", (
             f"TypeError: the task returned a {type(result).__name__}, which cannot be stored as JSON: "
             f"{_clean(str(exc))}"

@@ -83,9 +83,7 @@ def _options(**options: Any) -> SubmitOptions:
     try:
         return SubmitOptions(**options)
     except pydantic.ValidationError as exc:
-        problems = [
-            {"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)
-        ]
+        problems = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         raise ValidationError(f"invalid submit options: {summary}", problems) from None
 
@@ -97,11 +95,11 @@ def _insert_params(func: Callable[..., Any] | str, opts: SubmitOptions, kwargs: 
     config = _config
     max_retries = opts.max_retries
     if max_retries is None:
-        max_retries = definition.max_retries if definition.max_retries is not None else (
-            config.max_retries if config else 3
+        max_retries = (
+            definition.max_retries if definition.max_retries is not None else (config.max_retries if config else 3)
         )
-    timeout = opts.timeout_seconds or definition.timeout_seconds or (
-        config.default_task_timeout_seconds if config else None
+    timeout = (
+        opts.timeout_seconds or definition.timeout_seconds or (config.default_task_timeout_seconds if config else None)
     )
     try:
         kwargs_json = dumps_json(payload)
@@ -136,8 +134,11 @@ async def submit_task(
 ) -> uuid.UUID:
     """Validate the arguments and enqueue a task; returns its id. Raises ValidationError on bad input."""
     opts = _options(
-        delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
-        priority=priority, tags=tags,
+        delay_seconds=delay_seconds,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        priority=priority,
+        tags=tags,
     )
     params = _insert_params(func, opts, kwargs)
     pool = await database().apool()
@@ -161,8 +162,11 @@ def submit_task_sync(
 ) -> uuid.UUID:
     """``submit_task`` for sync code (Flask, Django, scripts): same validation, same result."""
     opts = _options(
-        delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
-        priority=priority, tags=tags,
+        delay_seconds=delay_seconds,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        priority=priority,
+        tags=tags,
     )
     params = _insert_params(func, opts, kwargs)
     try:
@@ -185,8 +189,7 @@ def _dbapi_cursor(tx: Any) -> Any:
     if hasattr(tx, "cursor") and hasattr(tx, "commit"):  # any other DB-API connection (psycopg2)
         return tx.cursor()
     raise TypeError(
-        "submit_task_in needs a psycopg Connection or a SQLAlchemy Session/Connection, "
-        f"got {type(tx).__name__}"
+        f"submit_task_in needs a psycopg Connection or a SQLAlchemy Session/Connection, got {type(tx).__name__}"
     )
 
 
@@ -207,8 +210,11 @@ def submit_task_in(
     woken when it commits (NOTIFY is transactional). Uses the config's defaults if ``init`` was called.
     """
     opts = _options(
-        delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
-        priority=priority, tags=tags,
+        delay_seconds=delay_seconds,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        priority=priority,
+        tags=tags,
     )
     params = _insert_params(func, opts, kwargs)
     cursor = _dbapi_cursor(tx)
@@ -231,9 +237,14 @@ def _many_params(
     keys = ("id", "name", "kwargs", "max_retries", "delay", "timeout", "priority", "tags")
     columns = {k: [r[k] for r in rows] for k in keys}
     return {
-        "ids": columns["id"], "names": columns["name"], "kwargs": columns["kwargs"],
-        "max_retries": columns["max_retries"], "delays": columns["delay"], "timeouts": columns["timeout"],
-        "priorities": columns["priority"], "tags": columns["tags"],
+        "ids": columns["id"],
+        "names": columns["name"],
+        "kwargs": columns["kwargs"],
+        "max_retries": columns["max_retries"],
+        "delays": columns["delay"],
+        "timeouts": columns["timeout"],
+        "priorities": columns["priority"],
+        "tags": columns["tags"],
     }
 
 
@@ -249,8 +260,13 @@ async def submit_many(
 ) -> list[uuid.UUID]:
     """Enqueue one task per kwargs dict in a single statement. All are validated first; any error
     rejects the whole batch and nothing is written."""
-    opts = _options(delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
-                    priority=priority, tags=tags)
+    opts = _options(
+        delay_seconds=delay_seconds,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        priority=priority,
+        tags=tags,
+    )
     params = _many_params(func, kwargs_list, opts)
     if params["ids"]:
         pool = await database().apool()
@@ -273,8 +289,13 @@ def submit_many_sync(
     tags: dict[str, Any] | None = None,
 ) -> list[uuid.UUID]:
     """``submit_many`` for sync code."""
-    opts = _options(delay_seconds=delay_seconds, max_retries=max_retries, timeout_seconds=timeout_seconds,
-                    priority=priority, tags=tags)
+    opts = _options(
+        delay_seconds=delay_seconds,
+        max_retries=max_retries,
+        timeout_seconds=timeout_seconds,
+        priority=priority,
+        tags=tags,
+    )
     params = _many_params(func, kwargs_list, opts)
     if params["ids"]:
         try:
@@ -354,8 +375,8 @@ def _transition(statement: str, task_id: uuid.UUID | str, action: str, expected:
     if changed is None:
         raise InvalidTransition(
             f"cannot {action} task {tid}: it is {task.state}, and only {expected} tasks can be {action}ed"
-            if action != "cancel" else
-            f"cannot cancel task {tid}: it is {task.state}, and only {expected} tasks can be cancelled",
+            if action != "cancel"
+            else f"cannot cancel task {tid}: it is {task.state}, and only {expected} tasks can be cancelled",
             current_state=str(task.state),
         )
     return task

@@ -46,43 +46,88 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tasklib", description="TaskLib: a durable task queue in one PostgreSQL table."
     )
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
-                        help="logging verbosity (default: info)")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="logging verbosity (default: info)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    worker = sub.add_parser("worker", help="run a worker that executes tasks",
-                            description="Run a worker: claim due tasks and run them in child processes.")
-    worker.add_argument("--app", "-A", action="append", default=[], metavar="MODULE",
-                        help="module that defines @tasklib.task functions (repeatable), e.g. myproject.tasks")
-    worker.add_argument("--concurrency", "-c", type=int, default=1, metavar="N",
-                        help="tasks run at once, each in its own child process (default: 1)")
-    worker.add_argument("--poll-interval", type=float, default=1.0, metavar="SECONDS",
-                        help="fallback poll interval when no notification arrives (default: 1.0)")
-    worker.add_argument("--lock-timeout", type=int, default=None, metavar="SECONDS",
-                        help="seconds without a heartbeat before another worker rescues a task (default: 600)")
-    worker.add_argument("--shutdown-grace", type=float, default=None, metavar="SECONDS",
-                        help="on SIGTERM/Ctrl+C, how long running tasks may finish (default: 30)")
+    worker = sub.add_parser(
+        "worker",
+        help="run a worker that executes tasks",
+        description="Run a worker: claim due tasks and run them in child processes.",
+    )
+    worker.add_argument(
+        "--app",
+        "-A",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module that defines @tasklib.task functions (repeatable), e.g. myproject.tasks",
+    )
+    worker.add_argument(
+        "--concurrency",
+        "-c",
+        type=int,
+        default=1,
+        metavar="N",
+        help="tasks run at once, each in its own child process (default: 1)",
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="fallback poll interval when no notification arrives (default: 1.0)",
+    )
+    worker.add_argument(
+        "--lock-timeout",
+        type=int,
+        default=None,
+        metavar="SECONDS",
+        help="seconds without a heartbeat before another worker rescues a task (default: 600)",
+    )
+    worker.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="on SIGTERM/Ctrl+C, how long running tasks may finish (default: 30)",
+    )
     worker.add_argument("--worker-id", default=None, help="name shown in the dashboard (default: host:pid:random)")
     _add_database(worker)
 
-    dash = sub.add_parser("dashboard", help="serve the web dashboard",
-                          description="Serve the dashboard (Litestar + htmx) with uvicorn.")
+    dash = sub.add_parser(
+        "dashboard", help="serve the web dashboard", description="Serve the dashboard (Litestar + htmx) with uvicorn."
+    )
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
-    dash.add_argument("--auth", default=None, metavar="USER:PASSWORD",
-                      help=f"require HTTP basic auth (also ${ENV_DASHBOARD_AUTH}); needed to bind a "
-                      "non-loopback address")
-    dash.add_argument("--insecure", action="store_true",
-                      help="allow a non-loopback address without --auth (not recommended)")
+    dash.add_argument(
+        "--auth",
+        default=None,
+        metavar="USER:PASSWORD",
+        help=f"require HTTP basic auth (also ${ENV_DASHBOARD_AUTH}); needed to bind a non-loopback address",
+    )
+    dash.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback address without --auth (not recommended)"
+    )
     _add_database(dash)
 
     init = sub.add_parser("init-db", help="create or upgrade the tasks table, then exit")
     _add_database(init)
 
-    db = sub.add_parser("db", help="manage the embedded local PostgreSQL",
-                        description="Manage the PostgreSQL server TaskLib runs when no database URL is set.")
-    db.add_argument("action", choices=["status", "start", "stop", "url"],
-                    help="status: where it lives and whether it runs; url: print its URL; start/stop")
+    db = sub.add_parser(
+        "db",
+        help="manage the embedded local PostgreSQL",
+        description="Manage the PostgreSQL server TaskLib runs when no database URL is set.",
+    )
+    db.add_argument(
+        "action",
+        choices=["status", "start", "stop", "url"],
+        help="status: where it lives and whether it runs; url: print its URL; start/stop",
+    )
     return parser
 
 
@@ -126,8 +171,12 @@ def _worker(args: argparse.Namespace) -> int:
         extra["shutdown_grace_seconds"] = args.shutdown_grace
     if args.worker_id:
         extra["worker_id"] = args.worker_id
-    worker = TaskWorker(_config(args, **extra), concurrency=args.concurrency,
-                        poll_interval_seconds=args.poll_interval, modules=list(args.app))
+    worker = TaskWorker(
+        _config(args, **extra),
+        concurrency=args.concurrency,
+        poll_interval_seconds=args.poll_interval,
+        modules=list(args.app),
+    )
     asyncio.run(worker.run())
     return 0
 

@@ -18,9 +18,7 @@ def normalize_database_url(url: str) -> str:
     url = url.strip()
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError(
-            "database_url must be a PostgreSQL URL such as postgresql://user:password@host:5432/dbname"
-        )
+        raise ValueError("database_url must be a PostgreSQL URL such as postgresql://user:password@host:5432/dbname")
     base = scheme.split("+", 1)[0].lower()
     if base not in _ACCEPTED_SCHEMES:
         raise ValueError(f"database_url must use postgresql:// (got {scheme}://); TaskLib only supports PostgreSQL")

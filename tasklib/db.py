@@ -41,8 +41,12 @@ class Database:
         with self._lock:
             if self._pool is None:
                 self._pool = ConnectionPool(
-                    self.url, min_size=1, max_size=self.max_size, kwargs=connect_kwargs(),
-                    open=False, name="tasklib",
+                    self.url,
+                    min_size=1,
+                    max_size=self.max_size,
+                    kwargs=connect_kwargs(),
+                    open=False,
+                    name="tasklib",
                 )
                 try:
                     self._pool.open(wait=True, timeout=10)
@@ -56,7 +60,11 @@ class Database:
         pool = self._apools.get(loop)
         if pool is None:
             pool = AsyncConnectionPool(
-                self.url, min_size=1, max_size=self.max_size, kwargs=connect_kwargs(), open=False,
+                self.url,
+                min_size=1,
+                max_size=self.max_size,
+                kwargs=connect_kwargs(),
+                open=False,
                 name="tasklib-async",
             )
             try:

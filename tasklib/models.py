@@ -61,14 +61,10 @@ class Task(SQLModel, table=True):
         Index("tasks_tags_idx", "tags", postgresql_using="gin", postgresql_ops={"tags": "jsonb_path_ops"}),
     )
 
-    id: uuid.UUID = Field(
-        default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True)
-    )
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, sa_column=Column(UUID(as_uuid=True), primary_key=True))
     name: str = Field(sa_column=Column(String, nullable=False))
     args: list[Any] = Field(default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]"))
-    kwargs: dict[str, Any] = Field(
-        default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}")
-    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}"))
     state: TaskState = Field(
         default=TaskState.PENDING, sa_column=Column(String, nullable=False, server_default="pending")
     )

@@ -36,11 +36,9 @@ class Action:
     delay_seconds: float = 0.0
 
 
-def backoff_delay(
-    retry_count: int, config: Config, rand: Callable[[], float] = random.random
-) -> float:
+def backoff_delay(retry_count: int, config: Config, rand: Callable[[], float] = random.random) -> float:
     """Seconds before retry number ``retry_count + 1``: base * multiplier ** retry_count (5, 10, 20 s…)."""
-    delay = config.base_retry_delay_seconds * config.retry_backoff_multiplier ** retry_count
+    delay = config.base_retry_delay_seconds * config.retry_backoff_multiplier**retry_count
     delay = min(delay, 7 * 24 * 3600.0)  # a week at most: beyond that the arithmetic is a bug, not a plan
     if config.retry_jitter:
         delay *= 0.75 + 0.5 * rand()

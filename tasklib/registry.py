@@ -9,12 +9,11 @@ import sys
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ParamSpec, TypeVar, overload
-
-from typing_extensions import NotRequired, TypedDict
+from typing import Any, NotRequired, ParamSpec, TypeVar, overload
 
 import pydantic
 import pydantic_core
+from typing_extensions import TypedDict
 
 from tasklib.errors import TaskNotRegistered, ValidationError
 
@@ -121,8 +120,10 @@ def _build_adapter(func: Callable[..., Any]) -> tuple[pydantic.TypeAdapter[Any],
             continue
         if param.kind in (param.VAR_POSITIONAL, param.POSITIONAL_ONLY):
             if param.kind is param.POSITIONAL_ONLY and param.default is param.empty:
-                raise TypeError(f"task {func.__qualname__}: positional-only parameter {param.name!r} "
-                                "cannot be passed by keyword; tasks take keyword arguments")
+                raise TypeError(
+                    f"task {func.__qualname__}: positional-only parameter {param.name!r} "
+                    "cannot be passed by keyword; tasks take keyword arguments"
+                )
             continue
         annotation = hints.get(param.name, Any)
         fields[param.name] = annotation if param.default is param.empty else NotRequired[annotation]

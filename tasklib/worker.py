@@ -100,13 +100,19 @@ class TaskWorker:
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
         self._pool = ChildPool(
-            self.concurrency, [m for m in modules if m != "__main__"], self._on_message, self._on_death,
+            self.concurrency,
+            [m for m in modules if m != "__main__"],
+            self._on_message,
+            self._on_death,
             preload_main="__main__" in modules,
         )
         self._pool.start()
         log.info(
             "worker %s started: concurrency %d, %d task(s) registered, database %s",
-            self.worker_id, self.concurrency, len(self._names), redact_url(url),
+            self.worker_id,
+            self.concurrency,
+            len(self._names),
+            redact_url(url),
         )
         self._url = url
         background = [
@@ -166,7 +172,8 @@ class TaskWorker:
         else:
             log.info(
                 "%s received: finishing running tasks (up to %.0fs), claiming nothing new; again to force",
-                signal.Signals(sig).name, self.config.shutdown_grace_seconds,
+                signal.Signals(sig).name,
+                self.config.shutdown_grace_seconds,
             )
         self._stopping = True
         self._wake.set()
@@ -214,8 +221,12 @@ class TaskWorker:
                 try:
                     rows = await self._execute(
                         sql.CLAIM_NEXT,
-                        {"names": self._names, "limit": free, "worker_id": self.worker_id,
-                         "lock_seconds": float(self.config.lock_timeout_seconds)},
+                        {
+                            "names": self._names,
+                            "limit": free,
+                            "worker_id": self.worker_id,
+                            "lock_seconds": float(self.config.lock_timeout_seconds),
+                        },
                     )
                     backoff = 0.1
                 except psycopg.Error as exc:
@@ -294,8 +305,10 @@ class TaskWorker:
             if job.cancelled:
                 log.info("task cancelled %s %s: its result is discarded", job.name, job.id)
             else:
-                outcome = Outcome(OutcomeKind.OK, result_json=payload) if status == "ok" else Outcome(
-                    OutcomeKind.ERROR, error=payload
+                outcome = (
+                    Outcome(OutcomeKind.OK, result_json=payload)
+                    if status == "ok"
+                    else Outcome(OutcomeKind.ERROR, error=payload)
                 )
                 self._record(job, outcome, duration)
         self._dispatch()
@@ -311,18 +324,33 @@ class TaskWorker:
             self._jobs.pop(head.token, None)
             duration = now - child.current_since
             if child.kill_reason == "timeout":
-                self._record(head, Outcome(OutcomeKind.TIMEOUT, error=(
-                    f"TimeoutError: task exceeded its timeout of {head.timeout_seconds} s and its process was killed"
-                )), duration)
+                self._record(
+                    head,
+                    Outcome(
+                        OutcomeKind.TIMEOUT,
+                        error=(
+                            f"TimeoutError: task exceeded its timeout of {head.timeout_seconds} s "
+                            "and its process was killed"
+                        ),
+                    ),
+                    duration,
+                )
             elif child.kill_reason == "shutdown" or head.cancelled:
                 if not head.cancelled:
                     self._releases.append(head)
             else:
                 log.error("child %d running %s %s died: %s", child.pid, head.name, head.id, reason)
-                self._record(head, Outcome(OutcomeKind.CRASHED, error=(
-                    f"WorkerChildDied: the process running this task {reason} "
-                    "(os._exit, a crash in native code, or the out-of-memory killer)"
-                )), duration)
+                self._record(
+                    head,
+                    Outcome(
+                        OutcomeKind.CRASHED,
+                        error=(
+                            f"WorkerChildDied: the process running this task {reason} "
+                            "(os._exit, a crash in native code, or the out-of-memory killer)"
+                        ),
+                    ),
+                    duration,
+                )
             # Tasks queued behind the head never started: run them elsewhere, first in line.
             for job in reversed(rest):
                 if job.cancelled:
@@ -342,12 +370,13 @@ class TaskWorker:
         self._finishes.append((job, action))
         self.processed += 1
         if log.isEnabledFor(logging.INFO):
-            what = {TaskState.COMPLETED: "completed", TaskState.FAILED: "failed",
-                    TaskState.PENDING: f"failed, retry in {action.delay_seconds:.1f}s"}[action.state]
+            what = {
+                TaskState.COMPLETED: "completed",
+                TaskState.FAILED: "failed",
+                TaskState.PENDING: f"failed, retry in {action.delay_seconds:.1f}s",
+            }[action.state]
             log.info("task %s %s %s in %.1f ms", what, job.name, job.id, duration * 1000)
-        if len(self._finishes) >= 256:
-            self._flush_wanted.set()
-        elif not self._flush_wanted.is_set():
+        if len(self._finishes) >= 256 or not self._flush_wanted.is_set():
             self._flush_wanted.set()
 
     # -- writing outcomes ---------------------------------------------------------------------
@@ -401,8 +430,9 @@ class TaskWorker:
             if len(batch) == 1:
                 job, action = batch[0]
                 log.error("task %s %s: its outcome could not be stored (%s)", job.name, job.id, exc)
-                fallback = Action(TaskState.FAILED, action.retry_count,
-                                  error=f"TaskLib could not store this task's outcome: {exc}")
+                fallback = Action(
+                    TaskState.FAILED, action.retry_count, error=f"TaskLib could not store this task's outcome: {exc}"
+                )
                 await self._write_finishes([(job, fallback)])
                 return
             for item in batch:  # isolate the row PostgreSQL refused
@@ -412,8 +442,11 @@ class TaskWorker:
             written = {r[0] for r in rows}
             for job, _ in batch:
                 if job.id not in written:
-                    log.warning("task %s %s was cancelled or rescued while it ran: its outcome is not recorded",
-                                job.name, job.id)
+                    log.warning(
+                        "task %s %s was cancelled or rescued while it ran: its outcome is not recorded",
+                        job.name,
+                        job.id,
+                    )
 
     async def _final_writes(self) -> None:
         """At exit: write what is buffered, retrying through a short outage."""
@@ -462,9 +495,19 @@ class TaskWorker:
             now = time.monotonic()
             for child in self._pool.children:
                 job = child.current
-                if job and job.timeout_seconds and not child.kill_reason and now - child.current_since > job.timeout_seconds:
-                    log.warning("task %s %s passed its %d s timeout: killing child %d",
-                                job.name, job.id, job.timeout_seconds, child.pid)
+                if (
+                    job
+                    and job.timeout_seconds
+                    and not child.kill_reason
+                    and now - child.current_since > job.timeout_seconds
+                ):
+                    log.warning(
+                        "task %s %s passed its %d s timeout: killing child %d",
+                        job.name,
+                        job.id,
+                        job.timeout_seconds,
+                        child.pid,
+                    )
                     child.kill("timeout")
 
     def _stop_lost(self, lost: set[uuid.UUID]) -> None:
@@ -492,9 +535,14 @@ class TaskWorker:
                 now = time.monotonic()
                 if now - last_beat >= self._heartbeat_interval and self._jobs:
                     held = {j.id for j in self._jobs.values() if not j.cancelled}
-                    rows = await self._execute(sql.HEARTBEAT, {
-                        "ids": list(held), "worker_id": self.worker_id,
-                        "lock_seconds": float(self.config.lock_timeout_seconds)})
+                    rows = await self._execute(
+                        sql.HEARTBEAT,
+                        {
+                            "ids": list(held),
+                            "worker_id": self.worker_id,
+                            "lock_seconds": float(self.config.lock_timeout_seconds),
+                        },
+                    )
                     last_beat = now
                     lost = held - {r[0] for r in rows}
                     # A task finished meanwhile is not lost: only count those still held now.

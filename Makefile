@@ -1,0 +1,55 @@
+# Every target bootstraps .venv from pyproject.toml first, so each works on a fresh clone.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 8080
+
+.PHONY: install test test-unit test-integration test-e2e lint format check bench demo browser clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,embedded]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Debian's Chromium drives the e2e tests (Playwright cannot download its own browser here).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "e2e needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+## The whole suite: unit, integration (real PostgreSQL) and e2e (real Chromium).
+test: install browser
+	$(PY) -m pytest tests e2e
+
+test-unit: install
+	$(PY) -m pytest tests/unit
+
+test-integration: install
+	$(PY) -m pytest tests/integration tests/dashboard
+
+test-e2e: install browser
+	$(PY) -m pytest e2e
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+check: lint test
+
+bench: install
+	$(PY) -m bench
+
+## Dashboard on :$(PORT), a worker and a stream of example tasks, on the embedded PostgreSQL.
+demo: install
+	$(PY) -m examples.demo --port $(PORT)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache

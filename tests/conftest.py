@@ -1,0 +1,27 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import tasklib
+from tests.pg import fresh_database
+
+
+@pytest.fixture
+def database_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test only."""
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
+def config(database_url: str) -> tasklib.Config:
+    return tasklib.Config(database_url=database_url, base_retry_delay_seconds=0.2)
+
+
+@pytest.fixture
+def tl(config: tasklib.Config) -> Iterator[tasklib.Config]:
+    """TaskLib initialised on a fresh database."""
+    tasklib.init(config)
+    yield config

@@ -1,0 +1,267 @@
+"""The library API against a real PostgreSQL: the seed's Quick Start, validation, listing, actions."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import uuid
+
+import psycopg
+import pytest
+
+import tasklib
+from tests.integration import jobs
+from tests.workers import ROOT
+
+
+def count(url: str, where: str = "TRUE") -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(f"SELECT count(*) FROM tasks WHERE {where}").fetchone()[0]  # type: ignore[index]
+
+
+def test_seed_quick_start_sections_1_2_3_5(database_url: str, tmp_path) -> None:
+    """The seed README's code, as written (plus the ``body`` its send_email example forgot)."""
+    script = tmp_path / "quickstart.py"
+    script.write_text(
+        textwrap.dedent(f'''
+        import asyncio
+        import tasklib
+
+        config = tasklib.Config(
+            database_url="{database_url}",
+            max_retries=3,
+            base_retry_delay_seconds=5.0,
+            lock_timeout_seconds=600,  # 10 minutes
+        )
+        tasklib.init(config)
+
+        @tasklib.task
+        def send_email(to: str, subject: str, body: str) -> bool:
+            print(f"Sending email to {{to}}: {{subject}}")
+            return True
+
+        @tasklib.task(max_retries=5, timeout_seconds=30)
+        def process_image(image_path: str) -> str:
+            return f"processed_{{image_path}}"
+
+        async def main():
+            task_id = await tasklib.submit_task(send_email, to="user@example.com", subject="Hello", body="Hi")
+            task_id = await tasklib.submit_task(
+                send_email, delay_seconds=60, to="user@example.com", subject="Scheduled email", body="Later"
+            )
+            task_id = await tasklib.submit_task(
+                process_image, image_path="/tmp/photo.jpg", priority=10, tags={{"batch": "daily-processing"}}
+            )
+            return task_id
+
+        task_id = asyncio.run(main())
+        task = tasklib.get_task(task_id)
+        print(f"State: {{task.state}}")
+        print(f"Result: {{task.result}}")
+        print(f"Error: {{task.error}}")
+        pending_tasks = tasklib.list_tasks(state="pending")
+        failed_tasks = tasklib.list_tasks(state="failed", name="send_email")
+        tasks_dict = tasklib.get_registered_tasks()
+        print(len(pending_tasks), len(failed_tasks), sorted(tasks_dict))
+        print(task.priority, task.tags, task.max_retries, task.timeout_seconds)
+    ''')
+    )
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert "State: pending" in out
+    assert "Result: None" in out
+    assert "3 0 ['quickstart.process_image', 'quickstart.send_email']" in out
+    assert "10 {'batch': 'daily-processing'} 5 30" in out
+
+
+def test_seed_example_without_body_is_refused(tl) -> None:
+    with pytest.raises(tasklib.ValidationError) as info:
+        asyncio.run(tasklib.submit_task(jobs.send_email, to="user@example.com", subject="Hello"))
+    assert "body" in str(info.value)
+    assert info.value.errors == [{"field": "body", "message": "Field required"}]
+    assert count(tl.database_url) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "options", "field"),
+    [
+        ({"to": "a", "subject": "b"}, {}, "body"),
+        ({"to": "a", "subject": "b", "body": "c", "cc": "d"}, {}, "cc"),
+        ({"to": ["a"], "subject": "b", "body": "c"}, {}, "to"),
+        ({"to": "a", "subject": "b", "body": "c"}, {"priority": 10**9}, "priority"),
+        ({"to": "a", "subject": "b", "body": "c"}, {"delay_seconds": -1}, "delay_seconds"),
+        ({"to": "a", "subject": "b", "body": "c"}, {"max_retries": -1}, "max_retries"),
+        ({"to": "a", "subject": "b", "body": "c"}, {"timeout_seconds": 0}, "timeout_seconds"),
+        ({"to": "a", "subject": "b", "body": "c"}, {"tags": ["not", "a", "dict"]}, "tags"),
+    ],
+)
+def test_validation_failures_insert_nothing(tl, kwargs, options, field) -> None:
+    for submit in (
+        lambda: asyncio.run(tasklib.submit_task(jobs.send_email, **options, **kwargs)),
+        lambda: tasklib.submit_task_sync(jobs.send_email, **options, **kwargs),
+    ):
+        with pytest.raises(tasklib.ValidationError) as info:
+            submit()
+        assert field in str(info.value)
+    assert count(tl.database_url) == 0
+
+
+def test_unregistered_function_and_unstorable_arguments(tl) -> None:
+    def plain(x: int) -> int:
+        return x
+
+    with pytest.raises(tasklib.TaskNotRegistered):
+        tasklib.submit_task_sync(plain, x=1)
+
+    @tasklib.task
+    def takes_anything(value):  # type: ignore[no-untyped-def]
+        return value
+
+    with pytest.raises(tasklib.ValidationError):
+        tasklib.submit_task_sync(takes_anything, value=object())
+    with pytest.raises(tasklib.ValidationError):
+        tasklib.submit_task_sync(takes_anything, value="nul\x00char")
+    assert count(tl.database_url) == 0
+
+
+def test_rich_arguments_are_stored_as_json(tl) -> None:
+    import datetime
+    import decimal
+
+    task_id = tasklib.submit_task_sync(
+        jobs.rich,
+        when=datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        ident=uuid.UUID(int=7),
+        amount=decimal.Decimal("12.50"),
+        color=jobs.Color.BLUE,
+        point=jobs.Point(x=1, y=2),
+    )
+    task = tasklib.get_task(str(task_id))
+    assert task is not None
+    assert task.kwargs == {
+        "when": "2026-01-02T03:04:05Z",
+        "ident": str(uuid.UUID(int=7)),
+        "amount": "12.50",
+        "color": "blue",
+        "point": {"x": 1, "y": 2},
+    }
+
+
+def test_concurrent_init_from_ten_processes(database_url: str) -> None:
+    code = f"import tasklib; tasklib.init(tasklib.Config(database_url={database_url!r})); print('ok')"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for _ in range(10)
+    ]
+    results = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT obj_description('tasks'::regclass, 'pg_class')").fetchone() == ("tasklib schema 1",)
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")}
+    assert "tasks_pending_due_idx" in indexes
+
+
+def test_init_switches_database(config) -> None:
+    from tests.pg import fresh_database
+
+    tasklib.init(config)
+    tasklib.submit_task_sync(jobs.mark, key="first")
+    with fresh_database() as other_url:
+        tasklib.init(tasklib.Config(database_url=other_url))
+        tasklib.submit_task_sync(jobs.mark, key="second")
+        assert [t.kwargs["key"] for t in tasklib.list_tasks()] == ["second"]
+        tasklib.init(config)  # release the other database before it is dropped
+    assert [t.kwargs["key"] for t in tasklib.list_tasks()] == ["first"]
+
+
+def test_transactional_submit_with_psycopg(tl) -> None:
+    with psycopg.connect(tl.database_url) as conn:
+        task_id = tasklib.submit_task_in(conn, jobs.mark, key="committed")
+        conn.commit()
+    with psycopg.connect(tl.database_url) as conn:
+        tasklib.submit_task_in(conn, jobs.mark, key="rolled-back")
+        conn.rollback()
+    assert [t.id for t in tasklib.list_tasks()] == [task_id]
+
+
+def test_transactional_submit_with_sqlmodel_session(tl) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlmodel import Session
+
+    for driver in ("postgresql+psycopg", "postgresql+psycopg2"):
+        engine = create_engine(tl.database_url.replace("postgresql", driver, 1))
+        with Session(engine) as session:
+            session.execute(text("SELECT 1"))
+            kept = tasklib.submit_task_in(session, jobs.mark, key=f"{driver}-commit")
+            session.commit()
+        with Session(engine) as session:
+            tasklib.submit_task_in(session, jobs.mark, key=f"{driver}-rollback")
+            session.rollback()
+        with engine.begin() as connection:  # a Connection works too
+            tasklib.submit_task_in(connection, jobs.mark, key=f"{driver}-conn")
+        engine.dispose()
+        keys = {t.kwargs["key"] for t in tasklib.list_tasks()}
+        assert f"{driver}-commit" in keys and f"{driver}-conn" in keys
+        assert f"{driver}-rollback" not in keys
+        assert tasklib.get_task(kept) is not None
+
+
+def test_submit_many_one_statement_and_all_or_nothing(tl) -> None:
+    ids = asyncio.run(tasklib.submit_many(jobs.mark, [{"key": str(i)} for i in range(500)], priority=3))
+    assert len(set(ids)) == 500
+    assert count(tl.database_url, "priority = 3 AND state = 'pending'") == 500
+    sync_ids = tasklib.submit_many_sync(jobs.mark, [{"key": "a"}, {"key": "b"}], tags={"k": "v"})
+    assert {t.tags["k"] for t in map(tasklib.get_task, sync_ids)} == {"v"}  # type: ignore[index,union-attr]
+    with pytest.raises(tasklib.ValidationError) as info:
+        tasklib.submit_many_sync(jobs.mark, [{"key": "ok"}, {"nope": 1}])
+    assert "item 1" in str(info.value)
+    assert count(tl.database_url) == 502
+
+
+def test_list_tasks_filters_order_and_limits(tl) -> None:
+    first = tasklib.submit_task_sync(jobs.mark, key="1")
+    second = tasklib.submit_task_sync(jobs.send_email, to="a", subject="b", body="c")
+    third = tasklib.submit_task_sync(jobs.mark, key="3")
+    tasklib.cancel_task(third)
+    assert [t.id for t in tasklib.list_tasks()] == [third, second, first]  # newest first
+    assert [t.id for t in tasklib.list_tasks(limit=2)] == [third, second]
+    assert [t.id for t in tasklib.list_tasks(state="pending")] == [second, first]
+    assert [t.id for t in tasklib.list_tasks(state=tasklib.TaskState.CANCELLED)] == [third]
+    assert [t.id for t in tasklib.list_tasks(name="mark")] == [third, first]  # bare function name
+    assert [t.id for t in tasklib.list_tasks(name="tests.integration.jobs.mark", state="pending")] == [first]
+    assert tasklib.list_tasks(name="no_such_task") == []
+    with pytest.raises(tasklib.ValidationError):
+        tasklib.list_tasks(state="bogus")
+    with pytest.raises(tasklib.ValidationError):
+        tasklib.list_tasks(limit=0)
+
+
+def test_get_task_accepts_uuid_or_string(tl) -> None:
+    task_id = tasklib.submit_task_sync(jobs.mark, key="x")
+    assert tasklib.get_task(task_id) == tasklib.get_task(str(task_id))
+    assert tasklib.get_task(uuid.uuid4()) is None
+    with pytest.raises(tasklib.ValidationError):
+        tasklib.get_task("not-a-uuid")
+
+
+def test_cancel_and_retry_transitions(tl) -> None:
+    task_id = tasklib.submit_task_sync(jobs.mark, key="x")
+    assert tasklib.cancel_task(task_id).state == "cancelled"
+    with pytest.raises(tasklib.InvalidTransition) as info:
+        tasklib.cancel_task(task_id)
+    assert info.value.current_state == "cancelled"
+    task = tasklib.retry_task(task_id)
+    assert task.state == "pending"
+    with pytest.raises(tasklib.InvalidTransition):
+        tasklib.retry_task(task_id)
+    with pytest.raises(tasklib.TaskNotFound):
+        tasklib.cancel_task(uuid.uuid4())
+    assert tasklib.count_by_state()["pending"] == 1
+
+
+def test_check_constraints_protect_invariants(tl) -> None:
+    with psycopg.connect(tl.database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO tasks (id, name, state) VALUES (gen_random_uuid(), 'x', 'bogus')")
+    with psycopg.connect(tl.database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("INSERT INTO tasks (id, name, state) VALUES (gen_random_uuid(), 'x', 'running')")

@@ -1,0 +1,256 @@
+"""The worker as users run it: real ``tasklib worker`` processes against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import signal
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+import tasklib
+from tests.integration import jobs
+from tests.workers import read_log, start_worker, states, stop, wait_for, workers
+
+
+def task_row(url: str, task_id) -> dict:
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute("SELECT * FROM tasks WHERE id = %s", (task_id,)).fetchone()  # type: ignore[return-value]
+
+
+def all_done(url: str, total: int, final=("completed",)) -> bool:
+    return sum(n for s, n in states(url).items() if s in final) == total
+
+
+def test_three_workers_run_every_task_exactly_once(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    tasklib.submit_many_sync(jobs.mark, [{"key": f"k{i}", "sleep": 0.002} for i in range(600)])
+    with workers(tl.database_url, log, 3, "--concurrency", "2"):
+        assert wait_for(lambda: all_done(tl.database_url, 600), timeout=90)
+    done = [line[1] for line in read_log(log) if line[0] == "done"]
+    assert len(done) == 600 and len(set(done)) == 600  # exactly once
+    with psycopg.connect(tl.database_url) as conn:
+        per_worker = conn.execute("SELECT worker_id, count(*) FROM tasks GROUP BY worker_id").fetchall()
+    assert len(per_worker) == 3, per_worker  # work is spread over the workers
+    assert min(n for _, n in per_worker) > 30
+
+
+def test_kill_9_worker_group_mid_task_is_rescued_and_counted(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    task_id = tasklib.submit_task_sync(jobs.mark, key="victim", sleep=3)
+    first = start_worker(tl.database_url, log, "--lock-timeout", "2")
+    try:
+        assert wait_for(lambda: any(line[:2] == ["start", "victim"] for line in read_log(log)), timeout=20)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(5)
+        killed_at = time.monotonic()
+        with workers(tl.database_url, log, 1, "--lock-timeout", "2"):
+            assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] == "completed", timeout=20)
+        assert time.monotonic() - killed_at < 12
+    finally:
+        stop(first, signal.SIGKILL)
+    row = task_row(tl.database_url, task_id)
+    assert row["retry_count"] == 1  # the lost attempt counts
+    assert [line[1] for line in read_log(log) if line[0] == "done"] == ["victim"]  # the killed run never finished
+
+
+def test_long_task_on_live_worker_is_not_stolen(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    task_id = tasklib.submit_task_sync(jobs.mark, key="long", sleep=6)
+    with workers(tl.database_url, log, 2, "--lock-timeout", "2"):
+        assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] == "completed", timeout=30)
+    assert [line[1] for line in read_log(log) if line[0] == "start"] == ["long"]
+    assert task_row(tl.database_url, task_id)["retry_count"] == 0
+
+
+def test_timeout_kills_the_code_and_worker_goes_on(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    slow = tasklib.submit_task_sync(jobs.mark, key="slow", sleep=4, timeout_seconds=1, max_retries=0)
+    with workers(tl.database_url, log, 1):
+        assert wait_for(lambda: any(line[:2] == ["start", "slow"] for line in read_log(log)), timeout=20)
+        started = time.monotonic()
+        assert wait_for(lambda: task_row(tl.database_url, slow)["state"] == "failed", timeout=10)
+        assert time.monotonic() - started < 2.5
+        after = tasklib.submit_task_sync(jobs.mark, key="after")
+        assert wait_for(lambda: task_row(tl.database_url, after)["state"] == "completed", timeout=10)
+        time.sleep(3.5)  # past the moment the killed sleep would have ended
+    row = task_row(tl.database_url, slow)
+    assert "TimeoutError" in row["error"] and "1 s" in row["error"]
+    assert ["done", "slow"] not in [line[:2] for line in read_log(log)]
+
+
+def test_timeout_is_retried_per_policy(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    task_id = tasklib.submit_task_sync(jobs.mark, key="t", sleep=5, timeout_seconds=1, max_retries=1)
+    with workers(tl.database_url, log, 1):
+        assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] == "failed", timeout=15)
+    assert task_row(tl.database_url, task_id)["retry_count"] == 1
+    assert [line[1] for line in read_log(log) if line[0] == "start"] == ["t", "t"]
+
+
+def test_child_that_exits_fails_its_task_and_worker_survives(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    dead = tasklib.submit_task_sync(jobs.hard_exit, code=1, max_retries=0)
+    with workers(tl.database_url, log, 1):
+        assert wait_for(lambda: task_row(tl.database_url, dead)["state"] == "failed", timeout=20)
+        ok = tasklib.submit_task_sync(jobs.mark, key="fine")
+        assert wait_for(lambda: task_row(tl.database_url, ok)["state"] == "completed", timeout=10)
+    assert "exited with code 1" in task_row(tl.database_url, dead)["error"]
+
+
+def test_unstorable_result_fails_clearly(tl, tmp_path: Path) -> None:
+    task_id = tasklib.submit_task_sync(jobs.unstorable, max_retries=0)
+    with workers(tl.database_url, tmp_path / "runs.log", 1):
+        assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] == "failed", timeout=20)
+    assert "cannot be stored as JSON" in task_row(tl.database_url, task_id)["error"]
+
+
+def test_rich_arguments_round_trip_into_annotated_types(tl, tmp_path: Path) -> None:
+    import datetime
+    import decimal
+    import uuid
+
+    task_id = tasklib.submit_task_sync(
+        jobs.rich,
+        when=datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC),
+        ident=uuid.UUID(int=5),
+        amount=decimal.Decimal("1.50"),
+        color=jobs.Color.RED,
+        point=jobs.Point(x=3, y=4),
+    )
+    with workers(tl.database_url, tmp_path / "runs.log", 1):
+        assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] in ("completed", "failed"), timeout=20)
+    row = task_row(tl.database_url, task_id)
+    assert row["state"] == "completed", row["error"]
+    assert row["result"] == {
+        "when": "2026-01-02T00:00:00Z",
+        "ident": str(uuid.UUID(int=5)),
+        "amount": "1.50",
+        "color": "red",
+        "point": {"x": 3, "y": 4},
+    }
+
+
+def test_sigterm_lets_running_task_finish_and_claims_nothing_new(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    running = tasklib.submit_task_sync(jobs.mark, key="running", sleep=2, priority=10)
+    proc = start_worker(tl.database_url, log)
+    try:
+        assert wait_for(lambda: any(line[:2] == ["start", "running"] for line in read_log(log)), timeout=20)
+        waiting = tasklib.submit_task_sync(jobs.mark, key="waiting")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        stop(proc, signal.SIGKILL)
+    assert task_row(tl.database_url, running)["state"] == "completed"
+    row = task_row(tl.database_url, waiting)
+    assert row["state"] == "pending" and row["retry_count"] == 0
+
+
+def test_shutdown_past_grace_releases_without_burning_an_attempt(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    task_id = tasklib.submit_task_sync(jobs.mark, key="stubborn", sleep=30)
+    proc = start_worker(tl.database_url, log, "--shutdown-grace", "0.5")
+    try:
+        assert wait_for(lambda: any(line[:2] == ["start", "stubborn"] for line in read_log(log)), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        stop(proc, signal.SIGKILL)
+    row = task_row(tl.database_url, task_id)
+    assert (row["state"], row["retry_count"], row["worker_id"] is not None) == ("pending", 0, True)
+
+
+def test_retry_gaps_follow_backoff(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    task_id = tasklib.submit_task_sync(jobs.flaky, key="f")
+    with workers(tl.database_url, log, 1, "--poll-interval", "0.1"):
+        # The worker uses the seed defaults: base 5 s, multiplier 2 -> gaps of 5, 10 and 20 s.
+        assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] == "failed", timeout=80)
+    times = [float(line[2]) for line in read_log(log) if line[0] == "attempt"]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert len(times) == 4  # first attempt + max_retries=3
+    for gap, expected in zip(gaps, [5.0, 10.0, 20.0], strict=True):
+        assert expected <= gap < expected + 1.5, gaps
+    row = task_row(tl.database_url, task_id)
+    assert row["retry_count"] == 3 and "RuntimeError: flaky f failed" in row["error"]
+
+
+def test_priority_order_delays_and_unknown_names(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    for priority in (0, 5, -5, 10):
+        tasklib.submit_task_sync(jobs.mark, key=f"p{priority}", priority=priority)
+    delayed = tasklib.submit_task_sync(jobs.mark, key="delayed", delay_seconds=2)
+    with psycopg.connect(tl.database_url) as conn:
+        conn.execute("INSERT INTO tasks (id, name, kwargs) VALUES (gen_random_uuid(), 'nobody.runs_this', '{}')")
+    with workers(tl.database_url, log, 1):
+        assert wait_for(lambda: task_row(tl.database_url, delayed)["state"] == "completed", timeout=20)
+    starts = [line[1] for line in read_log(log) if line[0] == "start"]
+    assert starts == ["p10", "p5", "p0", "p-5", "delayed"]
+    row = task_row(tl.database_url, delayed)
+    assert (row["started_at"] - row["created_at"]).total_seconds() >= 1.9
+    assert states(tl.database_url)["pending"] == 1  # the unknown name is left alone
+
+
+def test_notify_wakes_an_idle_worker_faster_than_polling(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    with workers(tl.database_url, log, 1, "--poll-interval", "10"):
+        warm = tasklib.submit_task_sync(jobs.mark, key="warm")
+        assert wait_for(lambda: task_row(tl.database_url, warm)["state"] == "completed", timeout=20)
+        time.sleep(0.3)
+        latencies = []
+        for i in range(5):
+            submitted = time.time()
+            tasklib.submit_task_sync(jobs.mark, key=f"n{i}")
+            assert wait_for(lambda i=i: any(line[:2] == ["start", f"n{i}"] for line in read_log(log)), timeout=5)
+            started = next(float(line[3]) for line in read_log(log) if line[:2] == ["start", f"n{i}"])
+            latencies.append(started - submitted)
+    assert max(latencies) < 1.0, latencies
+
+
+def test_cancel_running_task_kills_it(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    task_id = tasklib.submit_task_sync(jobs.mark, key="doomed", sleep=5)
+    with workers(tl.database_url, log, 1):
+        assert wait_for(lambda: any(line[:2] == ["start", "doomed"] for line in read_log(log)), timeout=20)
+        tasklib.cancel_task(task_id)
+        after = tasklib.submit_task_sync(jobs.mark, key="next")
+        assert wait_for(lambda: task_row(tl.database_url, after)["state"] == "completed", timeout=5)
+        time.sleep(5)
+    assert task_row(tl.database_url, task_id)["state"] == "cancelled"
+    assert ["done", "doomed"] not in [line[:2] for line in read_log(log)]
+
+
+def test_fast_tasks_are_prefetched_but_each_runs_once(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    tasklib.submit_many_sync(jobs.mark, [{"key": f"f{i}"} for i in range(3000)])
+    with workers(tl.database_url, log, 1, "--concurrency", "4"):
+        assert wait_for(lambda: all_done(tl.database_url, 3000), timeout=60)
+    done = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
+    assert len(done) == 3000 and set(done.values()) == {1}
+
+
+@pytest.mark.parametrize("cut_seconds", [1.0, 4.0])
+def test_dropped_connections_lose_nothing(tl, tmp_path: Path, cut_seconds: float) -> None:
+    from tests.proxy import TcpProxy
+
+    log = tmp_path / "runs.log"
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        url = tl.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        tasklib.submit_many_sync(jobs.mark, [{"key": f"d{i}", "sleep": 0.01} for i in range(300)])
+        proc = start_worker(url, log, "--lock-timeout", "3", "--poll-interval", "0.2", "--concurrency", "2")
+        try:
+            assert wait_for(lambda: states(tl.database_url).get("completed", 0) > 20, timeout=30)
+            proxy.cut()
+            time.sleep(cut_seconds)
+            proxy.restore()
+            assert wait_for(lambda: all_done(tl.database_url, 300), timeout=60), states(tl.database_url)
+        finally:
+            stop(proc)
+    done = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
+    assert len(done) == 300
+    assert "running" not in states(tl.database_url)

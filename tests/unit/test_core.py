@@ -1,0 +1,159 @@
+"""Pure code: configuration, naming, validation, outcomes, transitions, framing. No database."""
+
+from __future__ import annotations
+
+import datetime
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import tasklib
+from tasklib._protocol import decode_available, encode
+from tasklib.config import redact_url
+from tasklib.outcome import Outcome, OutcomeKind, backoff_delay, decide
+from tasklib.registry import definition_for
+from tasklib.states import TRANSITIONS, TaskState, can_transition
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgresql://u:p@h/db", "postgresql://u:p@h/db"),
+        ("postgres://u@h:5433/db", "postgresql://u@h:5433/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql://u@h/db"),
+        ("postgresql+psycopg2://u@h/db", "postgresql://u@h/db"),
+    ],
+)
+def test_config_accepts_the_urls_people_write(url: str, expected: str) -> None:
+    assert tasklib.Config(database_url=url).database_url == expected
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"database_url": "mysql://u@h/db"}, "only supports PostgreSQL"),
+        ({"database_url": "not a url"}, "must be a PostgreSQL URL"),
+        ({"max_retries": -1}, "max_retries"),
+        ({"lock_timeout_seconds": 0}, "lock_timeout_seconds"),
+        ({"base_retry_delay_seconds": -1}, "base_retry_delay_seconds"),
+        ({"retry_backoff_multiplier": 0.5}, "retry_backoff_multiplier"),
+        ({"default_task_timeout_seconds": 0}, "default_task_timeout_seconds"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_config_refuses_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tasklib.Config(**{"database_url": "postgresql://h/db", **kwargs})
+
+
+def test_config_repr_hides_the_password() -> None:
+    config = tasklib.Config(database_url="postgresql://app:s3cret@db/prod")
+    assert "s3cret" not in repr(config)
+    assert redact_url("postgresql://app:s3cret@db:5432/prod") == "postgresql://app:***@db:5432/prod"
+
+
+def test_seed_retry_schedule() -> None:
+    config = tasklib.Config(database_url="postgresql://h/db")
+    assert [backoff_delay(n, config) for n in range(3)] == [5.0, 10.0, 20.0]
+    jittered = tasklib.Config(database_url="postgresql://h/db", retry_jitter=True)
+    assert backoff_delay(0, jittered, rand=lambda: 0.0) == 3.75
+    assert backoff_delay(0, jittered, rand=lambda: 1.0) == 6.25
+
+
+def test_decide_outcomes() -> None:
+    config = tasklib.Config(database_url="postgresql://h/db")
+    ok = decide(Outcome(OutcomeKind.OK, result_json="1"), 0, 3, config)
+    assert (ok.state, ok.result_json, ok.retry_count) == (TaskState.COMPLETED, "1", 0)
+    retry = decide(Outcome(OutcomeKind.ERROR, error="tb"), 1, 3, config)
+    assert (retry.state, retry.retry_count, retry.delay_seconds, retry.error) == (TaskState.PENDING, 2, 10.0, "tb")
+    final = decide(Outcome(OutcomeKind.TIMEOUT, error="TimeoutError"), 3, 3, config)
+    assert (final.state, final.retry_count) == (TaskState.FAILED, 3)
+    never = decide(Outcome(OutcomeKind.CRASHED, error="died"), 0, 0, config)
+    assert never.state == TaskState.FAILED
+
+
+def test_transition_table() -> None:
+    assert can_transition("pending", "running")
+    assert can_transition("running", "cancelled")
+    assert not can_transition("completed", "pending")
+    assert not can_transition("pending", "completed")
+    assert all(source != target for source, target in TRANSITIONS)
+
+
+def test_task_names_are_module_qualified_and_script_tasks_use_the_file_name(tmp_path) -> None:
+    @tasklib.task
+    def local_fn() -> None: ...
+
+    name = definition_for(local_fn).name
+    assert name.startswith("tests.unit.test_core.test_task_names") and name.endswith(".<locals>.local_fn")
+    assert local_fn() is None  # still directly callable
+    script = tmp_path / "myjobs.py"
+    script.write_text(
+        textwrap.dedent("""
+        import tasklib
+        @tasklib.task
+        def hello() -> str:
+            return "hi"
+        @tasklib.task(name="custom.name")
+        def other() -> None: ...
+        print(sorted(tasklib.get_registered_tasks()))
+    """)
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['custom.name', 'myjobs.hello']"
+
+
+def test_async_functions_are_refused() -> None:
+    with pytest.raises(TypeError, match="sync"):
+
+        @tasklib.task
+        async def nope() -> None: ...
+
+
+def test_validation_names_every_field() -> None:
+    @tasklib.task
+    def typed(count: int, when: datetime.date, label: str = "x") -> None: ...
+
+    definition = definition_for(typed)
+    with pytest.raises(tasklib.ValidationError) as info:
+        definition.validate({"count": "many", "extra": 1})
+    fields = {e["field"] for e in info.value.errors}
+    assert fields == {"count", "when", "extra"}
+    assert definition.validate({"count": "3", "when": datetime.date(2026, 1, 2)}) == {"count": 3, "when": "2026-01-02"}
+    assert definition.load({"count": 3, "when": "2026-01-02"}) == {"count": 3, "when": datetime.date(2026, 1, 2)}
+
+
+def test_var_keyword_tasks_accept_json_extras() -> None:
+    @tasklib.task
+    def anything(**kwargs) -> None: ...  # type: ignore[no-untyped-def]
+
+    definition = definition_for(anything)
+    assert definition.validate({"a": 1, "b": [1, "x"]}) == {"a": 1, "b": [1, "x"]}
+    with pytest.raises(tasklib.ValidationError):
+        definition.validate({"a": object()})
+
+
+def test_frames_survive_partial_reads() -> None:
+    data = encode(("run", [(1, "n", "{}")])) + encode((1, "ok", "2"))
+    buffer = bytearray()
+    messages = []
+    for i in range(len(data)):
+        buffer += data[i : i + 1]
+        messages += decode_available(buffer)
+    assert messages == [("run", [(1, "n", "{}")]), (1, "ok", "2")]
+    assert buffer == b""
+
+
+def test_errors_share_one_root() -> None:
+    for error in (
+        tasklib.ValidationError,
+        tasklib.TaskNotFound,
+        tasklib.InvalidTransition,
+        tasklib.TaskNotRegistered,
+        tasklib.NotInitialized,
+        tasklib.DatabaseError,
+    ):
+        assert issubclass(error, tasklib.TaskLibError)
+    assert str(tasklib.NotInitialized()) == "tasklib.init(config) has not been called in this process."
