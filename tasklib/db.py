@@ -16,17 +16,28 @@ from tasklib.errors import DatabaseError
 APPLICATION_NAME = "tasklib"
 
 
-def connect_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, Any]:
+def connect_kwargs(application_name: str = APPLICATION_NAME, statement_timeout_ms: int | None = None) -> dict[str, Any]:
     """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
-    return {"autocommit": True, "application_name": application_name}
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+    if statement_timeout_ms:
+        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+    return kwargs
 
 
 class Database:
     """Pools for one database. Closed and replaced as a whole when ``init`` switches databases."""
 
-    def __init__(self, url: str, max_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        max_size: int = 10,
+        *,
+        application_name: str = APPLICATION_NAME,
+        statement_timeout_ms: int | None = None,
+    ) -> None:
         self.url = url
         self.max_size = max_size
+        self._kwargs = connect_kwargs(application_name, statement_timeout_ms)
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         # asyncio.run() makes a new loop each call; a pool is bound to the loop it was opened on.
@@ -44,7 +55,7 @@ class Database:
                     self.url,
                     min_size=1,
                     max_size=self.max_size,
-                    kwargs=connect_kwargs(),
+                    kwargs=self._kwargs,
                     open=False,
                     name="tasklib",
                 )
@@ -63,7 +74,7 @@ class Database:
                 self.url,
                 min_size=1,
                 max_size=self.max_size,
-                kwargs=connect_kwargs(),
+                kwargs=self._kwargs,
                 open=False,
                 name="tasklib-async",
             )

@@ -189,3 +189,146 @@ WHERE id IN (SELECT id FROM tasks {where} LIMIT %(cap)s FOR UPDATE SKIP LOCKED) 
 """
 
 COUNT_MATCHING = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT %(cap)s) AS capped"
+
+# Monitoring (dashboard, metrics) --------------------------------------------------------------
+# Written for a large table: counts are capped or estimated, lists are keyset-paginated, and
+# aggregates only read a recent window through tasks_completed_idx.
+
+#: Cheap change detector: PostgreSQL's own write counters for the table (updated within ~1 s).
+CHANGE_TOKEN = """
+SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::text FROM pg_stat_user_tables WHERE relname = 'tasks'
+"""
+
+#: Rows per state, counted exactly up to %(cap)s through tasks_state_created_idx.
+COUNT_STATE_CAPPED = "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE state = %(state)s LIMIT %(cap)s) AS c"
+
+#: The planner's row estimate for the whole table (no scan).
+ESTIMATE_ROWS = "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'tasks'::regclass"
+
+#: Per task name over the window: finished, failed, average run time, plus current pending/running.
+STATS_BY_NAME = """
+SELECT name,
+       count(*) FILTER (WHERE state = 'completed') AS completed,
+       count(*) FILTER (WHERE state = 'failed') AS failed,
+       avg(extract(epoch FROM completed_at - started_at)) FILTER (WHERE state = 'completed') AS avg_seconds
+FROM tasks
+WHERE completed_at >= now() - make_interval(secs => %(window)s)
+GROUP BY name ORDER BY count(*) DESC LIMIT 50
+"""
+
+ACTIVE_BY_NAME = """
+SELECT name, state, count(*) FROM (
+    SELECT name, state FROM tasks WHERE state = 'pending' LIMIT %(cap)s) AS p GROUP BY 1, 2
+UNION ALL
+SELECT name, state, count(*) FROM tasks WHERE state = 'running' GROUP BY 1, 2
+"""
+
+RECENT_FAILURES = f"""
+SELECT {COLUMNS} FROM tasks WHERE state = 'failed' ORDER BY created_at DESC, id DESC LIMIT %(limit)s
+"""
+
+#: The due pending task that has waited longest (uses tasks_pending_due_idx).
+OLDEST_DUE_PENDING = """
+SELECT min(scheduled_at) FROM tasks WHERE state = 'pending' AND scheduled_at <= now()
+"""
+
+#: Finished tasks per minute over the last hour, by outcome (for the chart).
+THROUGHPUT_PER_MINUTE = """
+SELECT date_trunc('minute', completed_at) AS minute,
+       count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE state = 'failed')
+FROM tasks WHERE completed_at >= date_trunc('minute', now()) - interval '59 minutes'
+GROUP BY 1 ORDER BY 1
+"""
+
+#: Keyset page of a filtered list. {where} comes from ``filter_clause``; the cursor is (created_at, id).
+PAGE_NEWEST = f"SELECT {COLUMNS} FROM tasks {{where}} ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
+PAGE_OLDEST = f"SELECT {COLUMNS} FROM tasks {{where}} ORDER BY created_at ASC, id ASC LIMIT %(limit)s"
+
+#: Due pending tasks that would be claimed before this one (capped).
+AHEAD_OF = """
+SELECT count(*) FROM (
+    SELECT 1 FROM tasks
+    WHERE state = 'pending' AND scheduled_at <= now() AND id <> %(id)s
+      AND (priority > %(priority)s OR (priority = %(priority)s AND scheduled_at < %(scheduled_at)s))
+    LIMIT %(cap)s) AS ahead
+"""
+
+#: Connected workers, from the application_name each worker connection sets.
+LIVE_WORKERS = """
+SELECT substr(application_name, length('tasklib-worker ') + 1) AS worker_id, min(backend_start), count(*)
+FROM pg_stat_activity
+WHERE datname = current_database() AND application_name LIKE 'tasklib-worker %%'
+GROUP BY 1 ORDER BY 1
+"""
+
+#: Has any worker started a task of this name recently? (newest rows of that name first)
+NAME_RECENTLY_STARTED = """
+SELECT EXISTS (SELECT 1 FROM tasks WHERE name = %(name)s AND started_at >= now() - make_interval(secs => %(window)s))
+"""
+
+RUNNING_BY_WORKER = """
+SELECT worker_id, count(*), min(locked_until), max(locked_until), min(started_at)
+FROM tasks WHERE state = 'running' GROUP BY worker_id ORDER BY worker_id
+"""
+
+EXPIRED_LOCKS = "SELECT count(*) FROM tasks WHERE state = 'running' AND locked_until < now()"
+
+#: Exact counts of the (small) unfinished states by name, for /metrics.
+METRICS_ACTIVE = """
+SELECT name, state, count(*) FROM tasks WHERE state IN ('pending', 'running', 'failed', 'cancelled') GROUP BY 1, 2
+"""
+
+METRICS_COMPLETED_WINDOW = """
+SELECT name, count(*) FROM tasks WHERE completed_at >= now() - make_interval(secs => %(window)s)
+  AND state = 'completed' GROUP BY 1
+"""
+
+HEALTH = "SELECT 1"
+
+
+def filter_clause(
+    *,
+    state: str | None = None,
+    name: str | None = None,
+    tag: tuple[str, str] | None = None,
+    text: str | None = None,
+    created_from: object = None,
+    created_to: object = None,
+    finished_from: object = None,
+    finished_to: object = None,
+    cursor: tuple[object, object] | None = None,
+    cursor_direction: str = "older",
+    states: tuple[str, ...] | None = None,
+) -> tuple[str, dict[str, object]]:
+    """A WHERE clause and its parameters for the dashboard's filters. Values are always bound."""
+    clauses: list[str] = []
+    params: dict[str, object] = {}
+    if state is not None:
+        clauses.append("state = %(f_state)s")
+        params["f_state"] = state
+    if states is not None:
+        clauses.append("state = ANY(%(f_states)s)")
+        params["f_states"] = list(states)
+    if name is not None:
+        clauses.append("name = %(f_name)s")
+        params["f_name"] = name
+    if tag is not None:
+        clauses.append("tags @> jsonb_build_object(%(f_tag_key)s::text, %(f_tag_value)s::text)")
+        params["f_tag_key"], params["f_tag_value"] = tag
+    if text:
+        clauses.append("(error ILIKE %(f_text)s OR kwargs::text ILIKE %(f_text)s OR result::text ILIKE %(f_text)s)")
+        params["f_text"] = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    for column, op, key, value in (
+        ("created_at", ">=", "f_cfrom", created_from),
+        ("created_at", "<", "f_cto", created_to),
+        ("completed_at", ">=", "f_ffrom", finished_from),
+        ("completed_at", "<", "f_fto", finished_to),
+    ):
+        if value is not None:
+            clauses.append(f"{column} {op} %({key})s")
+            params[key] = value
+    if cursor is not None:
+        op = "<" if cursor_direction == "older" else ">"
+        clauses.append(f"(created_at, id) {op} (%(c_at)s, %(c_id)s)")
+        params["c_at"], params["c_id"] = cursor
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params

@@ -84,6 +84,8 @@ class TaskWorker:
         self._pool: ChildPool | None = None
         self._names: list[str] = []
         self.processed = 0
+        # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
+        self._app_name = f"tasklib-worker {self.worker_id}"[:63]
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -182,7 +184,7 @@ class TaskWorker:
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs("tasklib-worker"))
+            self._conn = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._app_name))
         return self._conn
 
     async def _execute(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
@@ -562,9 +564,7 @@ class TaskWorker:
         backoff = 0.1
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(
-                    self._url, **connect_kwargs("tasklib-listener")
-                ) as conn:
+                async with await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._app_name)) as conn:
                     await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_SUBMIT}")
                     await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_CANCEL}")
                     backoff = 0.1

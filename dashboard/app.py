@@ -1,0 +1,266 @@
+"""The dashboard: a thin Litestar app over tasklib's own query layer (``tasklib.monitor``)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Annotated, Any
+
+from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.config.csrf import CSRFConfig
+from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.enums import RequestEncodingType
+from litestar.params import Body, Parameter
+from litestar.response import Redirect, Template
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
+
+import tasklib
+from dashboard import rendering
+from dashboard.context import detail_context, list_context, overview_context, version, workers_context
+from dashboard.filters import parse_list_params
+from dashboard.security import BasicAuth, SecurityHeaders
+from tasklib.config import Config
+from tasklib.db import Database
+from tasklib.errors import DatabaseError, InvalidTransition, TaskLibError, TaskNotFound, ValidationError
+from tasklib.monitor import Monitor
+
+STATEMENT_TIMEOUT_MS = 5000
+Limit = Annotated[int, Parameter(ge=1, le=500, description="rows per page")]
+
+
+def _monitor(state: State) -> Monitor:
+    return state["monitor"]  # type: ignore[no-any-return]
+
+
+def _unchanged(request: Request, monitor: Monitor) -> bool:
+    """A poll that already has the current version gets 204: htmx keeps what it shows."""
+    return request.query_params.get("v") == version(monitor)
+
+
+# -- pages and their partials -----------------------------------------------------------------
+
+
+@get("/", sync_to_thread=True)
+def overview_page(state: State) -> Template:
+    return Template("overview.html", context=overview_context(_monitor(state)))
+
+
+@get("/partials/overview", sync_to_thread=True)
+def overview_partial(request: Request, state: State) -> Template | Response[None]:
+    if _unchanged(request, _monitor(state)):
+        return Response(None, status_code=204)
+    return Template("_overview.html", context=overview_context(_monitor(state)))
+
+
+def _list(app_state: State, **query: Any) -> dict[str, Any]:
+    older, newer = query.pop("older"), query.pop("newer")
+    params = parse_list_params(**query)
+    return list_context(_monitor(app_state), params, older, newer)
+
+
+_LIST_PARAMS = dict(
+    state=None,
+    name=None,
+    tag=None,
+    q=None,
+    created_from=None,
+    created_to=None,
+    finished_from=None,
+    finished_to=None,
+    older=None,
+    newer=None,
+)
+
+
+@get("/tasks", sync_to_thread=True)
+def tasks_page(
+    state: State,
+    request: Request,
+    limit: Limit = 50,
+) -> Template:
+    query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS}
+    context = _list(state, limit=limit, **query)
+    context["done"] = request.query_params.get("done")
+    return Template("tasks.html", context=context)
+
+
+@get("/partials/tasks", sync_to_thread=True)
+def tasks_partial(state: State, request: Request, limit: Limit = 50) -> Template | Response[None]:
+    if _unchanged(request, _monitor(state)):
+        return Response(None, status_code=204)
+    query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS}
+    return Template("_task_rows.html", context=_list(state, limit=limit, **query))
+
+
+@get("/tasks/{task_id:str}", sync_to_thread=True)
+def task_page(state: State, task_id: str) -> Template:
+    return Template("task.html", context=detail_context(_monitor(state), task_id))
+
+
+@get("/partials/tasks/{task_id:str}", sync_to_thread=True)
+def task_partial(state: State, request: Request, task_id: str) -> Template | Response[None]:
+    if _unchanged(request, _monitor(state)):
+        return Response(None, status_code=204)
+    return Template("_task_detail.html", context=detail_context(_monitor(state), task_id))
+
+
+@get("/workers", sync_to_thread=True)
+def workers_page(state: State) -> Template:
+    return Template("workers.html", context=workers_context(_monitor(state)))
+
+
+@get("/partials/workers", sync_to_thread=True)
+def workers_partial(state: State, request: Request) -> Template | Response[None]:
+    if _unchanged(request, _monitor(state)):
+        return Response(None, status_code=204)
+    return Template("_workers.html", context=workers_context(_monitor(state)))
+
+
+# -- actions (POST only, CSRF-checked by Litestar) -------------------------------------------
+
+
+@post("/tasks/{task_id:str}/retry", sync_to_thread=True, status_code=303)
+def retry_action(task_id: str, request: Request) -> Redirect:
+    tasklib.retry_task(task_id)
+    return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
+
+
+@post("/tasks/{task_id:str}/cancel", sync_to_thread=True, status_code=303)
+def cancel_action(task_id: str, request: Request) -> Redirect:
+    tasklib.cancel_task(task_id)
+    return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
+
+
+def _back(request: Request, default: str) -> str:
+    """Return to the page the button was on (same-origin paths only)."""
+    target = request.query_params.get("next") or ""
+    return target if target.startswith("/") and not target.startswith("//") else default
+
+
+BULK = {
+    "retry": ("failed", "cancelled"),
+    "cancel": ("pending",),
+}
+
+
+@get("/bulk/{kind:str}", sync_to_thread=True)
+def bulk_confirm(state: State, request: Request, kind: str, limit: Limit = 50) -> Template:
+    if kind not in BULK:
+        raise NotFoundException(f"no bulk action {kind!r}")
+    query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS if k not in ("older", "newer")}
+    params = parse_list_params(limit=limit, **query)
+    count = _monitor(state).count_matching(params.flt, BULK[kind])
+    return Template("confirm.html", context={"action": kind, "count": count, "params": params, "page": "tasks"})
+
+
+@post("/bulk/{kind:str}/apply", sync_to_thread=True, status_code=303)
+def bulk_apply(
+    state: State, kind: str, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+) -> Redirect:
+    if kind not in BULK:
+        raise NotFoundException(f"no bulk action {kind!r}")
+    query = {k: data.get(k) or None for k in _LIST_PARAMS if k not in ("older", "newer")}
+    params = parse_list_params(limit=50, **query)
+    monitor = _monitor(state)
+    done = monitor.retry_matching(params.flt) if kind == "retry" else monitor.cancel_matching(params.flt)
+    return Redirect(f"/tasks?{params.query(done=f'{kind}:{done}')}", status_code=303)
+
+
+# -- machine endpoints --------------------------------------------------------------------------
+
+
+@get("/healthz", sync_to_thread=True, media_type=MediaType.JSON)
+def healthz(state: State) -> Response[dict[str, str]]:
+    ok = _monitor(state).healthy()
+    return Response({"status": "ok" if ok else "database unreachable"}, status_code=200 if ok else 503)
+
+
+@get("/metrics", sync_to_thread=True, media_type="text/plain; version=0.0.4; charset=utf-8")
+def metrics(state: State) -> str:
+    return _monitor(state).metrics()
+
+
+# -- errors: a page with the message and the right status, never a bare 500 -------------------
+
+_STATUS = {ValidationError: 400, TaskNotFound: 404, InvalidTransition: 409, DatabaseError: 503}
+
+
+def _error_page(request: Request, status: int, title: str, message: str) -> Response[Any]:
+    if request.url.path in ("/metrics", "/healthz"):
+        return Response(f"{title}: {message}\n", status_code=status, media_type=MediaType.TEXT)
+    return Template("error.html", status_code=status, context={"status": status, "title": title, "message": message})
+
+
+def _tasklib_error(request: Request, exc: TaskLibError) -> Response[Any]:
+    status = next((code for kind, code in _STATUS.items() if isinstance(exc, kind)), 500)
+    titles = {400: "Bad request", 404: "Not found", 409: "Conflict", 503: "Database unavailable"}
+    return _error_page(request, status, titles.get(status, "Error"), str(exc))
+
+
+def _http_error(request: Request, exc: HTTPException) -> Response[Any]:
+    detail = exc.detail
+    if isinstance(exc, ValidationException) and isinstance(exc.extra, list):
+        detail = "; ".join(f"{e.get('key', '')}: {e.get('message', '')}" for e in exc.extra if isinstance(e, dict))
+    if exc.status_code == 403 and "CSRF" in str(exc.detail):
+        detail = "This form's security token is missing or stale. Reload the page and try again."
+    return _error_page(
+        request, exc.status_code, {403: "Forbidden", 404: "Not found"}.get(exc.status_code, "Error"), detail
+    )
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[Any]:
+    request.logger.exception("dashboard error", exc_info=exc)
+    return _error_page(request, 500, "Internal error", "Something went wrong; the server log has the details.")
+
+
+def create_app(config: Config, *, auth: str | None = None, csrf_secret: str | None = None) -> Litestar:
+    """The dashboard as an ASGI app. ``auth`` is ``user:password`` for HTTP basic auth."""
+    tasklib.init(config)
+    db = Database(
+        config.resolved_database_url(),
+        max_size=8,
+        application_name="tasklib-dashboard",
+        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+    )
+    monitor = Monitor(db)
+    secret = csrf_secret or os.environ.get("TASKLIB_DASHBOARD_SECRET") or secrets.token_urlsafe(32)
+    template_config = TemplateConfig(
+        directory=rendering.asset_dir("templates"),
+        engine=JinjaTemplateEngine,
+        engine_callback=lambda engine: rendering.setup(engine.engine),
+    )
+    app = Litestar(
+        route_handlers=[
+            overview_page,
+            overview_partial,
+            tasks_page,
+            tasks_partial,
+            task_page,
+            task_partial,
+            workers_page,
+            workers_partial,
+            retry_action,
+            cancel_action,
+            bulk_confirm,
+            bulk_apply,
+            healthz,
+            metrics,
+            create_static_files_router(path="/static", directories=[rendering.asset_dir("static")]),
+        ],
+        template_config=template_config,
+        csrf_config=CSRFConfig(
+            secret=secret, cookie_httponly=False, cookie_samesite="strict", exclude=["/healthz", "/metrics"]
+        ),
+        state=State({"monitor": monitor}),
+        exception_handlers={TaskLibError: _tasklib_error, HTTPException: _http_error, Exception: _unexpected},
+        on_shutdown=[lambda: db.close()],
+        debug=False,
+    )
+    wrapped: Any = SecurityHeaders(app)
+    if auth:
+        wrapped = BasicAuth(wrapped, auth)
+    wrapped.litestar = app  # tests and embedders can still reach the Litestar app
+    return wrapped  # type: ignore[no-any-return]

@@ -1,0 +1,62 @@
+"""Jinja setup: where templates live, and the filters pages use (times, JSON, states)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import dashboard
+from tasklib.states import TaskState
+
+
+def asset_dir(name: str) -> Path:
+    """``templates``/``static``: top-level in the repository, inside the package once installed."""
+    package = Path(dashboard.__file__).resolve().parent
+    for candidate in (package / name, package.parent / name):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(f"dashboard {name} folder not found next to {package}")
+
+
+def reltime(value: datetime | None, now: datetime | None = None) -> str:
+    if value is None:
+        return "—"
+    now = now or datetime.now(UTC)
+    seconds = (now - value).total_seconds()
+    future = seconds < 0
+    seconds = abs(seconds)
+    if seconds < 1:
+        text = "just now" if not future else "now"
+        return text
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            amount = int(seconds // size)
+            text = f"{amount}{unit}"
+            break
+    return f"in {text}" if future else f"{text} ago"
+
+
+def exact(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC" if value else ""
+
+
+def pretty_json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    if not start or not end:
+        return "—"
+    seconds = (end - start).total_seconds()
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    return f"{seconds / 60:.1f} min"
+
+
+def setup(env: Any) -> None:
+    env.filters.update(reltime=reltime, exact=exact, pretty_json=pretty_json)
+    env.globals.update(duration=duration, states=list(TaskState), now=lambda: datetime.now(UTC))
