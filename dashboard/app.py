@@ -8,11 +8,12 @@ from typing import Annotated, Any
 
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.csrf import CSRFConfig
-from litestar.contrib.jinja import JinjaTemplateEngine
+from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.datastructures import State
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.middleware import DefineMiddleware
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.params import Body, FromPath, Parameter
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
@@ -21,7 +22,7 @@ import tasklib
 from dashboard import rendering
 from dashboard.context import detail_context, list_context, overview_context, version, workers_context
 from dashboard.filters import parse_list_params
-from dashboard.security import BasicAuth, SecurityHeaders
+from dashboard.security import BasicAuth, add_security_headers
 from tasklib.config import Config
 from tasklib.db import Database
 from tasklib.errors import DatabaseError, InvalidTransition, TaskLibError, TaskNotFound, ValidationError
@@ -96,12 +97,12 @@ def tasks_partial(state: State, request: Request, limit: Limit = 50) -> Template
 
 
 @get("/tasks/{task_id:str}", sync_to_thread=True)
-def task_page(state: State, task_id: str) -> Template:
+def task_page(state: State, task_id: FromPath[str]) -> Template:
     return Template("task.html", context=detail_context(_monitor(state), task_id))
 
 
 @get("/partials/tasks/{task_id:str}", sync_to_thread=True)
-def task_partial(state: State, request: Request, task_id: str) -> Template | Response[None]:
+def task_partial(state: State, request: Request, task_id: FromPath[str]) -> Template | Response[None]:
     if _unchanged(request, _monitor(state)):
         return Response(None, status_code=204)
     return Template("_task_detail.html", context=detail_context(_monitor(state), task_id))
@@ -123,13 +124,13 @@ def workers_partial(state: State, request: Request) -> Template | Response[None]
 
 
 @post("/tasks/{task_id:str}/retry", sync_to_thread=True, status_code=303)
-def retry_action(task_id: str, request: Request) -> Redirect:
+def retry_action(task_id: FromPath[str], request: Request) -> Redirect:
     tasklib.retry_task(task_id)
     return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
 
 
 @post("/tasks/{task_id:str}/cancel", sync_to_thread=True, status_code=303)
-def cancel_action(task_id: str, request: Request) -> Redirect:
+def cancel_action(task_id: FromPath[str], request: Request) -> Redirect:
     tasklib.cancel_task(task_id)
     return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
 
@@ -147,7 +148,7 @@ BULK = {
 
 
 @get("/bulk/{kind:str}", sync_to_thread=True)
-def bulk_confirm(state: State, request: Request, kind: str, limit: Limit = 50) -> Template:
+def bulk_confirm(state: State, request: Request, kind: FromPath[str], limit: Limit = 50) -> Template:
     if kind not in BULK:
         raise NotFoundException(f"no bulk action {kind!r}")
     query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS if k not in ("older", "newer")}
@@ -158,7 +159,7 @@ def bulk_confirm(state: State, request: Request, kind: str, limit: Limit = 50) -
 
 @post("/bulk/{kind:str}/apply", sync_to_thread=True, status_code=303)
 def bulk_apply(
-    state: State, kind: str, data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+    state: State, kind: FromPath[str], data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Redirect:
     if kind not in BULK:
         raise NotFoundException(f"no bulk action {kind!r}")
@@ -257,10 +258,8 @@ def create_app(config: Config, *, auth: str | None = None, csrf_secret: str | No
         state=State({"monitor": monitor}),
         exception_handlers={TaskLibError: _tasklib_error, HTTPException: _http_error, Exception: _unexpected},
         on_shutdown=[lambda: db.close()],
+        before_send=[add_security_headers],
+        middleware=[DefineMiddleware(BasicAuth, credentials=auth)] if auth else [],
         debug=False,
     )
-    wrapped: Any = SecurityHeaders(app)
-    if auth:
-        wrapped = BasicAuth(wrapped, auth)
-    wrapped.litestar = app  # tests and embedders can still reach the Litestar app
-    return wrapped  # type: ignore[no-any-return]
+    return app

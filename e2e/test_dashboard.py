@@ -1,0 +1,101 @@
+"""A person's view: Chromium drives the dashboard beside a live worker."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import Page, expect
+
+import tasklib
+from e2e import tasks
+from e2e.conftest import Stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def no_dialogs_or_errors(page: Page) -> None:
+    def refuse(dialog):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"unexpected dialog: {dialog.message}")
+
+    page.on("dialog", refuse)
+
+
+def test_failed_task_retry_completes(stack: Stack, page: Page) -> None:
+    missing = stack.tmp / "input.txt"
+    task_id = tasklib.submit_task_sync(tasks.needs_file, path=str(missing))
+    page.goto(f"{stack.url}/tasks?state=failed")
+    row = page.locator(f'a[href="/tasks/{task_id}"]')
+    expect(row).to_be_visible(timeout=15_000)  # the list refreshes itself once the worker fails it
+    stack.shot(page, "tasks-failed-filter")
+    row.click()
+    expect(page.locator("pre.traceback")).to_contain_text("FileNotFoundError: expected input file")
+    expect(page.locator(".detail-head .badge")).to_have_text("failed")
+    stack.shot(page, "task-failed-detail")
+    missing.write_text("here now")
+    page.get_by_role("button", name="Retry").click()
+    expect(page.locator(".detail-head .badge")).to_have_text("completed", timeout=15_000)
+    expect(page.locator("pre.json").last).to_contain_text('"found it"')
+    stack.shot(page, "task-retried-completed")
+
+
+def test_cancel_a_delayed_task(stack: Stack, page: Page) -> None:
+    task_id = tasklib.submit_task_sync(tasks.echo, text="later", delay_seconds=3600)
+    page.goto(f"{stack.url}/tasks/{task_id}")
+    expect(page.locator(".explain")).to_contain_text("scheduled in the future")
+    stack.shot(page, "task-delayed-explain")
+    page.get_by_role("button", name="Cancel").click()
+    expect(page.locator(".detail-head .badge")).to_have_text("cancelled")
+    assert tasklib.get_task(task_id).state == "cancelled"  # type: ignore[union-attr]
+
+
+def test_new_task_appears_without_reload(stack: Stack, page: Page) -> None:
+    page.goto(f"{stack.url}/tasks")
+    page.fill('input[name="q"]', "typing in progress")
+    task_id = tasklib.submit_task_sync(tasks.echo, text="fresh")
+    expect(page.locator(f'a[href="/tasks/{task_id}"]')).to_be_visible(timeout=10_000)
+    expect(page.locator('input[name="q"]')).to_have_value("typing in progress")  # polling kept the typed text
+    stack.shot(page, "tasks-live")
+
+
+def test_xss_payload_renders_as_text(stack: Stack, page: Page) -> None:
+    payload = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'
+    task_id = tasklib.submit_task_sync(tasks.echo, text=payload, tags={"note": payload})
+    page.goto(f"{stack.url}/tasks/{task_id}")
+    expect(page.locator("pre.json").first).to_contain_text("<script>window.__xss = 1</script>")
+    page.goto(f"{stack.url}/tasks")
+    page.goto(f"{stack.url}/")
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__xss") is None
+    stack.shot(page, "xss-as-text")
+
+
+def test_bulk_retry(stack: Stack, page: Page) -> None:
+    missing = stack.tmp / "bulk.txt"
+    ids = tasklib.submit_many_sync(tasks.needs_file, [{"path": str(missing)}] * 4, tags={"batch": "nightly"})
+    page.goto(f"{stack.url}/tasks?state=failed&tag=batch%3Dnightly")
+    expect(page.locator("tbody tr.row-failed")).to_have_count(4, timeout=15_000)
+    missing.write_text("ok")
+    page.get_by_role("link", name=re.compile("Retry all failed matching")).click()
+    expect(page.locator("#bulk-count")).to_have_text("4")
+    stack.shot(page, "bulk-retry-confirm")
+    page.get_by_role("button", name=re.compile(r"Retry 4 task")).click()
+    expect(page.locator(".flash")).to_contain_text("4 task(s) retried")
+    page.goto(f"{stack.url}/tasks?tag=batch%3Dnightly")
+    expect(page.locator("tbody tr.row-completed")).to_have_count(4, timeout=15_000)
+    assert {tasklib.get_task(i).state for i in ids} == {"completed"}  # type: ignore[union-attr]
+
+
+def test_overview_and_workers_pages(stack: Stack, page: Page) -> None:
+    tasklib.submit_many_sync(tasks.echo, [{"text": str(i)} for i in range(20)])
+    tasklib.submit_task_sync(tasks.needs_file, path="/nonexistent/file")
+    page.goto(f"{stack.url}/")
+    expect(page.locator(".card").filter(has_text="completed")).to_contain_text("20", timeout=15_000)
+    stack.shot(page, "overview")
+    page.goto(f"{stack.url}/workers")
+    expect(page.locator("#workers")).to_contain_text("connected")
+    stack.shot(page, "workers")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(f"{stack.url}/tasks")
+    stack.shot(page, "tasks-phone")
