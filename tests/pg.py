@@ -10,7 +10,25 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-ADMIN_URL = os.environ.get("TASKLIB_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def _admin_url() -> str:
+    """$TASKLIB_TEST_DATABASE_URL, else the local server on 5432, else TaskLib's embedded PostgreSQL
+    (so the suite runs on a machine without a PostgreSQL server of its own)."""
+    if os.environ.get("TASKLIB_TEST_DATABASE_URL"):
+        return os.environ["TASKLIB_TEST_DATABASE_URL"]
+    try:
+        psycopg.connect(LOCAL_URL, connect_timeout=3).close()
+        return LOCAL_URL
+    except psycopg.OperationalError:
+        from tasklib import embedded
+
+        embedded.start()
+        return embedded.url("postgres")
+
+
+ADMIN_URL = _admin_url()
 
 
 def url_for(dbname: str) -> str:

@@ -1,0 +1,100 @@
+"""`make demo`: the dashboard, a worker and a stream of example tasks, on the embedded PostgreSQL.
+
+Open http://127.0.0.1:8080/ and watch tasks complete, fail, retry, time out and wait. Ctrl+C stops
+the demo (the embedded database keeps running for the next start: `tasklib db stop` stops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import tasklib  # noqa: E402
+from examples import tasks  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl+C)")
+    parser.add_argument(
+        "--submit-only",
+        action="store_true",
+        help="only submit example tasks (compose runs the worker and dashboard as services)",
+    )
+    args = parser.parse_args()
+    if args.submit_only:
+        tasklib.init(tasklib.Config(database_url=os.environ.get("TASKLIB_DATABASE_URL") or None))
+        while True:
+            submit_some()
+            time.sleep(1.0)
+
+    config = tasklib.Config(database_url=os.environ.get("TASKLIB_DATABASE_URL") or None)
+    url = config.resolved_database_url()  # starts the embedded server when no URL is set
+    tasklib.init(tasklib.Config(database_url=url))
+    env = {**os.environ, "TASKLIB_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
+    cli = [sys.executable, "-m", "tasklib.cli"]
+    procs = [
+        subprocess.Popen([*cli, "dashboard", "--port", str(args.port)], env=env, cwd=ROOT),
+        subprocess.Popen(
+            [*cli, "--log-level", "warning", "worker", "--app", "examples.tasks", "--concurrency", "4"],
+            env=env,
+            cwd=ROOT,
+        ),
+    ]
+    print(f"\n  TaskLib demo: open http://127.0.0.1:{args.port}/  (Ctrl+C to stop)\n", flush=True)
+    stop_at = time.monotonic() + args.seconds if args.seconds else None
+    try:
+        while stop_at is None or time.monotonic() < stop_at:
+            submit_some()
+            time.sleep(1.0)
+            if any(p.poll() is not None for p in procs):
+                print("tasklib demo: a process exited; stopping", file=sys.stderr)
+                return 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(40)
+    return 0
+
+
+def submit_some() -> None:
+    n = random.randint(1, 4)
+    tasklib.submit_many_sync(
+        tasks.send_email,
+        [{"to": f"user{random.randint(1, 999)}@example.com", "subject": "Welcome", "body": "Hello!"} for _ in range(n)],
+    )
+    tasklib.submit_task_sync(
+        tasks.process_image,
+        image_path=f"/photos/{random.randint(1, 9999)}.jpg",
+        priority=random.choice([0, 0, 5]),
+        tags={"batch": "daily-processing"},
+    )
+    if random.random() < 0.6:
+        tasklib.submit_task_sync(tasks.flaky_api_call, endpoint=f"/v1/orders/{random.randint(1, 500)}")
+    if random.random() < 0.25:
+        tasklib.submit_task_sync(tasks.slow_report, pages=random.randint(1, 10))
+    if random.random() < 0.2:
+        tasklib.submit_task_sync(
+            tasks.send_email,
+            delay_seconds=random.randint(30, 600),
+            to="later@example.com",
+            subject="Reminder",
+            body="Scheduled",
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

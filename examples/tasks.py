@@ -1,0 +1,38 @@
+"""Example tasks used by the demo and the examples: some succeed, some fail, some retry, some wait."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import tasklib
+
+
+@tasklib.task
+def send_email(to: str, subject: str, body: str) -> bool:
+    """Pretend to send an email."""
+    time.sleep(random.uniform(0.01, 0.2))
+    return True
+
+
+@tasklib.task(max_retries=5, timeout_seconds=30)
+def process_image(image_path: str) -> str:
+    """Pretend to process an image."""
+    time.sleep(random.uniform(0.05, 0.5))
+    return f"processed_{image_path}"
+
+
+@tasklib.task(max_retries=2)
+def flaky_api_call(endpoint: str) -> dict:
+    """Fails about half the time, so the dashboard shows retries and failures."""
+    time.sleep(random.uniform(0.01, 0.1))
+    if random.random() < 0.5:
+        raise ConnectionError(f"upstream {endpoint} answered 503 Service Unavailable")
+    return {"endpoint": endpoint, "status": 200}
+
+
+@tasklib.task(timeout_seconds=2, max_retries=0)
+def slow_report(pages: int) -> int:
+    """Sometimes takes longer than its 2 s timeout and is stopped."""
+    time.sleep(pages * 0.3)
+    return pages

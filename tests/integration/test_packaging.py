@@ -1,0 +1,148 @@
+"""What a newcomer touches: the CLI, the examples, compose.yaml, the README's commands, the wheel."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tasklib.cli import build_parser
+from tests.workers import ROOT
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+    )
+
+
+def test_cli_help_explains_every_command() -> None:
+    out = run(sys.executable, "-m", "tasklib.cli", "--help").stdout
+    for command in ("worker", "dashboard", "init-db", "db"):
+        assert command in out
+    worker = run(sys.executable, "-m", "tasklib.cli", "worker", "--help").stdout
+    for option in ("--app", "--concurrency", "--database-url", "--poll-interval", "--lock-timeout", "--shutdown-grace"):
+        assert option in worker
+    dashboard = run(sys.executable, "-m", "tasklib.cli", "dashboard", "--help").stdout
+    for option in ("--host", "--port", "--auth", "--insecure", "--database-url"):
+        assert option in dashboard
+
+
+def test_dashboard_refuses_open_bind_without_auth(database_url: str) -> None:
+    result = run(sys.executable, "-m", "tasklib.cli", "dashboard", "--host", "0.0.0.0", "--database-url", database_url)
+    assert result.returncode != 0 and "--auth" in result.stderr
+
+
+def test_bad_database_url_is_a_clear_error() -> None:
+    result = run(sys.executable, "-m", "tasklib.cli", "init-db", "--database-url", "mysql://x@y/z")
+    assert result.returncode != 0 and "only supports PostgreSQL" in result.stderr
+
+
+@pytest.mark.parametrize("script", ["examples/simple.py", "examples/with_monitoring.py"])
+def test_examples_run(database_url: str, script: str) -> None:
+    result = run(sys.executable, script, env={"TASKLIB_DATABASE_URL": database_url})
+    assert result.returncode == 0, result.stderr[-2000:]
+    if script.endswith("simple.py"):
+        assert "simple.add({'a': 4, 'b': 4}) -> completed: 8" in result.stdout
+        assert "divide by zero -> failed after 1 retry: ZeroDivisionError" in result.stdout
+    else:
+        assert "cancelled the delayed email: cancelled" in result.stdout
+
+
+def test_compose_file_is_valid_and_its_commands_parse() -> None:
+    checker = Path(sys.executable).with_name("check-jsonschema")
+    result = run(str(checker), "--builtin-schema", "vendor.compose-spec", "compose.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    services = yaml.safe_load((ROOT / "compose.yaml").read_text())["services"]
+    for name in ("worker", "dashboard"):
+        command = services[name]["command"]
+        assert command[0] == "tasklib"
+        build_parser().parse_args(command[1:])  # exits on an unknown option
+    assert services["postgres"]["healthcheck"] and services["dashboard"]["healthcheck"]
+    assert "--submit-only" in (ROOT / "examples" / "demo.py").read_text()
+
+
+def test_readme_commands_are_what_ci_and_make_run() -> None:
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```(?:bash|sh)\n(.*?)```", readme, re.S)
+    run_cmd, test_cmd = blocks[0].strip().splitlines(), blocks[1].strip().splitlines()
+    assert run_cmd[-1] == "make demo" and test_cmd[-1] == "make test"
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^demo: install\n\t\$\(PY\) -m examples\.demo", makefile, re.M)
+    assert re.search(r"^test: install browser\n\t\$\(PY\) -m pytest tests e2e$", makefile, re.M)
+
+
+def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> None:
+    result = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), ".", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wheel = next(tmp_path.glob("tasklib-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dashboard/templates/base.html" in names
+    assert "dashboard/static/htmx-2.0.11.min.js" in names
+    assert "tasklib/py.typed" in names
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    port = 18000 + os.getpid() % 1000
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasklib.cli", "dashboard", "--port", str(port), "--database-url", database_url],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(target)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        for path in ("/", "/tasks", "/workers", "/static/htmx-2.0.11.min.js", "/static/tasklib.css"):
+            assert httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+def test_embedded_postgres_lifecycle(tmp_path: Path) -> None:
+    env = {
+        "TASKLIB_EMBEDDED_DIR": str(tmp_path / "pg"),
+        "TASKLIB_EMBEDDED_PORT": str(55000 + os.getpid() % 1000),
+        "TASKLIB_DATABASE_URL": "",
+    }
+    tl = [sys.executable, "-m", "tasklib.cli"]
+    try:
+        started = run(*tl, "init-db", env=env, timeout=180)
+        assert started.returncode == 0, started.stderr
+        assert "connect with: psql" in started.stderr
+        status = run(*tl, "db", "status", env=env).stdout
+        assert "running" in status and str(tmp_path / "pg" / "data") in status
+        url = run(*tl, "db", "url", env=env).stdout.strip()
+        code = (
+            "import tasklib, examples.tasks as t; tasklib.init(tasklib.Config());"
+            "print(tasklib.submit_task_sync(t.send_email, to='a', subject='b', body='c'))"
+        )
+        assert run(sys.executable, "-c", code, env=env).returncode == 0  # a second process shares the server
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)
+    finally:
+        assert "stopped" in run(*tl, "db", "stop", env=env).stdout
+    assert "stopped" in run(*tl, "db", "status", env=env).stdout
