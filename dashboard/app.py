@@ -207,9 +207,7 @@ def _http_error(request: Request, exc: HTTPException) -> Response[Any]:
         detail = "; ".join(f"{e.get('key', '')}: {e.get('message', '')}" for e in exc.extra if isinstance(e, dict))
     if exc.status_code == 403 and "CSRF" in str(exc.detail):
         detail = "This form's security token is missing or stale. Reload the page and try again."
-    return _error_page(
-        request, exc.status_code, {403: "Forbidden", 404: "Not found"}.get(exc.status_code, "Error"), detail
-    )
+    return _error_page(request, exc.status_code, {403: "Forbidden", 404: "Not found"}.get(exc.status_code, "Error"), detail)
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[Any]:

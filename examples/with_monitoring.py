@@ -19,12 +19,8 @@ from examples.tasks import flaky_api_call, send_email
 async def main() -> None:
     config = tasklib.Config(base_retry_delay_seconds=0.2)
     tasklib.init(config)
-    await tasklib.submit_many(
-        send_email, [{"to": f"user{i}@example.com", "subject": "Hi", "body": "."} for i in range(5)]
-    )
-    flaky = [
-        await tasklib.submit_task(flaky_api_call, endpoint=f"/v1/items/{i}", tags={"batch": "demo"}) for i in range(5)
-    ]
+    await tasklib.submit_many(send_email, [{"to": f"user{i}@example.com", "subject": "Hi", "body": "."} for i in range(5)])
+    flaky = [await tasklib.submit_task(flaky_api_call, endpoint=f"/v1/items/{i}", tags={"batch": "demo"}) for i in range(5)]
     later = await tasklib.submit_task(send_email, delay_seconds=3600, to="later@example.com", subject="Later", body=".")
 
     worker = tasklib.TaskWorker(config, concurrency=4, poll_interval_seconds=0.2)

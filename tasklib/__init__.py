@@ -1,19 +1,14 @@
-"""TaskLib: a durable task queue in one PostgreSQL table."""
+"""TaskLib: a durable task queue in one PostgreSQL table.
 
-from tasklib.api import (
-    cancel_task,
-    count_by_state,
-    current_config,
-    get_task,
-    init,
-    list_tasks,
-    retry_task,
-    submit_many,
-    submit_many_sync,
-    submit_task,
-    submit_task_in,
-    submit_task_sync,
-)
+Names are imported lazily: a worker's child processes import ``tasklib`` to register tasks and
+should not pay for SQLAlchemy, psycopg pools or the worker (it keeps each child small).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from tasklib.config import Config
 from tasklib.errors import (
     ConfigError,
@@ -25,12 +20,60 @@ from tasklib.errors import (
     TaskNotRegistered,
     ValidationError,
 )
-from tasklib.models import Task
 from tasklib.registry import get_registered_tasks, task
 from tasklib.states import TaskState
-from tasklib.worker import TaskWorker
+
+if TYPE_CHECKING:
+    from tasklib.api import (
+        cancel_task,
+        count_by_state,
+        current_config,
+        get_task,
+        init,
+        list_tasks,
+        retry_task,
+        submit_many,
+        submit_many_sync,
+        submit_task,
+        submit_task_in,
+        submit_task_sync,
+    )
+    from tasklib.models import Task
+    from tasklib.worker import TaskWorker
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    **dict.fromkeys(
+        [
+            "cancel_task",
+            "count_by_state",
+            "current_config",
+            "get_task",
+            "init",
+            "list_tasks",
+            "retry_task",
+            "submit_many",
+            "submit_many_sync",
+            "submit_task",
+            "submit_task_in",
+            "submit_task_sync",
+        ],
+        "tasklib.api",
+    ),
+    "Task": "tasklib.models",
+    "TaskWorker": "tasklib.worker",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tasklib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Config",

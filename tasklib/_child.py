@@ -57,8 +57,7 @@ def run_one(definitions: dict[str, Any], name: str, kwargs_json: str) -> tuple[s
         text = pydantic_core.to_json(result).decode()
     except Exception as exc:
         return "error", (
-            f"TypeError: the task returned a {type(result).__name__}, which cannot be stored as JSON: "
-            f"{_clean(str(exc))}"
+            f"TypeError: the task returned a {type(result).__name__}, which cannot be stored as JSON: {_clean(str(exc))}"
         )
     if "\\u0000" in text:
         return "error", "ValueError: the task's result contains a NUL character, which PostgreSQL's jsonb refuses"

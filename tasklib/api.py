@@ -88,19 +88,17 @@ def _options(**options: Any) -> SubmitOptions:
         raise ValidationError(f"invalid submit options: {summary}", problems) from None
 
 
-def _insert_params(func: Callable[..., Any] | str, opts: SubmitOptions, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _insert_params(
+    func: Callable[..., Any] | str, opts: SubmitOptions, kwargs: Mapping[str, Any], *, validate: bool = True
+) -> dict[str, Any]:
     """Validate one call and build the INSERT parameters (all text/number, for any driver)."""
     definition = definition_for(func)
-    payload = definition.validate(dict(kwargs))
+    payload = definition.validate(dict(kwargs)) if validate else {}
     config = _config
     max_retries = opts.max_retries
     if max_retries is None:
-        max_retries = (
-            definition.max_retries if definition.max_retries is not None else (config.max_retries if config else 3)
-        )
-    timeout = (
-        opts.timeout_seconds or definition.timeout_seconds or (config.default_task_timeout_seconds if config else None)
-    )
+        max_retries = definition.max_retries if definition.max_retries is not None else (config.max_retries if config else 3)
+    timeout = opts.timeout_seconds or definition.timeout_seconds or (config.default_task_timeout_seconds if config else None)
     try:
         kwargs_json = dumps_json(payload)
         tags_json = None if opts.tags is None else dumps_json(opts.tags)
@@ -188,9 +186,7 @@ def _dbapi_cursor(tx: Any) -> Any:
         return raw.cursor()
     if hasattr(tx, "cursor") and hasattr(tx, "commit"):  # any other DB-API connection (psycopg2)
         return tx.cursor()
-    raise TypeError(
-        f"submit_task_in needs a psycopg Connection or a SQLAlchemy Session/Connection, got {type(tx).__name__}"
-    )
+    raise TypeError(f"submit_task_in needs a psycopg Connection or a SQLAlchemy Session/Connection, got {type(tx).__name__}")
 
 
 def submit_task_in(
@@ -227,25 +223,15 @@ def submit_task_in(
 
 def _many_params(
     func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], opts: SubmitOptions
-) -> dict[str, list[Any]]:
-    rows: list[dict[str, Any]] = []
-    for index, kwargs in enumerate(kwargs_list):
-        try:
-            rows.append(_insert_params(func, opts, kwargs))
-        except ValidationError as exc:
-            raise ValidationError(f"item {index}: {exc}", [{**e, "item": index} for e in exc.errors]) from None
-    keys = ("id", "name", "kwargs", "max_retries", "delay", "timeout", "priority", "tags")
-    columns = {k: [r[k] for r in rows] for k in keys}
-    return {
-        "ids": columns["id"],
-        "names": columns["name"],
-        "kwargs": columns["kwargs"],
-        "max_retries": columns["max_retries"],
-        "delays": columns["delay"],
-        "timeouts": columns["timeout"],
-        "priorities": columns["priority"],
-        "tags": columns["tags"],
-    }
+) -> tuple[list[str], dict[str, Any]]:
+    """Validate every call, then build the one-statement INSERT's parameters. Returns (ids, params)."""
+    definition = definition_for(func)
+    encoded = definition.validate_many([dict(kwargs) for kwargs in kwargs_list])
+    params = _insert_params(func, opts, {}, validate=False)
+    ids = [str(uuid.uuid4()) for _ in encoded]
+    params.update(ids="{" + ",".join(ids) + "}", kwargs="[" + ",".join(encoded) + "]")
+    del params["id"]
+    return ids, params
 
 
 async def submit_many(
@@ -267,15 +253,15 @@ async def submit_many(
         priority=priority,
         tags=tags,
     )
-    params = _many_params(func, kwargs_list, opts)
-    if params["ids"]:
+    ids, params = _many_params(func, kwargs_list, opts)
+    if ids:
         pool = await database().apool()
         try:
             async with pool.connection() as conn:
                 await conn.execute(sql.INSERT_MANY, params)
         except psycopg.Error as exc:
             raise _wrap_db_error(exc) from exc
-    return [uuid.UUID(i) for i in params["ids"]]
+    return [uuid.UUID(i) for i in ids]
 
 
 def submit_many_sync(
@@ -296,14 +282,14 @@ def submit_many_sync(
         priority=priority,
         tags=tags,
     )
-    params = _many_params(func, kwargs_list, opts)
-    if params["ids"]:
+    ids, params = _many_params(func, kwargs_list, opts)
+    if ids:
         try:
             with database().pool().connection() as conn:
                 conn.execute(sql.INSERT_MANY, params)
         except psycopg.Error as exc:
             raise _wrap_db_error(exc) from exc
-    return [uuid.UUID(i) for i in params["ids"]]
+    return [uuid.UUID(i) for i in ids]
 
 
 def parse_task_id(task_id: uuid.UUID | str) -> uuid.UUID:

@@ -19,8 +19,7 @@ def _add_database(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
         default=None,
-        help=f"PostgreSQL URL (default: ${ENV_DATABASE_URL}, else the embedded local PostgreSQL "
-        "that TaskLib starts itself)",
+        help=f"PostgreSQL URL (default: ${ENV_DATABASE_URL}, else the embedded local PostgreSQL that TaskLib starts itself)",
     )
 
 
@@ -43,9 +42,7 @@ def _import_apps(modules: Sequence[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="tasklib", description="TaskLib: a durable task queue in one PostgreSQL table."
-    )
+    parser = argparse.ArgumentParser(prog="tasklib", description="TaskLib: a durable task queue in one PostgreSQL table.")
     parser.add_argument(
         "--log-level",
         default="info",

@@ -41,9 +41,7 @@ class Database:
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         # asyncio.run() makes a new loop each call; a pool is bound to the loop it was opened on.
-        self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._apools: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncConnectionPool] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"Database({redact_url(self.url)!r})"

@@ -81,10 +81,7 @@ def _install_dir(root: Path, user: pwd.struct_passwd | None) -> Path:
 
 
 def _traversable_by_others(path: Path) -> bool:
-    for part in [path, *path.parents]:
-        if not os.stat(part).st_mode & 0o001:
-            return False
-    return True
+    return all(os.stat(part).st_mode & 0o001 for part in [path, *path.parents])
 
 
 @contextlib.contextmanager
@@ -129,6 +126,11 @@ def start() -> str:
     with _locked(root):
         if not is_running():
             user = _run_as()
+            if user is not None and not _traversable_by_others(root.parent):
+                raise SystemExit(
+                    f"tasklib: the embedded PostgreSQL runs as '{user.pw_name}' (PostgreSQL refuses root) and cannot "
+                    f"reach {root}: set TASKLIB_EMBEDDED_DIR to a folder whose parents others may enter"
+                )
             install = _install_dir(root, user)
             data = root / "data"
             if user is not None:

@@ -65,9 +65,7 @@ class Task(SQLModel, table=True):
     name: str = Field(sa_column=Column(String, nullable=False))
     args: list[Any] = Field(default_factory=list, sa_column=Column(JSONB, nullable=False, server_default="[]"))
     kwargs: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSONB, nullable=False, server_default="{}"))
-    state: TaskState = Field(
-        default=TaskState.PENDING, sa_column=Column(String, nullable=False, server_default="pending")
-    )
+    state: TaskState = Field(default=TaskState.PENDING, sa_column=Column(String, nullable=False, server_default="pending"))
     result: Any = Field(default=None, sa_column=Column(JSONB, nullable=True))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     retry_count: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
@@ -92,7 +90,3 @@ class Task(SQLModel, table=True):
     def short_name(self) -> str:
         """The function name without its module."""
         return self.name.rsplit(".", 1)[-1]
-
-
-#: Column order used by every SELECT that builds Task objects.
-TASK_COLUMNS: tuple[str, ...] = tuple(c.name for c in Task.__table__.columns)  # type: ignore[attr-defined]

@@ -281,15 +281,11 @@ class Monitor:
             )[0][0]
             if ahead:
                 more = "+" if ahead >= COUNT_CAP else ""
-                reasons.append(
-                    f"It is waiting behind {ahead:,}{more} due task(s) of higher priority or earlier schedule."
-                )
+                reasons.append(f"It is waiting behind {ahead:,}{more} due task(s) of higher priority or earlier schedule.")
         live = self._rows(sql.LIVE_WORKERS)
         if not live:
             reasons.append("No worker is connected to this database. Start one: tasklib worker --app your.tasks")
-        elif not self._rows(sql.NAME_RECENTLY_STARTED, {"name": task.name, "window": RECENT_START_WINDOW_SECONDS})[0][
-            0
-        ]:
+        elif not self._rows(sql.NAME_RECENTLY_STARTED, {"name": task.name, "window": RECENT_START_WINDOW_SECONDS})[0][0]:
             reasons.append(
                 f"{len(live)} worker(s) are connected, but none has started a {task.name} task in the last "
                 f"{RECENT_START_WINDOW_SECONDS // 60} minutes: check that a worker imports the module defining it "

@@ -7,32 +7,39 @@ missing ones under an advisory lock, so any number of processes may start at onc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 from psycopg import sql as psql
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 from tasklib import sql
-from tasklib.models import Task
 
 SCHEMA_VERSION = 1
-_DIALECT = postgresql.dialect()
 
 
 def create_statements() -> list[str]:
-    """``CREATE TABLE`` and ``CREATE INDEX`` statements, all ``IF NOT EXISTS``."""
+    """``CREATE TABLE`` and ``CREATE INDEX`` statements, all ``IF NOT EXISTS``, from the SQLModel class.
+
+    Imported on demand: processes that find the schema current never load SQLAlchemy.
+    """
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    from tasklib.models import Task
+
+    dialect = postgresql.dialect()
     table = Task.__table__  # type: ignore[attr-defined]
-    statements = [str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT))]
+    statements = [str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))]
     for index in sorted(table.indexes, key=lambda ix: ix.name):
-        statements.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)))
+        statements.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
     return statements
 
 
-#: version -> statements that bring the previous version up to it. Additive only.
-MIGRATIONS: dict[int, list[str]] = {
-    1: create_statements(),
+#: version -> a function returning the statements that bring the previous version up to it.
+#: Additive only (new nullable columns, new indexes), so old workers keep running during a deploy.
+MIGRATIONS: dict[int, Callable[[], list[str]]] = {
+    1: create_statements,
 }
 
 
@@ -56,7 +63,7 @@ def ensure_schema(conn: psycopg.Connection[Any]) -> int:
         conn.execute(sql.SCHEMA_LOCK)
         found = version = current_version(conn)
         for target in sorted(v for v in MIGRATIONS if v > version):
-            for statement in MIGRATIONS[target]:
+            for statement in MIGRATIONS[target]():
                 conn.execute(statement)  # type: ignore[call-overload]
             version = target
         if version != found:

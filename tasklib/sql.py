@@ -8,7 +8,29 @@ The insert statements cast every parameter so they run unchanged on psycopg 3 an
 
 from __future__ import annotations
 
-from tasklib.models import TASK_COLUMNS
+#: The ``tasks`` columns in table order. Spelled out (and checked against the SQLModel class by a unit
+#: test) so that processes that only run SQL, like the worker, need not import SQLAlchemy.
+TASK_COLUMNS: tuple[str, ...] = (
+    "id",
+    "name",
+    "args",
+    "kwargs",
+    "state",
+    "result",
+    "error",
+    "retry_count",
+    "max_retries",
+    "scheduled_at",
+    "started_at",
+    "completed_at",
+    "created_at",
+    "next_retry_at",
+    "worker_id",
+    "locked_until",
+    "timeout_seconds",
+    "priority",
+    "tags",
+)
 
 NOTIFY_CHANNEL_SUBMIT = "tasklib_submit"
 NOTIFY_CHANNEL_CANCEL = "tasklib_cancel"
@@ -42,20 +64,21 @@ WITH ins AS (
 SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name) FROM ins
 """
 
-#: INSERT many tasks (-> pending) in one round trip from parallel arrays; one NOTIFY per distinct name.
+#: INSERT many tasks (-> pending) in one round trip; one NOTIFY per statement. The arguments arrive as
+#: one JSON array and the ids as one uuid[] literal: building per-row Python parameters is what
+#: would otherwise limit bulk submit.
 INSERT_MANY = f"""
 WITH ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
                        created_at, timeout_seconds, priority, tags)
-    SELECT v.id, v.name, '[]', v.kwargs::jsonb, 'pending', 0, v.max_retries,
-           now() + make_interval(secs => v.delay), now(), v.timeout, v.priority, v.tags::jsonb
-    FROM unnest(CAST(%(ids)s AS uuid[]), CAST(%(names)s AS varchar[]), CAST(%(kwargs)s AS text[]),
-                CAST(%(max_retries)s AS integer[]), CAST(%(delays)s AS double precision[]),
-                CAST(%(timeouts)s AS integer[]), CAST(%(priorities)s AS integer[]), CAST(%(tags)s AS text[]))
-         AS v(id, name, kwargs, max_retries, delay, timeout, priority, tags)
-    RETURNING name
+    SELECT i.id, CAST(%(name)s AS varchar), '[]', k.kwargs, 'pending', 0, CAST(%(max_retries)s AS integer),
+           now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
+           CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb)
+    FROM unnest(CAST(%(ids)s AS uuid[])) WITH ORDINALITY AS i(id, n)
+    JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
+    RETURNING 1
 )
-SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name) FROM (SELECT DISTINCT name FROM ins) AS n
+SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text)) WHERE EXISTS (SELECT 1 FROM ins)
 """
 
 # Read -----------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ log = logging.getLogger("tasklib.worker")
 # parent reads results, and costs one pipe write per batch instead of one per task.
 FAST_WINDOW = 16
 FAST_TASK_SECONDS = 0.005
+FAST_PREFETCH = 256
 FLUSH_DELAY_SECONDS = 0.002
 MAX_BACKOFF_SECONDS = 10.0
 
@@ -210,8 +211,10 @@ class TaskWorker:
 
     def _capacity(self) -> int:
         """How many tasks to hold (queued + in children): free slots, plus prefetch when tasks are fast."""
-        per_child = self._window()
-        return self.concurrency * per_child * (2 if self._fast else 1)
+        if not self._fast:
+            return self.concurrency
+        # Fast tasks: enough in hand that the children never wait for the next claim's round trip.
+        return max(self.concurrency * FAST_WINDOW * 2, FAST_PREFETCH)
 
     async def _claim_loop(self) -> None:
         backoff = 0.1
@@ -331,8 +334,7 @@ class TaskWorker:
                     Outcome(
                         OutcomeKind.TIMEOUT,
                         error=(
-                            f"TimeoutError: task exceeded its timeout of {head.timeout_seconds} s "
-                            "and its process was killed"
+                            f"TimeoutError: task exceeded its timeout of {head.timeout_seconds} s and its process was killed"
                         ),
                     ),
                     duration,
@@ -497,12 +499,7 @@ class TaskWorker:
             now = time.monotonic()
             for child in self._pool.children:
                 job = child.current
-                if (
-                    job
-                    and job.timeout_seconds
-                    and not child.kill_reason
-                    and now - child.current_since > job.timeout_seconds
-                ):
+                if job and job.timeout_seconds and not child.kill_reason and now - child.current_since > job.timeout_seconds:
                     log.warning(
                         "task %s %s passed its %d s timeout: killing child %d",
                         job.name,

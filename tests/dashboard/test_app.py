@@ -144,9 +144,7 @@ def test_retry_and_cancel_actions(client: TestClient, tl) -> None:
     assert tasklib.get_task(task_id).state == "pending"  # type: ignore[union-attr]
     assert client.post(f"/tasks/{task_id}/retry", data={"_csrf_token": token}).status_code == 409
     assert client.post(f"/tasks/{uuid.uuid4()}/retry", data={"_csrf_token": token}).status_code == 404
-    evil = client.post(
-        f"/tasks/{task_id}/cancel?next=//evil.example", data={"_csrf_token": token}, follow_redirects=False
-    )
+    evil = client.post(f"/tasks/{task_id}/cancel?next=//evil.example", data={"_csrf_token": token}, follow_redirects=False)
     assert evil.headers["location"] == f"/tasks/{task_id}"
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -120,7 +122,10 @@ def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> 
         proc.wait(10)
 
 
-def test_embedded_postgres_lifecycle(tmp_path: Path) -> None:
+def test_embedded_postgres_lifecycle() -> None:
+    # Not pytest's tmp_path: as root the server runs as `nobody`, which must be able to enter the folder.
+    tmp_path = Path(tempfile.mkdtemp(prefix="tasklib-embedded-", dir="/tmp"))
+    tmp_path.chmod(0o755)
     env = {
         "TASKLIB_EMBEDDED_DIR": str(tmp_path / "pg"),
         "TASKLIB_EMBEDDED_PORT": str(55000 + os.getpid() % 1000),
@@ -144,5 +149,7 @@ def test_embedded_postgres_lifecycle(tmp_path: Path) -> None:
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)
     finally:
-        assert "stopped" in run(*tl, "db", "stop", env=env).stdout
+        stopped = run(*tl, "db", "stop", env=env).stdout
+    assert "stopped" in stopped
     assert "stopped" in run(*tl, "db", "status", env=env).stdout
+    shutil.rmtree(tmp_path, ignore_errors=True)

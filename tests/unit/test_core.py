@@ -157,3 +157,10 @@ def test_errors_share_one_root() -> None:
     ):
         assert issubclass(error, tasklib.TaskLibError)
     assert str(tasklib.NotInitialized()) == "tasklib.init(config) has not been called in this process."
+
+
+def test_sql_column_list_matches_the_model() -> None:
+    from tasklib.models import Task
+    from tasklib.sql import TASK_COLUMNS
+
+    assert tuple(c.name for c in Task.__table__.columns) == TASK_COLUMNS  # type: ignore[attr-defined]

@@ -1,0 +1,298 @@
+"""TaskLib benchmarks: `python -m bench` (or `make bench`).
+
+Every measure runs against a real PostgreSQL in a fresh database and is paired with a baseline
+measured in the same run (a minimal psycopg loop on the same table), because this machine is shared
+and absolute figures drift: compare the ratios. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import tasklib  # noqa: E402
+from bench import baseline, dashboard_bench  # noqa: E402
+from bench import tasks as btasks  # noqa: E402
+from tests.pg import fresh_database  # noqa: E402
+
+
+def submit_rates(url: str, n: int) -> dict[str, Any]:
+    tasklib.init(tasklib.Config(database_url=url))
+    out: dict[str, Any] = {"n": n}
+    out["baseline_insert_per_s"] = baseline.single_inserts(url, n)
+    truncate(url)
+    t = time.perf_counter()
+    for i in range(n):
+        tasklib.submit_task_sync(btasks.noop, i=i)
+    out["submit_task_sync_per_s"] = n / (time.perf_counter() - t)
+    truncate(url)
+
+    async def many() -> float:
+        start = time.perf_counter()
+        for i in range(n):
+            await tasklib.submit_task(btasks.noop, i=i)
+        return n / (time.perf_counter() - start)
+
+    out["submit_task_async_per_s"] = asyncio.run(many())
+    truncate(url)
+    out["baseline_bulk_insert_per_s"] = baseline.bulk_insert(url, n)
+    truncate(url)
+    t = time.perf_counter()
+    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
+    out["submit_many_per_s"] = n / (time.perf_counter() - t)
+    truncate(url)
+    out["sync_ratio"] = out["submit_task_sync_per_s"] / out["baseline_insert_per_s"]
+    out["async_ratio"] = out["submit_task_async_per_s"] / out["baseline_insert_per_s"]
+    out["bulk_ratio"] = out["submit_many_per_s"] / out["baseline_bulk_insert_per_s"]
+    return out
+
+
+def truncate(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tasks")
+        conn.execute("VACUUM ANALYZE tasks")
+
+
+def prefill(url: str, n: int) -> None:
+    truncate(url)
+    tasklib.init(tasklib.Config(database_url=url))
+    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE tasks")
+
+
+def _rss_kb(pids: list[str]) -> tuple[int, int]:
+    rss = pss = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/smaps_rollup") as smaps:
+                for line in smaps:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            pass
+    return rss, pss
+
+
+def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout: float = 120) -> dict[str, Any]:
+    """Tasks/s from the first claim to the last completion, with `processes` tasklib workers."""
+    prefill(url, n)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tasklib.cli",
+                "--log-level",
+                "warning",
+                "worker",
+                "--app",
+                "bench.tasks",
+                "--concurrency",
+                str(concurrency),
+                "--database-url",
+                url,
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
+        )
+        for _ in range(processes)
+    ]
+    peak_rss = peak_pss = 0
+    deadline = time.monotonic() + timeout
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                pids = []
+                for proc in procs:
+                    pids += subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
+                rss, pss = _rss_kb(pids)
+                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
+                done = conn.execute("SELECT count(*) FROM tasks WHERE state = 'completed'").fetchone()[0]  # type: ignore[index]
+                if done >= n:
+                    break
+                time.sleep(0.1)
+            first, last, done = conn.execute(
+                "SELECT min(started_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
+            ).fetchone()  # type: ignore[misc]
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(60)
+    seconds = (last - first).total_seconds()
+    return {
+        "n": n,
+        "completed": done,
+        "concurrency": concurrency,
+        "processes": processes,
+        "seconds": seconds,
+        "per_s": done / seconds,
+        "peak_rss_mb": peak_rss / 1024,
+        "peak_pss_mb": peak_pss / 1024,
+    }
+
+
+def pickup_latency(url: str, count: int) -> dict[str, Any]:
+    truncate(url)
+    tasklib.init(tasklib.Config(database_url=url))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tasklib.cli",
+            "--log-level",
+            "warning",
+            "worker",
+            "--app",
+            "bench.tasks",
+            "--poll-interval",
+            "5",
+            "--database-url",
+            url,
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
+    latencies = []
+    try:
+        time.sleep(2.0)  # children ready, listener connected
+        for i in range(count + 5):
+            task_id = tasklib.submit_task_sync(btasks.stamp)
+            submitted = time.time()
+            while True:
+                task = tasklib.get_task(task_id)
+                if task is not None and task.state == "completed":
+                    break
+                time.sleep(0.0005)
+            if i >= 5:  # warm-up
+                latencies.append((task.result - submitted) * 1000)
+            time.sleep(0.01)  # idle again before the next submit
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    return _percentiles(latencies)
+
+
+def _percentiles(values: list[float]) -> dict[str, Any]:
+    q = statistics.quantiles(values, n=100)
+    return {"count": len(values), "p50_ms": statistics.median(values), "p95_ms": q[94], "p99_ms": q[98]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks per submit/drain measure")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the dashboard measure")
+    parser.add_argument("--latency-count", type=int, default=200)
+    parser.add_argument("--skip-dashboard", action="store_true")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    started = time.time()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "versions": {"tasklib": tasklib.__version__, "psycopg": psycopg.__version__},
+        "settings": vars(args) | {"json": str(args.json)},
+    }
+    with fresh_database("tasklib_bench") as url:
+        with psycopg.connect(url) as conn:
+            results["versions"]["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+        tasklib.init(tasklib.Config(database_url=url))
+        n = args.tasks
+        print(f"submit: {n} tasks each way…", flush=True)
+        results["submit"] = submit_rates(url, n)
+        print("drain: baselines…", flush=True)
+        prefill(url, n)
+        results["drain_baseline_batch50"] = baseline.drain(url, n, batch=50)
+        prefill(url, min(n, 5000))
+        results["drain_baseline_batch1"] = baseline.drain(url, min(n, 5000), batch=1)
+        for c in (1, 4, 16):
+            print(f"drain: tasklib worker, concurrency {c}…", flush=True)
+            results[f"drain_c{c}"] = drain_worker(url, n, c)
+        print("drain: two worker processes…", flush=True)
+        results["drain_2proc_c4"] = drain_worker(url, n, 4, processes=2)
+        print("pickup latency…", flush=True)
+        truncate(url)
+        results["latency_baseline"] = baseline.pickup_latency(url, args.latency_count)
+        results["latency"] = pickup_latency(url, args.latency_count)
+        if not args.skip_dashboard:
+            print(f"dashboard: {args.rows:,} rows…", flush=True)
+            truncate(url)
+            results["dashboard"] = dashboard_bench.run(url, args.rows)
+    results["elapsed_seconds"] = time.time() - started
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, default=str))
+    print_table(results)
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+def print_table(r: dict[str, Any]) -> None:
+    base50 = r["drain_baseline_batch50"]["per_s"]
+    s = r["submit"]
+    rows = [
+        ("submit_task_sync, one by one", f"{s['submit_task_sync_per_s']:,.0f}/s", f"{s['sync_ratio']:.2f} x raw INSERT"),
+        (
+            "submit_task (async), one by one",
+            f"{s['submit_task_async_per_s']:,.0f}/s",
+            f"{s['async_ratio']:.2f} x raw INSERT",
+        ),
+        ("raw psycopg INSERT (baseline)", f"{s['baseline_insert_per_s']:,.0f}/s", "1.00"),
+        ("submit_many (one statement)", f"{s['submit_many_per_s']:,.0f}/s", f"{s['bulk_ratio']:.2f} x raw bulk"),
+        ("raw bulk INSERT … unnest (baseline)", f"{s['baseline_bulk_insert_per_s']:,.0f}/s", "1.00"),
+        ("drain baseline, claim 50 at a time", f"{base50:,.0f}/s", "1.00"),
+        (
+            "drain baseline, claim 1 at a time",
+            f"{r['drain_baseline_batch1']['per_s']:,.0f}/s",
+            f"{r['drain_baseline_batch1']['per_s'] / base50:.2f} x batch-50",
+        ),
+    ]
+    for key, label in (
+        ("drain_c1", "worker, concurrency 1"),
+        ("drain_c4", "worker, concurrency 4"),
+        ("drain_c16", "worker, concurrency 16"),
+        ("drain_2proc_c4", "2 workers x concurrency 4"),
+    ):
+        d = r[key]
+        rows.append((f"drain: {label}", f"{d['per_s']:,.0f}/s", f"{d['per_s'] / base50:.2f} x batch-50"))
+    lat, lb = r["latency"], r["latency_baseline"]
+    rows.append(
+        (
+            "pickup latency p50 / p95 / p99",
+            f"{lat['p50_ms']:.2f} / {lat['p95_ms']:.2f} / {lat['p99_ms']:.2f} ms",
+            f"baseline {lb['p50_ms']:.2f} / {lb['p95_ms']:.2f} / {lb['p99_ms']:.2f} ms",
+        )
+    )
+    c4 = r["drain_c4"]
+    rows.append(("worker peak memory, concurrency 4", f"RSS {c4['peak_rss_mb']:.0f} MB", f"PSS {c4['peak_pss_mb']:.0f} MB"))
+    for page, p in (r.get("dashboard") or {}).get("pages", {}).items():
+        rows.append((f"dashboard {page}", f"p50 {p['p50_ms']:.1f} ms", f"p95 {p['p95_ms']:.1f} ms"))
+    width = max(len(a) for a, _, _ in rows)
+    print()
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:>28}  {c}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
