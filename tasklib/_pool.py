@@ -98,6 +98,7 @@ class ChildPool:
         self._on_message = on_message
         self._on_death = on_death
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._respawn_delay = 0.0
         self.closing = False
 
     def start(self) -> None:
@@ -180,7 +181,24 @@ class ChildPool:
         else:
             reason = f"exited with code {code}"
         self._on_death(child, reason)
-        if not self.closing:
+        if self.closing:
+            return
+        if child.ready:
+            self._respawn_delay = 0.0
+            self._spawn()
+            return
+        # It died before it could take work: its imports fail. Retry, slower each time, instead of
+        # forking in a hot loop; its traceback is on the worker's stderr.
+        self._respawn_delay = min(max(self._respawn_delay * 2, 0.5), 30.0)
+        log.error(
+            "a child process failed to start (%s); check that the task modules import cleanly. Retrying in %.1fs",
+            reason,
+            self._respawn_delay,
+        )
+        self._loop.call_later(self._respawn_delay, self._respawn_later)
+
+    def _respawn_later(self) -> None:
+        if not self.closing and len(self.children) < self.size:
             self._spawn()
 
     def _discard(self, child: Child) -> None:
@@ -203,10 +221,12 @@ class ChildPool:
     async def close(self, timeout: float = 5.0) -> None:
         """Ask idle children to exit (close their input), then kill what is left."""
         self.closing = True
+        assert self._loop is not None
         for child in list(self.children):
             try:
+                self._loop.remove_writer(child.inbox_parent.fileno())
                 child.inbox_parent.close()
-            except OSError:
+            except (OSError, ValueError):
                 pass
         deadline = time.monotonic() + timeout
         while self.children and time.monotonic() < deadline:

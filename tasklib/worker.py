@@ -27,6 +27,7 @@ from tasklib import sql
 from tasklib._pool import Child, ChildPool, Job
 from tasklib.config import Config, redact_url
 from tasklib.db import connect_kwargs
+from tasklib.errors import DatabaseError
 from tasklib.outcome import Action, Outcome, OutcomeKind, decide
 from tasklib.registry import registered_definitions
 from tasklib.schema import ensure_schema
@@ -81,10 +82,14 @@ class TaskWorker:
         self._stopping = False
         self._force = False
         self._stopped = asyncio.Event()
-        self._conn: psycopg.AsyncConnection[Any] | None = None
+        # Two connections: claims on one, results/heartbeats/rescue on the other, so a claim never
+        # waits behind a batch of results (and vice versa). LISTEN has a third, dedicated one.
+        self._conns: dict[str, psycopg.AsyncConnection[Any] | None] = {"claim": None, "write": None}
         self._pool: ChildPool | None = None
         self._names: list[str] = []
         self.processed = 0
+        self._started = False
+        self._run_task: asyncio.Task[Any] | None = None
         # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
         self._app_name = f"tasklib-worker {self.worker_id}"[:63]
 
@@ -92,6 +97,8 @@ class TaskWorker:
 
     async def run(self) -> None:
         """Run until ``shutdown()`` or SIGINT/SIGTERM (a second signal stops running tasks at once)."""
+        self._started = True
+        self._run_task = asyncio.current_task()
         url = self.config.resolved_database_url()
         await asyncio.to_thread(self._prepare_schema, url)
         definitions = registered_definitions()
@@ -133,22 +140,39 @@ class TaskWorker:
             await asyncio.gather(*background, return_exceptions=True)
             await self._final_writes()
             await self._pool.close()
-            if self._conn is not None:
-                await self._conn.close()
+            for conn in self._conns.values():
+                if conn is not None:
+                    await conn.close()
             self._remove_signals(loop)
             self._stopped.set()
             log.info("worker %s stopped after %d task(s)", self.worker_id, self.processed)
 
     async def shutdown(self, grace_seconds: float | None = None) -> None:
-        """Stop claiming, let running tasks finish (up to the grace period), release the rest."""
+        """Stop claiming, let running tasks finish (up to the grace period), release the rest.
+
+        Returns once ``run()`` has finished (at once if it is not running).
+        """
         if grace_seconds is not None:
             self._grace = grace_seconds
         self._stopping = True
         self._wake.set()
+        if self._started and asyncio.current_task() is not self._run_task:
+            await self._stopped.wait()
 
     def _prepare_schema(self, url: str) -> None:
-        with psycopg.connect(url, **connect_kwargs("tasklib-worker")) as conn:
-            ensure_schema(conn)
+        """Create/upgrade the table, waiting for the database if it is not up yet (containers start together)."""
+        delay, deadline = 0.5, time.monotonic() + 60
+        while True:
+            try:
+                with psycopg.connect(url, connect_timeout=5, **connect_kwargs("tasklib-worker")) as conn:
+                    ensure_schema(conn)
+                return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline or self._stopping:
+                    raise DatabaseError(f"cannot reach {redact_url(url)}: {str(exc).strip()}") from exc
+                log.warning("database not reachable yet (%s); retrying in %.1fs", str(exc).strip(), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         if not self.handle_signals:
@@ -183,21 +207,23 @@ class TaskWorker:
 
     # -- database access with reconnects ----------------------------------------------------
 
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._app_name))
-        return self._conn
+    async def _connection(self, role: str) -> psycopg.AsyncConnection[Any]:
+        conn = self._conns[role]
+        if conn is None or conn.closed or conn.broken:
+            conn = self._conns[role] = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._app_name))
+        return conn
 
-    async def _execute(self, statement: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    async def _execute(self, statement: str, params: dict[str, Any], role: str = "write") -> list[tuple[Any, ...]]:
         """Run one statement; on a connection failure drop the connection and re-raise."""
         try:
-            conn = await self._connection()
+            conn = await self._connection(role)
             cursor = await conn.execute(statement, params)  # type: ignore[arg-type]
             return await cursor.fetchall() if cursor.description else []
         except psycopg.OperationalError:
-            if self._conn is not None:
-                await self._conn.close()
-            self._conn = None
+            broken = self._conns[role]
+            self._conns[role] = None
+            if broken is not None:
+                await broken.close()
             raise
 
     # -- claiming and dispatch ------------------------------------------------------------
@@ -225,8 +251,9 @@ class TaskWorker:
             if free >= threshold and self._pool is not None and any(c.ready for c in self._pool.children):
                 try:
                     rows = await self._execute(
-                        sql.CLAIM_NEXT,
-                        {
+                        role="claim",
+                        statement=sql.CLAIM_NEXT,
+                        params={
                             "names": self._names,
                             "limit": free,
                             "worker_id": self.worker_id,
