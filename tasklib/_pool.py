@@ -76,7 +76,8 @@ def _context(modules: list[str], preload_main: bool) -> multiprocessing.context.
     ctx = multiprocessing.get_context("forkserver")
     # "__main__" re-runs the worker's script (minus its ``if __name__ == "__main__"`` block) so tasks
     # defined in that script exist in the children too.
-    ctx.set_forkserver_preload((["__main__"] if preload_main else []) + ["tasklib._child", *modules])
+    preload = ["tasklib._forkserver_init", "tasklib._child", *modules]
+    ctx.set_forkserver_preload(["__main__", *preload] if preload_main else preload)
     return ctx
 
 

@@ -144,14 +144,19 @@ def test_rich_arguments_round_trip_into_annotated_types(tl, tmp_path: Path) -> N
     }
 
 
-def test_sigterm_lets_running_task_finish_and_claims_nothing_new(tl, tmp_path: Path) -> None:
+@pytest.mark.parametrize("whole_group", [False, True], ids=["worker", "process-group"])
+def test_sigterm_lets_running_task_finish_and_claims_nothing_new(tl, tmp_path: Path, whole_group: bool) -> None:
+    """SIGTERM to the worker, or to its whole process group as systemd and `kill -TERM -PGID` do."""
     log = tmp_path / "runs.log"
     running = tasklib.submit_task_sync(jobs.mark, key="running", sleep=2, priority=10)
     proc = start_worker(tl.database_url, log)
     try:
         assert wait_for(lambda: any(line[:2] == ["start", "running"] for line in read_log(log)), timeout=20)
         waiting = tasklib.submit_task_sync(jobs.mark, key="waiting")
-        proc.send_signal(signal.SIGTERM)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
     finally:
         stop(proc, signal.SIGKILL)
