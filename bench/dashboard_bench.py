@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -13,6 +12,8 @@ from typing import Any
 
 import httpx
 import psycopg
+
+from tests.net import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,12 +44,6 @@ CROSS JOIN LATERAL (SELECT CASE
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
     started = time.time()
     with psycopg.connect(url, autocommit=True) as conn:
@@ -57,7 +52,7 @@ def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
         sample_id = conn.execute("SELECT id FROM tasks WHERE state = 'failed' LIMIT 1").fetchone()[0]  # type: ignore[index]
         pending_id = conn.execute("SELECT id FROM tasks WHERE state = 'pending' ORDER BY created_at LIMIT 1").fetchone()[0]  # type: ignore[index]
     generated = time.time() - started
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -89,14 +84,8 @@ def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
     }
     results: dict[str, Any] = {}
     try:
+        wait_healthy(base)
         with httpx.Client(base_url=base, timeout=30) as client:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
             for label, path in pages.items():
                 if path is None:
                     html = client.get("/partials/overview").text

@@ -57,9 +57,9 @@ def overview_partial(request: Request, state: State) -> Template | Response[None
 
 
 def _list(app_state: State, **query: Any) -> dict[str, Any]:
-    older, newer = query.pop("older"), query.pop("newer")
+    after, before = query.pop("after"), query.pop("before")
     params = parse_list_params(**query)
-    return list_context(_monitor(app_state), params, older, newer)
+    return list_context(_monitor(app_state), params, after, before)
 
 
 _LIST_PARAMS = dict(
@@ -71,8 +71,9 @@ _LIST_PARAMS = dict(
     created_to=None,
     finished_from=None,
     finished_to=None,
-    older=None,
-    newer=None,
+    sort=None,
+    after=None,
+    before=None,
 )
 
 
@@ -151,7 +152,7 @@ BULK = {
 def bulk_confirm(state: State, request: Request, kind: FromPath[str], limit: Limit = 50) -> Template:
     if kind not in BULK:
         raise NotFoundException(f"no bulk action {kind!r}")
-    query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS if k not in ("older", "newer")}
+    query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS if k not in ("after", "before")}
     params = parse_list_params(limit=limit, **query)
     count = _monitor(state).count_matching(params.flt, BULK[kind])
     return Template("confirm.html", context={"action": kind, "count": count, "params": params, "page": "tasks"})
@@ -163,7 +164,7 @@ def bulk_apply(
 ) -> Redirect:
     if kind not in BULK:
         raise NotFoundException(f"no bulk action {kind!r}")
-    query = {k: data.get(k) or None for k in _LIST_PARAMS if k not in ("older", "newer")}
+    query = {k: data.get(k) or None for k in _LIST_PARAMS if k not in ("after", "before")}
     params = parse_list_params(limit=50, **query)
     monitor = _monitor(state)
     done = monitor.retry_matching(params.flt) if kind == "retry" else monitor.cancel_matching(params.flt)

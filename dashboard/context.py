@@ -26,13 +26,13 @@ def overview_context(monitor: Monitor) -> dict[str, Any]:
     return {"overview": overview, "chart_peak": max(peak, 1), "version": version(monitor), "page": "overview"}
 
 
-def list_context(monitor: Monitor, params: ListParams, older: str | None, newer: str | None) -> dict[str, Any]:
-    page = monitor.page(params.flt, limit=params.limit, older=older, newer=newer)
+def list_context(monitor: Monitor, params: ListParams, after: str | None, before: str | None) -> dict[str, Any]:
+    page = monitor.page(params.flt, limit=params.limit, after=after, before=before, oldest_first=params.oldest_first)
     return {
         "page_data": page,
         "params": params,
-        "older": older,
-        "newer": newer,
+        "after": after,
+        "before": before,
         "version": version(monitor),
         "page": "tasks",
     }

@@ -20,6 +20,7 @@ class ListParams:
     flt: TaskFilter
     raw: dict[str, str]  # the filter values as typed, for the form and links
     limit: int
+    oldest_first: bool = False
 
     def query(self, **overrides: str | int | None) -> str:
         values: dict[str, str | int | None] = {**self.raw, "limit": self.limit if self.limit != 50 else None}
@@ -48,6 +49,7 @@ def parse_list_params(
     finished_from: str | None,
     finished_to: str | None,
     limit: int,
+    sort: str | None = None,
 ) -> ListParams:
     tag_pair = None
     if tag:
@@ -55,6 +57,8 @@ def parse_list_params(
         if not sep or not key.strip():
             raise ValidationError(f"tag: expected key=value, got {tag[:60]!r}")
         tag_pair = (key.strip(), value.strip())
+    if sort not in (None, "", "newest", "oldest"):
+        raise ValidationError(f"sort: expected newest or oldest, got {sort[:20]!r}")
     if q and len(q) > MAX_TEXT:
         raise ValidationError(f"q: search text is limited to {MAX_TEXT} characters")
     flt = TaskFilter(

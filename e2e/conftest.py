@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 import tasklib
+from tests.net import free_port, wait_healthy
 from tests.pg import fresh_database
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,12 +34,6 @@ def browser_type_launch_args() -> dict:
             "--no-first-run",
         ],
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -71,7 +63,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
 def stack(tmp_path: Path) -> Iterator[Stack]:
     with fresh_database("tasklib_e2e") as database_url:
         tasklib.init(tasklib.Config(database_url=database_url))
-        port = _free_port()
+        port = free_port()
         dashboard = _spawn(["dashboard", "--port", str(port), "--database-url", database_url], tmp_path / "dash.log")
         worker = _spawn(
             ["worker", "--app", "e2e.tasks", "--poll-interval", "0.5", "--database-url", database_url],
@@ -79,16 +71,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError((tmp_path / "dash.log").read_text())
-                time.sleep(0.1)
+            try:
+                wait_healthy(url)
+            except RuntimeError:
+                raise RuntimeError((tmp_path / "dash.log").read_text()) from None
             yield Stack(url, database_url, tmp_path)
         finally:
             for proc in (worker, dashboard):

@@ -79,9 +79,17 @@ class SubmitOptions(BaseModel):
     tags: dict[str, pydantic.JsonValue] | None = None
 
 
-def _options(**options: Any) -> SubmitOptions:
+def _options(
+    delay_seconds: float, max_retries: int | None, timeout_seconds: int | None, priority: int, tags: Any
+) -> SubmitOptions:
     try:
-        return SubmitOptions(**options)
+        return SubmitOptions(
+            delay_seconds=delay_seconds,
+            max_retries=max_retries,
+            timeout_seconds=timeout_seconds,
+            priority=priority,
+            tags=tags,
+        )
     except pydantic.ValidationError as exc:
         problems = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)]
         summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
@@ -120,6 +128,23 @@ def _wrap_db_error(exc: psycopg.Error) -> DatabaseError:
     return DatabaseError(f"PostgreSQL refused the statement: {exc}")
 
 
+def _write(statement: str, params: Mapping[str, Any]) -> None:
+    try:
+        with database().pool().connection() as conn:
+            conn.execute(statement, params)  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raise _wrap_db_error(exc) from exc
+
+
+async def _awrite(statement: str, params: Mapping[str, Any]) -> None:
+    pool = await database().apool()
+    try:
+        async with pool.connection() as conn:
+            await conn.execute(statement, params)  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        raise _wrap_db_error(exc) from exc
+
+
 async def submit_task(
     func: Callable[..., Any] | str,
     *,
@@ -131,20 +156,9 @@ async def submit_task(
     **kwargs: Any,
 ) -> uuid.UUID:
     """Validate the arguments and enqueue a task; returns its id. Raises ValidationError on bad input."""
-    opts = _options(
-        delay_seconds=delay_seconds,
-        max_retries=max_retries,
-        timeout_seconds=timeout_seconds,
-        priority=priority,
-        tags=tags,
-    )
+    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
     params = _insert_params(func, opts, kwargs)
-    pool = await database().apool()
-    try:
-        async with pool.connection() as conn:
-            await conn.execute(sql.INSERT_TASK, params)
-    except psycopg.Error as exc:
-        raise _wrap_db_error(exc) from exc
+    await _awrite(sql.INSERT_TASK, params)
     return uuid.UUID(params["id"])
 
 
@@ -159,19 +173,9 @@ def submit_task_sync(
     **kwargs: Any,
 ) -> uuid.UUID:
     """``submit_task`` for sync code (Flask, Django, scripts): same validation, same result."""
-    opts = _options(
-        delay_seconds=delay_seconds,
-        max_retries=max_retries,
-        timeout_seconds=timeout_seconds,
-        priority=priority,
-        tags=tags,
-    )
+    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
     params = _insert_params(func, opts, kwargs)
-    try:
-        with database().pool().connection() as conn:
-            conn.execute(sql.INSERT_TASK, params)
-    except psycopg.Error as exc:
-        raise _wrap_db_error(exc) from exc
+    _write(sql.INSERT_TASK, params)
     return uuid.UUID(params["id"])
 
 
@@ -205,13 +209,7 @@ def submit_task_in(
     ``tx`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``, or a psycopg connection. Workers are
     woken when it commits (NOTIFY is transactional). Uses the config's defaults if ``init`` was called.
     """
-    opts = _options(
-        delay_seconds=delay_seconds,
-        max_retries=max_retries,
-        timeout_seconds=timeout_seconds,
-        priority=priority,
-        tags=tags,
-    )
+    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
     params = _insert_params(func, opts, kwargs)
     cursor = _dbapi_cursor(tx)
     try:
@@ -246,21 +244,10 @@ async def submit_many(
 ) -> list[uuid.UUID]:
     """Enqueue one task per kwargs dict in a single statement. All are validated first; any error
     rejects the whole batch and nothing is written."""
-    opts = _options(
-        delay_seconds=delay_seconds,
-        max_retries=max_retries,
-        timeout_seconds=timeout_seconds,
-        priority=priority,
-        tags=tags,
-    )
+    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
     ids, params = _many_params(func, kwargs_list, opts)
     if ids:
-        pool = await database().apool()
-        try:
-            async with pool.connection() as conn:
-                await conn.execute(sql.INSERT_MANY, params)
-        except psycopg.Error as exc:
-            raise _wrap_db_error(exc) from exc
+        await _awrite(sql.INSERT_MANY, params)
     return [uuid.UUID(i) for i in ids]
 
 
@@ -275,20 +262,10 @@ def submit_many_sync(
     tags: dict[str, Any] | None = None,
 ) -> list[uuid.UUID]:
     """``submit_many`` for sync code."""
-    opts = _options(
-        delay_seconds=delay_seconds,
-        max_retries=max_retries,
-        timeout_seconds=timeout_seconds,
-        priority=priority,
-        tags=tags,
-    )
+    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
     ids, params = _many_params(func, kwargs_list, opts)
     if ids:
-        try:
-            with database().pool().connection() as conn:
-                conn.execute(sql.INSERT_MANY, params)
-        except psycopg.Error as exc:
-            raise _wrap_db_error(exc) from exc
+        _write(sql.INSERT_MANY, params)
     return [uuid.UUID(i) for i in ids]
 
 

@@ -86,8 +86,8 @@ class Overview:
 @dataclass(frozen=True)
 class Page:
     tasks: list[Task]
-    newer: str | None  # cursor for the page of newer tasks, if any
-    older: str | None
+    previous: str | None  # cursor for the page before this one (in display order), if any
+    next: str | None
 
 
 @dataclass(frozen=True)
@@ -195,27 +195,39 @@ class Monitor:
             now=now,
         )
 
-    def page(self, flt: TaskFilter, *, limit: int = 50, older: str | None = None, newer: str | None = None) -> Page:
-        """One keyset page, newest first. ``older``/``newer`` are cursors from a previous page."""
-        if older and newer:
-            raise ValidationError("use either older= or newer=, not both")
-        cursor = decode_cursor(older or newer) if (older or newer) else None  # type: ignore[arg-type]
-        direction = "newer" if newer else "older"
-        where, params = flt.clause(cursor=cursor, cursor_direction=direction)
+    def page(
+        self,
+        flt: TaskFilter,
+        *,
+        limit: int = 50,
+        after: str | None = None,
+        before: str | None = None,
+        oldest_first: bool = False,
+    ) -> Page:
+        """One keyset page in created order (newest first unless ``oldest_first``).
+
+        ``after``/``before`` are cursors from a previous page's ``next``/``previous``: no OFFSET, so
+        every page costs the same however deep it is.
+        """
+        if after and before:
+            raise ValidationError("use either after= or before=, not both")
+        cursor = decode_cursor(after or before) if (after or before) else None  # type: ignore[arg-type]
+        forward = before is None
+        descending = (not oldest_first) if forward else oldest_first
+        where, params = flt.clause(cursor=cursor, cursor_op="<" if descending else ">")
         params["limit"] = limit + 1
-        query = (sql.PAGE_OLDEST if direction == "newer" else sql.PAGE_NEWEST).format(where=where)
+        query = (sql.PAGE_NEWEST if descending else sql.PAGE_OLDEST).format(where=where)
         rows = [row_to_task(r) for r in self._rows(query, params, as_dict=True)]
         more = len(rows) > limit
         rows = rows[:limit]
-        if direction == "newer":
+        if not forward:
             rows.reverse()
-            has_newer, has_older = more, True
-        else:
-            has_newer, has_older = cursor is not None, more
+        has_next = more if forward else True
+        has_previous = (cursor is not None) if forward else more
         return Page(
             tasks=rows,
-            newer=encode_cursor(rows[0]) if rows and has_newer else None,
-            older=encode_cursor(rows[-1]) if rows and has_older else None,
+            previous=encode_cursor(rows[0]) if rows and has_previous else None,
+            next=encode_cursor(rows[-1]) if rows and has_next else None,
         )
 
     def count_matching(self, flt: TaskFilter, states: tuple[str, ...]) -> int:

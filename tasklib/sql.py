@@ -320,7 +320,7 @@ def filter_clause(
     finished_from: object = None,
     finished_to: object = None,
     cursor: tuple[object, object] | None = None,
-    cursor_direction: str = "older",
+    cursor_op: str = "<",
     states: tuple[str, ...] | None = None,
 ) -> tuple[str, dict[str, object]]:
     """A WHERE clause and its parameters for the dashboard's filters. Values are always bound."""
@@ -351,7 +351,7 @@ def filter_clause(
             clauses.append(f"{column} {op} %({key})s")
             params[key] = value
     if cursor is not None:
-        op = "<" if cursor_direction == "older" else ">"
+        op = "<" if cursor_op == "<" else ">"  # never interpolate anything but these two
         clauses.append(f"(created_at, id) {op} (%(c_at)s, %(c_id)s)")
         params["c_at"], params["c_id"] = cursor
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params

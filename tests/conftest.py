@@ -25,3 +25,13 @@ def tl(config: tasklib.Config) -> Iterator[tasklib.Config]:
     """TaskLib initialised on a fresh database."""
     tasklib.init(config)
     yield config
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Leave no server behind: stop the embedded PostgreSQL if this session started it."""
+    from tests import pg
+
+    if pg.STARTED_EMBEDDED:
+        from tasklib import embedded
+
+        embedded.stop()

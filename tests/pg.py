@@ -24,10 +24,14 @@ def _admin_url() -> str:
     except psycopg.OperationalError:
         from tasklib import embedded
 
+        global STARTED_EMBEDDED
+        STARTED_EMBEDDED = not embedded.is_running()
         embedded.start()
         return embedded.url("postgres")
 
 
+#: True when this test session started the embedded server (conftest stops it at the end).
+STARTED_EMBEDDED = False
 ADMIN_URL = _admin_url()
 
 

@@ -94,19 +94,27 @@ def test_list_filters(client: TestClient, tl, query: str, expect_in: list[str], 
     assert tasklib.count_by_state()["pending"] == 2  # the SQL-looking search was only text
 
 
+def _link(html: str, rel: str, key: str) -> str:
+    match = re.search(rf'rel="{rel}" href="/tasks\?[^"]*{key}=([^"&]+)', html)
+    assert match, f"no {rel} link"
+    return match.group(1)
+
+
 def test_keyset_pagination(client: TestClient, tl) -> None:
     ids = tasklib.submit_many_sync(jobs.mark, [{"key": str(i)} for i in range(25)])
-    first = client.get("/tasks?limit=10").text
-    older = re.search(r'href="/tasks\?[^"]*older=([^"&]+)', first)
-    assert older
-    second = client.get(f"/tasks?limit=10&older={older.group(1)}").text
-    newer = re.search(r'href="/tasks\?[^"]*newer=([^"&]+)', second)
-    assert newer
-    seen_first = {i for i in map(str, ids) if i in first}
-    seen_second = {i for i in map(str, ids) if i in second}
-    assert len(seen_first) == 10 and len(seen_second) == 10 and not seen_first & seen_second
-    back = client.get(f"/tasks?limit=10&newer={newer.group(1)}").text
-    assert {i for i in map(str, ids) if i in back} == seen_first
+
+    def shown(html: str) -> set[str]:
+        return {i for i in map(str, ids) if i in html}
+
+    for sort in ("", "oldest"):
+        first = client.get(f"/tasks?limit=10&sort={sort}").text
+        second = client.get(f"/tasks?limit=10&sort={sort}&after={_link(first, 'next', 'after')}").text
+        assert len(shown(first)) == 10 and len(shown(second)) == 10 and not shown(first) & shown(second)
+        back = client.get(f"/tasks?limit=10&sort={sort}&before={_link(second, 'prev', 'before')}").text
+        assert shown(back) == shown(first)
+        third = client.get(f"/tasks?limit=10&sort={sort}&after={_link(second, 'next', 'after')}").text
+        assert len(shown(third)) == 5 and 'rel="next"' not in third
+        assert 'rel="prev"' not in first
 
 
 @pytest.mark.parametrize(
@@ -117,7 +125,8 @@ def test_keyset_pagination(client: TestClient, tl) -> None:
         ("/tasks?limit=100000", 400),
         ("/tasks?created_from=yesterday", 400),
         ("/tasks?tag=novalue", 400),
-        ("/tasks?older=garbage", 400),
+        ("/tasks?after=garbage", 400),
+        ("/tasks?sort=sideways", 400),
         ("/tasks/not-a-uuid", 400),
         (f"/tasks/{uuid.uuid4()}", 404),
         ("/bulk/explode", 404),

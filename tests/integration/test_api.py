@@ -265,3 +265,18 @@ def test_check_constraints_protect_invariants(tl) -> None:
         conn.execute("INSERT INTO tasks (id, name, state) VALUES (gen_random_uuid(), 'x', 'bogus')")
     with psycopg.connect(tl.database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO tasks (id, name, state) VALUES (gen_random_uuid(), 'x', 'running')")
+
+
+def test_testing_helpers_drain_and_assert_enqueued(tl) -> None:
+    from tasklib.testing import assert_enqueued, drain, enqueued
+
+    tasklib.submit_task_sync(jobs.send_email, to="a@x", subject="s", body="b")
+    tasklib.submit_task_sync(jobs.flaky, key="f")
+    later = tasklib.submit_task_sync(jobs.mark, key="later", delay_seconds=3600)
+    assert assert_enqueued(jobs.send_email, to="a@x").kwargs["subject"] == "s"
+    assert enqueued(jobs.send_email, to="nobody") == []
+    assert drain() == 2
+    assert assert_enqueued(jobs.send_email, state="completed").result is True
+    flaky = assert_enqueued(jobs.flaky, state="pending")  # failed once, retry scheduled by backoff
+    assert flaky.retry_count == 1 and "RuntimeError: flaky f failed" in (flaky.error or "")
+    assert tasklib.get_task(later).state == "pending"  # type: ignore[union-attr]

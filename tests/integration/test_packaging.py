@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 import yaml
 
 from tasklib.cli import build_parser
+from tests.net import free_port, wait_healthy
 from tests.workers import ROOT
 
 
@@ -99,7 +99,7 @@ def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> 
     assert "tasklib/py.typed" in names
     target = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(target)
-    port = 18000 + os.getpid() % 1000
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "tasklib.cli", "dashboard", "--port", str(port), "--database-url", database_url],
         cwd=tmp_path,
@@ -108,13 +108,7 @@ def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> 
         stderr=subprocess.STDOUT,
     )
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}")
         for path in ("/", "/tasks", "/workers", "/static/htmx-2.0.11.min.js", "/static/tasklib.css"):
             assert httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
     finally:

@@ -1,0 +1,91 @@
+"""Helpers for testing your own tasks: run what is due in this process, check what was enqueued."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pydantic_core
+
+from tasklib import sql
+from tasklib._child import run_one
+from tasklib.api import current_config, database, list_tasks
+from tasklib.models import Task
+from tasklib.outcome import Outcome, OutcomeKind, decide
+from tasklib.registry import definition_for, registered_definitions
+
+
+def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
+    """Run due tasks synchronously in this process until none is due; returns how many ran.
+
+    Uses the same claim and finish statements as the worker, so states, results, errors and retry
+    scheduling are what a worker would record (retries land in the future and are not run again).
+    There is no process isolation here: timeouts are not enforced.
+    """
+    config = current_config()
+    definitions = registered_definitions()
+    worker_id = f"tasklib.testing:{os.getpid()}"
+    ran = 0
+    with database().pool().connection() as conn:
+        while ran < max_tasks:
+            rows = conn.execute(
+                sql.CLAIM_NEXT,
+                {
+                    "names": sorted(definitions),
+                    "limit": min(batch, max_tasks - ran),
+                    "worker_id": worker_id,
+                    "lock_seconds": float(config.lock_timeout_seconds),
+                },
+            ).fetchall()
+            if not rows:
+                break
+            ids, started, states, results, errors, retries, delays = [], [], [], [], [], [], []
+            for task_id, name, kwargs_json, retry_count, max_retries, _timeout, _priority, started_at in rows:
+                status, payload = run_one(definitions, name, kwargs_json)
+                outcome = (
+                    Outcome(OutcomeKind.OK, result_json=payload)
+                    if status == "ok"
+                    else Outcome(OutcomeKind.ERROR, error=payload)
+                )
+                action = decide(outcome, retry_count, max_retries, config)
+                ids.append(task_id)
+                started.append(started_at)
+                states.append(action.state.value)
+                results.append(action.result_json)
+                errors.append(action.error)
+                retries.append(action.retry_count)
+                delays.append(action.delay_seconds)
+            conn.execute(
+                sql.FINISH_MANY,
+                {
+                    "ids": ids,
+                    "started": started,
+                    "states": states,
+                    "results": results,
+                    "errors": errors,
+                    "retry_counts": retries,
+                    "delays": delays,
+                    "worker_id": worker_id,
+                },
+            )
+            ran += len(rows)
+    return ran
+
+
+def enqueued(func: Callable[..., Any] | str, state: str | None = "pending", **kwargs: Any) -> list[Task]:
+    """Tasks of ``func`` (optionally in ``state``) whose stored arguments include ``kwargs``."""
+    name = definition_for(func).name
+    expected = {k: pydantic_core.to_jsonable_python(v) for k, v in kwargs.items()}  # as stored
+    return [
+        t for t in list_tasks(state=state, name=name, limit=10_000) if all(t.kwargs.get(k) == v for k, v in expected.items())
+    ]
+
+
+def assert_enqueued(func: Callable[..., Any] | str, state: str | None = "pending", **kwargs: Any) -> Task:
+    """The one matching task; AssertionError if there is none or more than one."""
+    found = enqueued(func, state, **kwargs)
+    assert len(found) == 1, (
+        f"expected one {state or 'any-state'} task {definition_for(func).name}({kwargs}), found {len(found)}"
+    )
+    return found[0]
