@@ -206,6 +206,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the dashboard measure")
     parser.add_argument("--latency-count", type=int, default=200)
     parser.add_argument("--skip-dashboard", action="store_true")
+    parser.add_argument("--only-dashboard", action="store_true", help="run just the dashboard measure")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     started = time.time()
@@ -219,6 +220,10 @@ def main() -> int:
         with psycopg.connect(url) as conn:
             results["versions"]["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         tasklib.init(tasklib.Config(database_url=url))
+        if args.only_dashboard:
+            results["dashboard"] = dashboard_bench.run(url, args.rows)
+            print(json.dumps(results["dashboard"], indent=2))
+            return 0
         n = args.tasks
         print(f"submit: {n} tasks each way…", flush=True)
         results["submit"] = submit_rates(url, n)

@@ -50,7 +50,7 @@ def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
         conn.execute(GENERATE, {"rows": rows})
         conn.execute("VACUUM ANALYZE tasks")
         sample_id = conn.execute("SELECT id FROM tasks WHERE state = 'failed' LIMIT 1").fetchone()[0]  # type: ignore[index]
-        pending_id = conn.execute("SELECT id FROM tasks WHERE state = 'pending' ORDER BY created_at LIMIT 1").fetchone()[0]  # type: ignore[index]
+        pending_id = conn.execute("SELECT id FROM tasks WHERE state = 'pending' ORDER BY priority, created_at DESC LIMIT 1").fetchone()[0]  # type: ignore[index]
     generated = time.time() - started
     port = free_port()
     proc = subprocess.Popen(
@@ -76,6 +76,8 @@ def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
         "/tasks?state=failed&name=…": "/tasks?state=failed&name=app.tasks.job_7",
         "/tasks?tag=batch=b10": "/tasks?tag=batch%3Db10",
         "/tasks/{id} (failed)": f"/tasks/{sample_id}",
+        # The worst case for "why isn't it running?": lowest priority, newest, so it counts the
+        # whole backlog ahead of it (up to the cap).
         "/tasks/{id} (pending, explained)": f"/tasks/{pending_id}",
         "/partials/overview": "/partials/overview",
         "/partials/tasks": "/partials/tasks",
