@@ -50,7 +50,9 @@ def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
         conn.execute(GENERATE, {"rows": rows})
         conn.execute("VACUUM ANALYZE tasks")
         sample_id = conn.execute("SELECT id FROM tasks WHERE state = 'failed' LIMIT 1").fetchone()[0]  # type: ignore[index]
-        pending_id = conn.execute("SELECT id FROM tasks WHERE state = 'pending' ORDER BY priority, created_at DESC LIMIT 1").fetchone()[0]  # type: ignore[index]
+        pending_id = conn.execute(
+            "SELECT id FROM tasks WHERE state = 'pending' ORDER BY priority, created_at DESC LIMIT 1"
+        ).fetchone()[0]  # type: ignore[index]
     generated = time.time() - started
     port = free_port()
     proc = subprocess.Popen(
