@@ -1,9 +1,13 @@
 """The child process that runs task code. Pre-forked, reused across tasks, killed on timeout.
 
 Protocol (see ``_protocol``): the parent sends ``("run", [(token, name, kwargs_json), …])`` and
-``("skip", token)``; the child answers ``("ready", pid)`` once, then one
-``(token, status, payload)`` per task in order, status being ``ok`` (payload: result JSON),
-``error`` (payload: traceback) or ``skipped``.
+``("recall", [token, …])``. The child answers ``("ready", pid)`` once, then one
+``(token, status, payload)`` per task it ran, in order (status ``ok`` with the result as JSON, or
+``error`` with a traceback), and ``("recalled", [token, …])`` for queued tasks it gave back.
+
+A reader thread takes messages while the main thread runs task code, so a recall is answered at
+once even during a long task: a recalled task is guaranteed never to start here, which lets the
+worker move it to an idle child (or drop it when cancelled) without ever running it twice.
 """
 
 from __future__ import annotations
@@ -12,16 +16,16 @@ import ctypes
 import importlib
 import json
 import os
-import select
 import signal
 import sys
+import threading
 import traceback
 from collections import deque
 from typing import Any
 
 import pydantic_core
 
-from tasklib._protocol import decode_available_one, encode, read_message, write_all
+from tasklib._protocol import encode, read_message, write_all
 
 _PR_SET_PDEATHSIG = 1
 
@@ -76,36 +80,40 @@ def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
     from tasklib.registry import registered_definitions
 
     definitions = registered_definitions()
-    write_all(write_fd, encode(("ready", os.getpid())))
-    buffer = bytearray()
     queue: deque[tuple[int, str, str]] = deque()
-    skipped: set[int] = set()
+    work = threading.Condition()
+    write_lock = threading.Lock()
 
-    def handle(message: Any) -> None:
-        if message[0] == "run":
-            queue.extend(message[1])
-        elif message[0] == "skip":
-            skipped.add(message[1])
+    def send(message: Any) -> None:
+        data = encode(message)
+        with write_lock:  # two threads write: frames must not interleave
+            write_all(write_fd, data)
 
-    while True:
-        if not queue:
+    def reader() -> None:
+        buffer = bytearray()
+        while True:
             message = read_message(read_fd, buffer)
             if message is None:  # the worker closed our pipe: time to go
                 os._exit(0)
-            handle(message)
-            continue
-        # Between tasks, take in any skip the parent sent while the previous task ran.
-        while select.select([read_fd], [], [], 0)[0]:
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                os._exit(0)
-            buffer += chunk
-            while (message := decode_available_one(buffer)) is not None:
-                handle(message)
-        token, name, kwargs_json = queue.popleft()
-        if token in skipped:
-            skipped.discard(token)
-            write_all(write_fd, encode((token, "skipped", None)))
-            continue
+            if message[0] == "run":
+                with work:
+                    queue.extend(message[1])
+                    work.notify()
+            elif message[0] == "recall":
+                wanted = set(message[1])
+                with work:
+                    recalled = [item[0] for item in queue if item[0] in wanted]
+                    kept = [item for item in queue if item[0] not in wanted]
+                    queue.clear()
+                    queue.extend(kept)
+                send(("recalled", recalled))
+
+    threading.Thread(target=reader, name="tasklib-child-reader", daemon=True).start()
+    send(("ready", os.getpid()))
+    while True:
+        with work:
+            while not queue:
+                work.wait()
+            token, name, kwargs_json = queue.popleft()
         status, payload = run_one(definitions, name, kwargs_json)
-        write_all(write_fd, encode((token, status, payload)))
+        send((token, status, payload))

@@ -34,6 +34,7 @@ class Job:
     started_at: datetime  # the claim's token: finishing requires the row to still carry it
     token: int = 0
     cancelled: bool = False
+    recalling: bool = False  # asked its child to give it back (not started yet)
 
 
 @dataclass(eq=False)

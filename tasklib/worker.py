@@ -40,6 +40,9 @@ log = logging.getLogger("tasklib.worker")
 FAST_WINDOW = 16
 FAST_TASK_SECONDS = 0.005
 FAST_PREFETCH = 256
+# A child whose current task runs this long gives back the tasks queued behind it, so one slow task
+# in a stream of fast ones does not hold up the others while idle children wait.
+REBALANCE_AFTER_SECONDS = 0.1
 FLUSH_DELAY_SECONDS = 0.002
 MAX_BACKOFF_SECONDS = 10.0
 
@@ -289,7 +292,9 @@ class TaskWorker:
         if self._pool is None or self._stopping:
             return
         window = self._window()
-        for child in sorted(self._pool.children, key=lambda c: len(c.outstanding)):
+        now = time.monotonic()
+        # Children busy with a slow task come last: queue behind them only when nobody else can take work.
+        for child in sorted(self._pool.children, key=lambda c: (self._stuck(c, now), len(c.outstanding))):
             if not self._queue:
                 break
             if not child.ready or child.dead or child.kill_reason:
@@ -319,6 +324,9 @@ class TaskWorker:
             self._dispatch()
             self._wake.set()
             return
+        if message[0] == "recalled":
+            self._on_recalled(child, set(message[1]))
+            return
         token, status, payload = message
         now = time.monotonic()
         job = child.outstanding.popleft() if child.outstanding else None
@@ -328,24 +336,47 @@ class TaskWorker:
         duration = now - child.current_since
         child.current_since = now
         self._jobs.pop(token, None)
-        if status == "skipped":
-            if not job.cancelled:
-                self._releases.append(job)
-                self._flush_wanted.set()
+        self._avg_duration = self._avg_duration * 0.8 + duration * 0.2
+        if job.cancelled:
+            log.info("task cancelled %s %s: its result is discarded", job.name, job.id)
         else:
-            self._avg_duration = self._avg_duration * 0.8 + duration * 0.2
-            if job.cancelled:
-                log.info("task cancelled %s %s: its result is discarded", job.name, job.id)
-            else:
-                outcome = (
-                    Outcome(OutcomeKind.OK, result_json=payload)
-                    if status == "ok"
-                    else Outcome(OutcomeKind.ERROR, error=payload)
-                )
-                self._record(job, outcome, duration)
+            outcome = (
+                Outcome(OutcomeKind.OK, result_json=payload) if status == "ok" else Outcome(OutcomeKind.ERROR, error=payload)
+            )
+            self._record(job, outcome, duration)
         self._dispatch()
         if len(self._jobs) <= self._capacity() // 2 or not self._fast:
             self._wake.set()
+
+    def _on_recalled(self, child: Child, tokens: set[int]) -> None:
+        """Queued tasks a child gave back: they never started there. Drop, release or run elsewhere."""
+        recalled = [job for job in child.outstanding if job.token in tokens]
+        for job in recalled:
+            child.outstanding.remove(job)
+            job.recalling = False
+        for job in reversed(recalled):
+            if job.cancelled:
+                self._jobs.pop(job.token, None)
+            elif self._stopping:
+                self._jobs.pop(job.token, None)
+                self._releases.append(job)
+                self._flush_wanted.set()
+            else:
+                self._queue.appendleft(job)
+        for job in child.outstanding:  # asked for but already started: it stays (and is cancelled if so)
+            job.recalling = False
+        self._dispatch()
+
+    @staticmethod
+    def _stuck(child: Child, now: float) -> bool:
+        return bool(child.outstanding) and now - child.current_since > REBALANCE_AFTER_SECONDS
+
+    def _recall(self, child: Child, jobs: list[Job]) -> None:
+        jobs = [job for job in jobs if not job.recalling]
+        if jobs and self._pool is not None:
+            for job in jobs:
+                job.recalling = True
+            self._pool.send(child, ("recall", [job.token for job in jobs]))
 
     def _on_death(self, child: Child, reason: str) -> None:
         now = time.monotonic()
@@ -384,6 +415,7 @@ class TaskWorker:
                 )
             # Tasks queued behind the head never started: run them elsewhere, first in line.
             for job in reversed(rest):
+                job.recalling = False
                 if job.cancelled:
                     self._jobs.pop(job.token, None)
                 elif self._stopping:
@@ -501,8 +533,7 @@ class TaskWorker:
                 self._releases.append(job)
         assert self._pool is not None
         for child in self._pool.children:
-            for job in list(child.outstanding)[1:]:
-                self._pool.send(child, ("skip", job.token))
+            self._recall(child, list(child.outstanding)[1:])
         self._flush_wanted.set()
         deadline = time.monotonic() + grace
         while any(c.outstanding for c in self._pool.children) and time.monotonic() < deadline and not self._force:
@@ -518,12 +549,14 @@ class TaskWorker:
     # -- background loops -------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        """Kill children whose current task ran past its timeout."""
+        """Kill children whose current task ran past its timeout; take queued tasks back from
+        children stuck on a slow one."""
         while True:
             await asyncio.sleep(0.05)
             if self._pool is None:
                 continue
             now = time.monotonic()
+            idle = any(c.ready and not c.outstanding and not c.kill_reason for c in self._pool.children)
             for child in self._pool.children:
                 job = child.current
                 if job and job.timeout_seconds and not child.kill_reason and now - child.current_since > job.timeout_seconds:
@@ -535,6 +568,10 @@ class TaskWorker:
                         child.pid,
                     )
                     child.kill("timeout")
+                elif len(child.outstanding) > 1 and self._stuck(child, now) and idle:
+                    # Only worth it when another child is idle; under plain CPU contention every child
+                    # is busy and moving work around would only add churn.
+                    self._recall(child, list(child.outstanding)[1:])
 
     def _stop_lost(self, lost: set[uuid.UUID]) -> None:
         """Tasks whose row is no longer ours (cancelled, rescued): drop them, kill their code."""
@@ -545,12 +582,11 @@ class TaskWorker:
         if self._pool is None:
             return
         for child in self._pool.children:
-            for position, job in enumerate(child.outstanding):
-                if job.id in lost:
-                    if position == 0:
-                        child.kill("cancel")
-                    else:
-                        self._pool.send(child, ("skip", job.token))
+            head = child.current
+            if head is not None and head.id in lost:
+                child.kill("cancel")
+            else:
+                self._recall(child, [job for job in list(child.outstanding)[1:] if job.id in lost])
 
     async def _maintain(self) -> None:
         """Heartbeat our locks and rescue other workers' expired ones."""

@@ -268,3 +268,23 @@ def test_dropped_connections_lose_nothing(tl, tmp_path: Path, cut_seconds: float
     done = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
     assert len(done) == 300
     assert "running" not in states(tl.database_url)
+
+
+def test_slow_task_among_fast_ones_does_not_hold_them_up(tl, tmp_path: Path) -> None:
+    """Fast tasks are batched to children; a slow one in the batch gives the rest back to idle children."""
+    log = tmp_path / "runs.log"
+    with workers(tl.database_url, log, 1, "--concurrency", "2"):
+        tasklib.submit_many_sync(jobs.mark, [{"key": f"warm{i}"} for i in range(400)])  # fast mode
+        assert wait_for(lambda: all_done(tl.database_url, 400), timeout=30)
+        batch = [{"key": f"fast{i}"} for i in range(60)]
+        batch.insert(5, {"key": "slow", "sleep": 4.0})
+        tasklib.submit_many_sync(jobs.mark, batch)
+        started = time.monotonic()
+        assert wait_for(
+            lambda: sum(1 for line in read_log(log) if line[0] == "done" and line[1].startswith("fast")) == 60, timeout=10
+        )
+        assert time.monotonic() - started < 3.0  # well before the slow task ends
+        assert ["done", "slow"] not in [line[:2] for line in read_log(log)]
+        assert wait_for(lambda: all_done(tl.database_url, 461), timeout=15)
+    starts = collections.Counter(line[1] for line in read_log(log) if line[0] == "start")
+    assert set(starts.values()) == {1}  # nothing ran twice
