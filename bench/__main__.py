@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 import tasklib  # noqa: E402
 from bench import baseline, dashboard_bench  # noqa: E402
 from bench import tasks as btasks  # noqa: E402
+from bench.common import percentiles, tasklib_process  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
 
 
@@ -94,28 +94,8 @@ def _rss_kb(pids: list[str]) -> tuple[int, int]:
 def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout: float = 120) -> dict[str, Any]:
     """Tasks/s from the first claim to the last completion, with `processes` tasklib workers."""
     prefill(url, n)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tasklib.cli",
-                "--log-level",
-                "warning",
-                "worker",
-                "--app",
-                "bench.tasks",
-                "--concurrency",
-                str(concurrency),
-                "--database-url",
-                url,
-            ],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-        )
-        for _ in range(processes)
+        tasklib_process(url, "worker", "--app", "bench.tasks", "--concurrency", str(concurrency)) for _ in range(processes)
     ]
     peak_rss = peak_pss = 0
     deadline = time.monotonic() + timeout
@@ -155,26 +135,7 @@ def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout
 def pickup_latency(url: str, count: int) -> dict[str, Any]:
     truncate(url)
     tasklib.init(tasklib.Config(database_url=url))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tasklib.cli",
-            "--log-level",
-            "warning",
-            "worker",
-            "--app",
-            "bench.tasks",
-            "--poll-interval",
-            "5",
-            "--database-url",
-            url,
-        ],
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
+    proc = tasklib_process(url, "worker", "--app", "bench.tasks", "--poll-interval", "5")
     latencies = []
     try:
         time.sleep(2.0)  # children ready, listener connected
@@ -192,12 +153,7 @@ def pickup_latency(url: str, count: int) -> dict[str, Any]:
     finally:
         proc.terminate()
         proc.wait(60)
-    return _percentiles(latencies)
-
-
-def _percentiles(values: list[float]) -> dict[str, Any]:
-    q = statistics.quantiles(values, n=100)
-    return {"count": len(values), "p50_ms": statistics.median(values), "p95_ms": q[94], "p99_ms": q[98]}
+    return percentiles(latencies)
 
 
 def main() -> int:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import statistics
 import time
 import uuid
 
 import psycopg
+
+from bench.common import percentiles
 
 INSERT = """
 INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority)
@@ -104,5 +105,4 @@ def pickup_latency(url: str, count: int) -> dict[str, float]:
     finally:
         proc.terminate()
         proc.join(5)
-    q = statistics.quantiles(latencies, n=100)
-    return {"count": len(latencies), "p50_ms": statistics.median(latencies), "p95_ms": q[94], "p99_ms": q[98]}
+    return percentiles(latencies)

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +9,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench.common import percentiles, tasklib_process
 from tests.net import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,22 +52,7 @@ def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
         ).fetchone()[0]  # type: ignore[index]
     generated = time.time() - started
     port = free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tasklib.cli",
-            "--log-level",
-            "warning",
-            "dashboard",
-            "--port",
-            str(port),
-            "--database-url",
-            url,
-        ],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    proc = tasklib_process(url, "dashboard", "--port", str(port))
     base = f"http://127.0.0.1:{port}"
     pages = {
         "/": "/",
@@ -104,8 +86,7 @@ def run(url: str, rows: int, repeats: int = 30) -> dict[str, Any]:
                         raise RuntimeError(f"{path}: {response.status_code}")
                     if i >= 3:
                         times.append(elapsed)
-                q = statistics.quantiles(times, n=20)
-                results[label] = {"p50_ms": statistics.median(times), "p95_ms": q[18], "status": response.status_code}
+                results[label] = {**percentiles(times), "status": response.status_code}
     finally:
         proc.terminate()
         proc.wait(30)

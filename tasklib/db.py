@@ -18,7 +18,16 @@ APPLICATION_NAME = "tasklib"
 
 def connect_kwargs(application_name: str = APPLICATION_NAME, statement_timeout_ms: int | None = None) -> dict[str, Any]:
     """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
-    kwargs: dict[str, Any] = {"autocommit": True, "application_name": application_name}
+    kwargs: dict[str, Any] = {
+        "autocommit": True,
+        "application_name": application_name,
+        # Notice a silently dead peer (a dropped NAT entry, a failed-over host) within about a minute
+        # instead of the kernel's two hours: a worker's LISTEN connection would otherwise wait forever.
+        "keepalives": 1,
+        "keepalives_idle": 30,
+        "keepalives_interval": 10,
+        "keepalives_count": 3,
+    }
     if statement_timeout_ms:
         kwargs["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
     return kwargs
