@@ -14,6 +14,9 @@ from tasklib.config import redact_url
 from tasklib.errors import DatabaseError
 
 APPLICATION_NAME = "tasklib"
+#: How long a caller waits for a pooled connection before a DatabaseError (the default 30 s would
+#: leave a dashboard request hanging while the database is down).
+POOL_TIMEOUT_SECONDS = 10.0
 
 
 def connect_kwargs(application_name: str = APPLICATION_NAME, statement_timeout_ms: int | None = None) -> dict[str, Any]:
@@ -65,6 +68,7 @@ class Database:
                     kwargs=self._kwargs,
                     open=False,
                     name="tasklib",
+                    timeout=POOL_TIMEOUT_SECONDS,
                 )
                 try:
                     self._pool.open(wait=True, timeout=10)
@@ -84,6 +88,7 @@ class Database:
                 kwargs=self._kwargs,
                 open=False,
                 name="tasklib-async",
+                timeout=POOL_TIMEOUT_SECONDS,
             )
             try:
                 await pool.open(wait=True, timeout=10)

@@ -47,6 +47,12 @@ FLUSH_DELAY_SECONDS = 0.002
 MAX_BACKOFF_SECONDS = 10.0
 
 
+def _brief(exc: BaseException) -> str:
+    """The first line of a driver error: enough for a log line, without libpq's multi-line detail."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
@@ -172,8 +178,8 @@ class TaskWorker:
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline or self._stopping:
-                    raise DatabaseError(f"cannot reach {redact_url(url)}: {str(exc).strip()}") from exc
-                log.warning("database not reachable yet (%s); retrying in %.1fs", str(exc).strip(), delay)
+                    raise DatabaseError(f"cannot reach {redact_url(url)}: {_brief(exc)}") from exc
+                log.warning("database not reachable yet (%s); retrying in %.1fs", _brief(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -265,7 +271,7 @@ class TaskWorker:
                     )
                     backoff = 0.1
                 except psycopg.Error as exc:
-                    log.warning("claim failed (%s); retrying in %.1fs", str(exc).strip(), backoff)
+                    log.warning("claim failed (%s); retrying in %.1fs", _brief(exc), backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
@@ -455,7 +461,7 @@ class TaskWorker:
                 await self._write_pending()
                 backoff = 0.1
             except psycopg.Error as exc:
-                log.warning("recording results failed (%s); retrying in %.1fs", str(exc).strip(), backoff)
+                log.warning("recording results failed (%s); retrying in %.1fs", _brief(exc), backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 self._flush_wanted.set()
@@ -518,7 +524,7 @@ class TaskWorker:
             try:
                 await self._write_pending()
             except psycopg.Error as exc:
-                log.warning("final write failed (%s); retrying", str(exc).strip())
+                log.warning("final write failed (%s); retrying", _brief(exc))
                 await asyncio.sleep(0.5)
 
     # -- shutdown -----------------------------------------------------------------------------
@@ -617,7 +623,7 @@ class TaskWorker:
                 if rescued:
                     self._wake.set()
             except psycopg.Error as exc:
-                log.warning("heartbeat/rescue failed (%s); will retry", str(exc).strip())
+                log.warning("heartbeat/rescue failed (%s); will retry", _brief(exc))
 
     async def _listen(self) -> None:
         """LISTEN on a dedicated connection: submits wake the claim loop, cancels stop tasks."""
@@ -638,6 +644,6 @@ class TaskWorker:
                         elif not self._stopping:
                             self._wake.set()
             except psycopg.Error as exc:
-                log.warning("listener connection lost (%s); reconnecting in %.1fs", str(exc).strip(), backoff)
+                log.warning("listener connection lost (%s); reconnecting in %.1fs", _brief(exc), backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

@@ -147,3 +147,15 @@ def test_embedded_postgres_lifecycle() -> None:
     assert "stopped" in stopped
     assert "stopped" in run(*tl, "db", "status", env=env).stdout
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_readme_documents_every_cli_option() -> None:
+    readme = (ROOT / "README.md").read_text()
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in [("tasklib", parser), *subparsers.choices.items()]:
+        assert name in readme
+        for action in sub._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in readme, f"README does not mention {name} {option}"

@@ -288,3 +288,42 @@ def test_slow_task_among_fast_ones_does_not_hold_them_up(tl, tmp_path: Path) -> 
         assert wait_for(lambda: all_done(tl.database_url, 461), timeout=15)
     starts = collections.Counter(line[1] for line in read_log(log) if line[0] == "start")
     assert set(starts.values()) == {1}  # nothing ran twice
+
+
+def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
+    """A real PostgreSQL restart (a throwaway embedded cluster of our own) while tasks run."""
+    import shutil
+    import tempfile
+
+    from tasklib import embedded
+
+    home = Path(tempfile.mkdtemp(prefix="tasklib-restart-", dir="/tmp"))
+    home.chmod(0o755)  # as root the server runs as nobody, which must reach its folder
+    port = str(56000 + os.getpid() % 1000)
+    env_backup = {k: os.environ.get(k) for k in (embedded.ENV_HOME, embedded.ENV_PORT)}
+    os.environ[embedded.ENV_HOME], os.environ[embedded.ENV_PORT] = str(home), port
+    log = tmp_path / "runs.log"
+    try:
+        url = embedded.start()
+        tasklib.init(tasklib.Config(database_url=url))
+        tasklib.submit_many_sync(jobs.mark, [{"key": f"r{i}", "sleep": 0.02} for i in range(300)])
+        proc = start_worker(url, log, "--lock-timeout", "3", "--poll-interval", "0.2", "--concurrency", "2")
+        try:
+            assert wait_for(lambda: states(url).get("completed", 0) > 30, timeout=30)
+            embedded.stop()  # fast shutdown: every connection is cut
+            time.sleep(2)
+            embedded.start()
+            assert wait_for(lambda: all_done(url, 300), timeout=90), states(url)
+        finally:
+            stop(proc)
+        done = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
+        assert len(done) == 300
+        assert "running" not in states(url)
+    finally:
+        embedded.stop()
+        for key, value in env_backup.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(home, ignore_errors=True)
