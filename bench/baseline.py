@@ -25,6 +25,15 @@ def single_inserts(url: str, n: int) -> float:
         return n / (time.perf_counter() - start)
 
 
+async def single_inserts_async(url: str, n: int) -> float:
+    """The same with psycopg's AsyncConnection: the fair floor for ``await submit_task``."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        start = time.perf_counter()
+        for i in range(n):
+            await conn.execute(INSERT, (uuid.uuid4(), json.dumps({"i": i})))
+        return n / (time.perf_counter() - start)
+
+
 def bulk_insert(url: str, n: int) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         ids = [uuid.uuid4() for _ in range(n)]
