@@ -25,10 +25,11 @@ import psycopg
 
 from tasklib import sql
 from tasklib._pool import Child, ChildPool, Job
+from tasklib._writer import OutcomeWriter, brief
 from tasklib.config import Config, redact_url
 from tasklib.db import connect_kwargs
 from tasklib.errors import DatabaseError
-from tasklib.outcome import Action, Outcome, OutcomeKind, decide
+from tasklib.outcome import Outcome, OutcomeKind, decide
 from tasklib.registry import registered_definitions
 from tasklib.schema import ensure_schema
 from tasklib.states import TaskState
@@ -43,14 +44,7 @@ FAST_PREFETCH = 256
 # A child whose current task runs this long gives back the tasks queued behind it, so one slow task
 # in a stream of fast ones does not hold up the others while idle children wait.
 REBALANCE_AFTER_SECONDS = 0.1
-FLUSH_DELAY_SECONDS = 0.002
 MAX_BACKOFF_SECONDS = 10.0
-
-
-def _brief(exc: BaseException) -> str:
-    """The first line of a driver error: enough for a log line, without libpq's multi-line detail."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def default_worker_id() -> str:
@@ -83,11 +77,8 @@ class TaskWorker:
         self._queue: deque[Job] = deque()  # claimed, not yet sent to a child
         self._jobs: dict[int, Job] = {}  # token -> job, for everything held (queue + children)
         self._next_token = 0
-        self._finishes: list[tuple[Job, Action]] = []
-        self._releases: list[Job] = []
         self._avg_duration = 1.0  # EWMA; starts "slow" so nothing is prefetched until tasks prove fast
         self._wake = asyncio.Event()
-        self._flush_wanted = asyncio.Event()
         self._stopping = False
         self._force = False
         self._stopped = asyncio.Event()
@@ -97,6 +88,7 @@ class TaskWorker:
         self._pool: ChildPool | None = None
         self._names: list[str] = []
         self.processed = 0
+        self._writer = OutcomeWriter(self._execute, self.worker_id)
         self._started = False
         self._run_task: asyncio.Task[Any] | None = None
         # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
@@ -137,7 +129,7 @@ class TaskWorker:
         background = [
             asyncio.create_task(self._listen(), name="tasklib-listen"),
             asyncio.create_task(self._maintain(), name="tasklib-maintain"),
-            asyncio.create_task(self._flusher(), name="tasklib-flush"),
+            asyncio.create_task(self._writer.run(), name="tasklib-write"),
             asyncio.create_task(self._watchdog(), name="tasklib-watchdog"),
         ]
         try:
@@ -147,7 +139,7 @@ class TaskWorker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._final_writes()
+            await self._writer.close()
             await self._pool.close()
             for conn in self._conns.values():
                 if conn is not None:
@@ -178,8 +170,8 @@ class TaskWorker:
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline or self._stopping:
-                    raise DatabaseError(f"cannot reach {redact_url(url)}: {_brief(exc)}") from exc
-                log.warning("database not reachable yet (%s); retrying in %.1fs", _brief(exc), delay)
+                    raise DatabaseError(f"cannot reach {redact_url(url)}: {brief(exc)}") from exc
+                log.warning("database not reachable yet (%s); retrying in %.1fs", brief(exc), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -271,7 +263,7 @@ class TaskWorker:
                     )
                     backoff = 0.1
                 except psycopg.Error as exc:
-                    log.warning("claim failed (%s); retrying in %.1fs", _brief(exc), backoff)
+                    log.warning("claim failed (%s); retrying in %.1fs", brief(exc), backoff)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
@@ -365,8 +357,7 @@ class TaskWorker:
                 self._jobs.pop(job.token, None)
             elif self._stopping:
                 self._jobs.pop(job.token, None)
-                self._releases.append(job)
-                self._flush_wanted.set()
+                self._writer.release(job)
             else:
                 self._queue.appendleft(job)
         for job in child.outstanding:  # asked for but already started: it stays (and is cancelled if so)
@@ -405,7 +396,7 @@ class TaskWorker:
                 )
             elif child.kill_reason == "shutdown" or head.cancelled:
                 if not head.cancelled:
-                    self._releases.append(head)
+                    self._writer.release(head)
             else:
                 log.error("child %d running %s %s died: %s", child.pid, head.name, head.id, reason)
                 self._record(
@@ -426,17 +417,16 @@ class TaskWorker:
                     self._jobs.pop(job.token, None)
                 elif self._stopping:
                     self._jobs.pop(job.token, None)
-                    self._releases.append(job)
+                    self._writer.release(job)
                 else:
                     self._queue.appendleft(job)
         elif child.kill_reason is None and not (self._pool and self._pool.closing):
             log.warning("idle child %d %s; replacing it", child.pid, reason)
-        self._flush_wanted.set()
         self._wake.set()
 
     def _record(self, job: Job, outcome: Outcome, duration: float) -> None:
         action = decide(outcome, job.retry_count, job.max_retries, self.config)
-        self._finishes.append((job, action))
+        self._writer.finish(job, action)
         self.processed += 1
         if log.isEnabledFor(logging.INFO):
             what = {
@@ -445,87 +435,6 @@ class TaskWorker:
                 TaskState.PENDING: f"failed, retry in {action.delay_seconds:.1f}s",
             }[action.state]
             log.info("task %s %s %s in %.1f ms", what, job.name, job.id, duration * 1000)
-        if len(self._finishes) >= 256 or not self._flush_wanted.is_set():
-            self._flush_wanted.set()
-
-    # -- writing outcomes ---------------------------------------------------------------------
-
-    async def _flusher(self) -> None:
-        backoff = 0.1
-        while True:
-            await self._flush_wanted.wait()
-            # A short pause lets results that arrive together share one statement.
-            await asyncio.sleep(FLUSH_DELAY_SECONDS)
-            self._flush_wanted.clear()
-            try:
-                await self._write_pending()
-                backoff = 0.1
-            except psycopg.Error as exc:
-                log.warning("recording results failed (%s); retrying in %.1fs", _brief(exc), backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                self._flush_wanted.set()
-
-    async def _write_pending(self) -> None:
-        if self._finishes:
-            batch, self._finishes = self._finishes, []
-            try:
-                await self._write_finishes(batch)
-            except psycopg.Error:
-                self._finishes[:0] = batch  # keep them for the next try: a result is never dropped
-                raise
-        if self._releases:
-            batch_r, self._releases = self._releases, []
-            try:
-                await self._execute(sql.RELEASE_MANY, {"ids": [j.id for j in batch_r], "worker_id": self.worker_id})
-            except psycopg.Error:
-                self._releases[:0] = batch_r
-                raise
-
-    async def _write_finishes(self, batch: list[tuple[Job, Action]]) -> None:
-        params = {
-            "ids": [j.id for j, _ in batch],
-            "started": [j.started_at for j, _ in batch],
-            "states": [a.state.value for _, a in batch],
-            "results": [a.result_json for _, a in batch],
-            "errors": [a.error for _, a in batch],
-            "retry_counts": [a.retry_count for _, a in batch],
-            "delays": [a.delay_seconds for _, a in batch],
-            "worker_id": self.worker_id,
-        }
-        try:
-            rows = await self._execute(sql.FINISH_MANY, params)
-        except (psycopg.DataError, psycopg.errors.ProgrammingError) as exc:
-            if len(batch) == 1:
-                job, action = batch[0]
-                log.error("task %s %s: its outcome could not be stored (%s)", job.name, job.id, exc)
-                fallback = Action(
-                    TaskState.FAILED, action.retry_count, error=f"TaskLib could not store this task's outcome: {exc}"
-                )
-                await self._write_finishes([(job, fallback)])
-                return
-            for item in batch:  # isolate the row PostgreSQL refused
-                await self._write_finishes([item])
-            return
-        if len(rows) != len(batch):
-            written = {r[0] for r in rows}
-            for job, _ in batch:
-                if job.id not in written:
-                    log.warning(
-                        "task %s %s was cancelled or rescued while it ran: its outcome is not recorded",
-                        job.name,
-                        job.id,
-                    )
-
-    async def _final_writes(self) -> None:
-        """At exit: write what is buffered, retrying through a short outage."""
-        deadline = time.monotonic() + 30
-        while (self._finishes or self._releases) and time.monotonic() < deadline:
-            try:
-                await self._write_pending()
-            except psycopg.Error as exc:
-                log.warning("final write failed (%s); retrying", _brief(exc))
-                await asyncio.sleep(0.5)
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -536,11 +445,10 @@ class TaskWorker:
             job = self._queue.popleft()
             self._jobs.pop(job.token, None)
             if not job.cancelled:
-                self._releases.append(job)
+                self._writer.release(job)
         assert self._pool is not None
         for child in self._pool.children:
             self._recall(child, list(child.outstanding)[1:])
-        self._flush_wanted.set()
         deadline = time.monotonic() + grace
         while any(c.outstanding for c in self._pool.children) and time.monotonic() < deadline and not self._force:
             await asyncio.sleep(0.02)
@@ -623,7 +531,7 @@ class TaskWorker:
                 if rescued:
                     self._wake.set()
             except psycopg.Error as exc:
-                log.warning("heartbeat/rescue failed (%s); will retry", _brief(exc))
+                log.warning("heartbeat/rescue failed (%s); will retry", brief(exc))
 
     async def _listen(self) -> None:
         """LISTEN on a dedicated connection: submits wake the claim loop, cancels stop tasks."""
@@ -644,6 +552,6 @@ class TaskWorker:
                         elif not self._stopping:
                             self._wake.set()
             except psycopg.Error as exc:
-                log.warning("listener connection lost (%s); reconnecting in %.1fs", _brief(exc), backoff)
+                log.warning("listener connection lost (%s); reconnecting in %.1fs", brief(exc), backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

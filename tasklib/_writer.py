@@ -1,0 +1,138 @@
+"""The worker's outcome writer: buffers finished and released tasks and writes them in batches.
+
+Results that arrive within a couple of milliseconds share one ``UPDATE … FROM unnest(…)``. A failed
+write keeps its batch for the next try, so an outage delays results but never drops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from tasklib import sql
+from tasklib._pool import Job
+from tasklib.outcome import Action
+from tasklib.states import TaskState
+
+log = logging.getLogger("tasklib.worker")
+
+FLUSH_DELAY_SECONDS = 0.002
+BATCH_LIMIT = 256
+MAX_BACKOFF_SECONDS = 10.0
+
+Execute = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
+
+
+def brief(exc: BaseException) -> str:
+    """The first line of a driver error: enough for a log line, without libpq's multi-line detail."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class OutcomeWriter:
+    def __init__(self, execute: Execute, worker_id: str) -> None:
+        self._execute = execute
+        self._worker_id = worker_id
+        self._finishes: list[tuple[Job, Action]] = []
+        self._releases: list[Job] = []
+        self._wanted = asyncio.Event()
+
+    def finish(self, job: Job, action: Action) -> None:
+        """Record an outcome (completed, failed, or pending again for a retry)."""
+        self._finishes.append((job, action))
+        if len(self._finishes) >= BATCH_LIMIT or not self._wanted.is_set():
+            self._wanted.set()
+
+    def release(self, job: Job) -> None:
+        """Hand a claimed task back without counting an attempt (it never ran, or was stopped at shutdown)."""
+        self._releases.append(job)
+        self._wanted.set()
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._finishes or self._releases)
+
+    async def run(self) -> None:
+        backoff = 0.1
+        while True:
+            await self._wanted.wait()
+            await asyncio.sleep(FLUSH_DELAY_SECONDS)  # let results that arrive together share a statement
+            self._wanted.clear()
+            try:
+                await self.write_pending()
+                backoff = 0.1
+            except psycopg.Error as exc:
+                log.warning("recording results failed (%s); retrying in %.1fs", brief(exc), backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                self._wanted.set()
+
+    async def write_pending(self) -> None:
+        if self._finishes:
+            batch, self._finishes = self._finishes, []
+            try:
+                await self._write(batch)
+            except psycopg.Error:
+                self._finishes[:0] = batch  # keep them for the next try: a result is never dropped
+                raise
+        if self._releases:
+            released, self._releases = self._releases, []
+            try:
+                await self._execute(sql.RELEASE_MANY, {"ids": [j.id for j in released], "worker_id": self._worker_id})
+            except psycopg.Error:
+                self._releases[:0] = released
+                raise
+
+    async def close(self, timeout: float = 30) -> None:
+        """At exit: write what is buffered, retrying through a short outage."""
+        deadline = time.monotonic() + timeout
+        while self.pending and time.monotonic() < deadline:
+            try:
+                await self.write_pending()
+            except psycopg.Error as exc:
+                log.warning("final write failed (%s); retrying", brief(exc))
+                await asyncio.sleep(0.5)
+        if self.pending:
+            log.error(
+                "gave up writing %d outcome(s): those tasks will be rescued when their locks expire",
+                len(self._finishes) + len(self._releases),
+            )
+
+    async def _write(self, batch: list[tuple[Job, Action]], fallback: bool = False) -> None:
+        params = {
+            "ids": [j.id for j, _ in batch],
+            "started": [j.started_at for j, _ in batch],
+            "states": [a.state.value for _, a in batch],
+            "results": [a.result_json for _, a in batch],
+            "errors": [a.error for _, a in batch],
+            "retry_counts": [a.retry_count for _, a in batch],
+            "delays": [a.delay_seconds for _, a in batch],
+            "worker_id": self._worker_id,
+        }
+        try:
+            rows = await self._execute(sql.FINISH_MANY, params)
+        except (psycopg.DataError, psycopg.errors.ProgrammingError) as exc:
+            if len(batch) > 1:
+                for item in batch:  # isolate the row PostgreSQL refused
+                    await self._write([item])
+                return
+            job, action = batch[0]
+            log.error("task %s %s: its outcome could not be stored (%s)", job.name, job.id, brief(exc))
+            if not fallback:
+                failed = Action(
+                    TaskState.FAILED, action.retry_count, error=f"TaskLib could not store this task's outcome: {brief(exc)}"
+                )
+                await self._write([(job, failed)], fallback=True)
+            return
+        if len(rows) != len(batch):
+            written = {r[0] for r in rows}
+            for job, _ in batch:
+                if job.id not in written:
+                    log.warning(
+                        "task %s %s was cancelled or rescued while it ran: its outcome is not recorded", job.name, job.id
+                    )
