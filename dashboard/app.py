@@ -7,6 +7,7 @@ import secrets
 from typing import Annotated, Any
 
 from litestar import Litestar, MediaType, Request, Response, get, post
+from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.config.csrf import CSRFConfig
 from litestar.datastructures import State
 from litestar.enums import RequestEncodingType
@@ -216,8 +217,12 @@ def _unexpected(request: Request, exc: Exception) -> Response[Any]:
     return _error_page(request, 500, "Internal error", "Something went wrong; the server log has the details.")
 
 
-def create_app(config: Config, *, auth: str | None = None, csrf_secret: str | None = None) -> Litestar:
-    """The dashboard as an ASGI app. ``auth`` is ``user:password`` for HTTP basic auth."""
+def create_app(
+    config: Config, *, auth: str | None = None, csrf_secret: str | None = None, allowed_hosts: list[str] | None = None
+) -> Litestar:
+    """The dashboard as an ASGI app. ``auth`` is ``user:password`` for HTTP basic auth; ``allowed_hosts``
+    restricts the Host header (``tasklib dashboard`` on a loopback address allows only loopback names,
+    so a web page cannot read the dashboard through DNS rebinding)."""
     tasklib.init(config)
     db = Database(
         config.resolved_database_url(),
@@ -259,6 +264,7 @@ def create_app(config: Config, *, auth: str | None = None, csrf_secret: str | No
         on_shutdown=[lambda: db.close()],
         before_send=[add_security_headers],
         middleware=[DefineMiddleware(BasicAuth, credentials=auth)] if auth else [],
+        allowed_hosts=AllowedHostsConfig(allowed_hosts=allowed_hosts, www_redirect=False) if allowed_hosts else None,
         debug=False,
     )
     return app

@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from tasklib.config import ENV_DATABASE_URL, Config, redact_url
@@ -39,6 +40,9 @@ def _import_apps(modules: Sequence[str]) -> None:
             importlib.import_module(module)
         except ImportError as exc:
             raise SystemExit(f"tasklib: cannot import --app {module!r}: {exc}") from None
+        except Exception:
+            traceback.print_exc()
+            raise SystemExit(f"tasklib: importing --app {module!r} raised the error above") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

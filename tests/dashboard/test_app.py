@@ -236,3 +236,13 @@ def test_password_never_shown(tl) -> None:
     with TestClient(create_app(config)) as client:
         for path in ("/", "/tasks", "/workers", "/metrics", "/tasks?state=bogus"):
             assert "hunter2" not in client.get(path).text
+
+
+def test_loopback_dashboard_refuses_foreign_host_headers(tl) -> None:
+    """DNS rebinding: a foreign page reaching 127.0.0.1 still sends its own name as Host."""
+    from dashboard.serve import loopback_hosts
+
+    with TestClient(create_app(tl, allowed_hosts=loopback_hosts(8080))) as client:
+        assert client.get("/", headers={"Host": "127.0.0.1:8080"}).status_code == 200
+        assert client.get("/", headers={"Host": "localhost:8080"}).status_code == 200
+        assert client.get("/", headers={"Host": "evil.example:8080"}).status_code == 400

@@ -49,6 +49,13 @@ def test_dashboard_refuses_open_bind_without_auth(database_url: str) -> None:
     assert result.returncode != 0 and "--auth" in result.stderr
 
 
+def test_worker_reports_an_app_that_cannot_be_imported(database_url: str) -> None:
+    missing = run(sys.executable, "-m", "tasklib.cli", "worker", "--app", "no.such.module", "--database-url", database_url)
+    assert missing.returncode != 0 and "cannot import --app 'no.such.module'" in missing.stderr
+    broken = run(sys.executable, "-m", "tasklib.cli", "worker", "--app", "tests.broken_app", "--database-url", database_url)
+    assert broken.returncode != 0 and "ZeroDivisionError" in broken.stderr and "raised the error above" in broken.stderr
+
+
 def test_bad_database_url_is_a_clear_error() -> None:
     result = run(sys.executable, "-m", "tasklib.cli", "init-db", "--database-url", "mysql://x@y/z")
     assert result.returncode != 0 and "only supports PostgreSQL" in result.stderr
