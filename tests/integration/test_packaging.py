@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -166,3 +167,47 @@ def test_readme_documents_every_cli_option() -> None:
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
                     assert option in readme, f"README does not mention {name} {option}"
+
+
+def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:
+    """`make demo`'s program: dashboard + worker + example tasks, nothing configured."""
+    home = Path(tempfile.mkdtemp(prefix="tasklib-demo-", dir="/tmp"))
+    home.chmod(0o755)
+    port = free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TASKLIB_EMBEDDED_DIR": str(home / "pg"),
+        "TASKLIB_EMBEDDED_PORT": str(free_port()),
+    }
+    env.pop("TASKLIB_DATABASE_URL", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "examples.demo", "--port", str(port), "--seconds", "12"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", timeout=60)
+        deadline = time.monotonic() + 20
+        completed = 0
+        while time.monotonic() < deadline and completed < 5:
+            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+            completed = sum(
+                int(float(line.rsplit(" ", 1)[1]))
+                for line in metrics.splitlines()
+                if line.startswith('tasklib_tasks{state="completed"')
+            )
+            time.sleep(0.5)
+        assert completed >= 5, metrics
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, output[-3000:]
+        assert "TaskLib demo: open http://127.0.0.1:" in output
+        assert "connect with: psql" in output  # where the data lives and how to reach it
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([sys.executable, "-m", "tasklib.cli", "db", "stop"], env=env, cwd=ROOT, capture_output=True)
+        shutil.rmtree(home, ignore_errors=True)
