@@ -94,11 +94,28 @@ def _rss_kb(pids: list[str]) -> tuple[int, int]:
 
 
 def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout: float = 120) -> dict[str, Any]:
-    """Tasks/s from the first claim to the last completion, with `processes` tasklib workers."""
-    prefill(url, n)
+    """Tasks/s from the first claim to the last completion, with `processes` tasklib workers.
+
+    The workers start first and the tasks arrive in one statement once they are all up, so the
+    figure measures draining, not process start-up (which would otherwise overlap the run).
+    """
+    truncate(url)
     procs = [
         tasklib_process(url, "worker", "--app", "bench.tasks", "--concurrency", str(concurrency)) for _ in range(processes)
     ]
+    with psycopg.connect(url, autocommit=True) as conn:
+        started = time.monotonic()
+        while time.monotonic() - started < 60:
+            live = conn.execute(
+                "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
+                "WHERE application_name LIKE 'tasklib-worker %'"
+            ).fetchone()[0]  # type: ignore[index]
+            if live >= processes:
+                break
+            time.sleep(0.1)
+    time.sleep(1.5)  # children forked and ready
+    tasklib.init(tasklib.Config(database_url=url))
+    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
     peak_rss = peak_pss = 0
     deadline = time.monotonic() + timeout
     try:

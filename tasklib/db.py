@@ -19,7 +19,20 @@ APPLICATION_NAME = "tasklib"
 POOL_TIMEOUT_SECONDS = 10.0
 
 
-def connect_kwargs(application_name: str = APPLICATION_NAME, statement_timeout_ms: int | None = None) -> dict[str, Any]:
+#: For the worker's claim connection. A queue table swings between empty and full faster than
+#: autovacuum re-analyzes it; planning with "the table is empty" statistics, PostgreSQL would
+#: bitmap-scan and sort every pending row on every claim (measured: 20,000 tasks drained at ~600/s
+#: instead of ~15,000/s). With these off, the claim always walks tasks_pending_due_idx in order.
+CLAIM_PLANNER_OPTIONS = "-c enable_sort=off -c enable_bitmapscan=off -c enable_seqscan=off"
+#: For the worker's result connection: its statements touch a few hundred rows by primary key; a
+#: hash join over a sequential scan (what "the table is small" statistics suggest) would read the
+#: whole table on every batch.
+WRITE_PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
+
+
+def connect_kwargs(
+    application_name: str = APPLICATION_NAME, statement_timeout_ms: int | None = None, options: str | None = None
+) -> dict[str, Any]:
     """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
     kwargs: dict[str, Any] = {
         "autocommit": True,
@@ -31,8 +44,11 @@ def connect_kwargs(application_name: str = APPLICATION_NAME, statement_timeout_m
         "keepalives_interval": 10,
         "keepalives_count": 3,
     }
+    settings = [options] if options else []
     if statement_timeout_ms:
-        kwargs["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+        settings.append(f"-c statement_timeout={int(statement_timeout_ms)}")
+    if settings:
+        kwargs["options"] = " ".join(settings)
     return kwargs
 
 

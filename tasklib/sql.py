@@ -93,22 +93,21 @@ COUNT_BY_STATE = "SELECT state, count(*) FROM tasks GROUP BY state"
 # Worker: claim, finish, heartbeat, rescue, release -------------------------------------------
 
 #: pending -> running: claim up to %(limit)s due tasks this worker can run, highest priority first.
-#: SKIP LOCKED lets many workers claim side by side without waiting on each other's rows.
+#: SKIP LOCKED lets many workers claim side by side without waiting on each other's rows. The ids
+#: come back as an array (an InitPlan run once) so the UPDATE finds its rows by primary key, with
+#: no join whose plan could turn into a scan of the whole table when statistics are stale.
 CLAIM_NEXT = """
-WITH next AS (
+UPDATE tasks
+SET state = 'running', worker_id = %(worker_id)s, started_at = now(), completed_at = NULL,
+    locked_until = now() + make_interval(secs => %(lock_seconds)s)
+WHERE id = ANY(ARRAY(
     SELECT id FROM tasks
     WHERE state = 'pending' AND scheduled_at <= now() AND name = ANY(%(names)s)
     ORDER BY priority DESC, scheduled_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
-)
-UPDATE tasks AS t
-SET state = 'running', worker_id = %(worker_id)s, started_at = now(), completed_at = NULL,
-    locked_until = now() + make_interval(secs => %(lock_seconds)s)
-FROM next
-WHERE t.id = next.id
-RETURNING t.id, t.name, t.kwargs::text, t.retry_count, t.max_retries, t.timeout_seconds,
-          t.priority, t.started_at
+))
+RETURNING id, name, kwargs::text, retry_count, max_retries, timeout_seconds, priority, started_at
 """
 
 #: running -> completed | failed | pending (retry): record a batch of outcomes in one statement.

@@ -327,3 +327,18 @@ def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
             else:
                 os.environ[key] = value
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_claim_plan_survives_empty_table_statistics(tl) -> None:
+    """Queue tables swing from empty to full faster than autovacuum re-analyzes them; the claim must
+    still walk the pending index in order instead of sorting every pending row."""
+    from tasklib import sql
+    from tasklib.db import CLAIM_PLANNER_OPTIONS, connect_kwargs
+
+    with psycopg.connect(tl.database_url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE tasks")  # statistics now say: empty
+    tasklib.submit_many_sync(jobs.mark, [{"key": str(i)} for i in range(5000)])
+    params = {"names": ["tests.integration.jobs.mark"], "limit": 100, "worker_id": "w", "lock_seconds": 60.0}
+    with psycopg.connect(tl.database_url, **connect_kwargs(options=CLAIM_PLANNER_OPTIONS)) as conn:
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.CLAIM_NEXT, params).fetchall())
+    assert "tasks_pending_due_idx" in plan and "Sort" not in plan, plan
