@@ -104,16 +104,7 @@ class OutcomeWriter:
             )
 
     async def _write(self, batch: list[tuple[Job, Action]], fallback: bool = False) -> None:
-        params = {
-            "ids": [j.id for j, _ in batch],
-            "started": [j.started_at for j, _ in batch],
-            "states": [a.state.value for _, a in batch],
-            "results": [a.result_json for _, a in batch],
-            "errors": [a.error for _, a in batch],
-            "retry_counts": [a.retry_count for _, a in batch],
-            "delays": [a.delay_seconds for _, a in batch],
-            "worker_id": self._worker_id,
-        }
+        params = sql.finish_params(((job.id, job.started_at, action) for job, action in batch), self._worker_id)
         try:
             rows = await self._execute(sql.FINISH_MANY, params)
         except (psycopg.DataError, psycopg.errors.ProgrammingError) as exc:

@@ -26,8 +26,9 @@ POOL_TIMEOUT_SECONDS = 10.0
 CLAIM_PLANNER_OPTIONS = "-c enable_sort=off -c enable_bitmapscan=off -c enable_seqscan=off"
 #: For the worker's result connection: its statements touch a few hundred rows by primary key; a
 #: hash join over a sequential scan (what "the table is small" statistics suggest) would read the
-#: whole table on every batch.
-WRITE_PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
+#: whole table on every batch. Plain index scans (no bitmaps) also mark dead index entries as they
+#: pass them, which keeps the partial index of running tasks from filling with finished ones.
+WRITE_PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
 
 
 def connect_kwargs(

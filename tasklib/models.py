@@ -49,8 +49,11 @@ class Task(SQLModel, table=True):
             "scheduled_at",
             postgresql_where=text("state = 'pending'"),
         ),
-        # Rescue and heartbeat: running tasks by lock expiry / holder.
-        Index("tasks_running_lock_idx", "locked_until", postgresql_where=text("state = 'running'")),
+        # Rescue: running tasks by lock expiry. Only running tasks hold a lock (see the CHECK above and
+        # every transition in sql.py), so the predicate is on locked_until, not on state: statements
+        # that filter on state = 'running' (finishing a batch by id) then cannot pick this index
+        # over the primary key when statistics are stale.
+        Index("tasks_locked_idx", "locked_until", postgresql_where=text("locked_until IS NOT NULL")),
         # Listing: newest first, optionally within one state or one name (dashboard and list_tasks).
         Index("tasks_created_idx", text("created_at DESC"), text("id DESC")),
         Index("tasks_state_created_idx", "state", text("created_at DESC"), text("id DESC")),

@@ -15,7 +15,7 @@ from psycopg import sql as psql
 
 from tasklib import sql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def create_statements() -> list[str]:
@@ -40,6 +40,13 @@ def create_statements() -> list[str]:
 #: Additive only (new nullable columns, new indexes), so old workers keep running during a deploy.
 MIGRATIONS: dict[int, Callable[[], list[str]]] = {
     1: create_statements,
+    # 2: the lock index's predicate moves from state to locked_until (see models.Task). Building an
+    # index takes a write lock on the table for the time it takes; on a very large table, create
+    # tasks_locked_idx CONCURRENTLY by hand first and this step finds it there.
+    2: lambda: [
+        "CREATE INDEX IF NOT EXISTS tasks_locked_idx ON tasks (locked_until) WHERE locked_until IS NOT NULL",
+        "DROP INDEX IF EXISTS tasks_running_lock_idx",
+    ],
 }
 
 

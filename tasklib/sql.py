@@ -8,6 +8,13 @@ The insert statements cast every parameter so they run unchanged on psycopg 3 an
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
 #: The ``tasks`` columns in table order. Spelled out (and checked against the SQLModel class by a unit
 #: test) so that processes that only run SQL, like the worker, need not import SQLAlchemy.
 TASK_COLUMNS: tuple[str, ...] = (
@@ -113,30 +120,68 @@ RETURNING id, name, kwargs::text, retry_count, max_retries, timeout_seconds, pri
 #: running -> completed | failed | pending (retry): record a batch of outcomes in one statement.
 #: Only rows still running under this worker's claim (same started_at) change, so a result that
 #: arrives late can never overwrite a cancel, a rescue or another worker's newer claim.
-FINISH_MANY = """
+#: Rows are found by primary key (id = ANY) and each row reads its own outcome from one jsonb
+#: object keyed by id (see ``finish_params``): there is no join, so no plan can turn a batch into a
+#: quadratic join filter or a table scan when statistics are stale.
+_OUTCOME = "(%(outcomes)s -> t.id::text)"
+#: ``state = 'running'`` written so that no index on state can serve it (``|| ''`` is the classic way
+#: to keep a condition out of index selection). Statements that name their rows by id must use the
+#: primary key: with statistics taken while the table was empty, the planner would otherwise walk
+#: every running (and recently finished) entry of a state index for each batch.
+_STILL_RUNNING = "t.state || '' = 'running'"
+FINISH_MANY = f"""
 UPDATE tasks AS t
-SET state = v.state,
-    result = CAST(v.result AS jsonb),
-    error = v.error,
-    retry_count = v.retry_count,
-    completed_at = CASE WHEN v.state = 'pending' THEN NULL ELSE now() END,
-    scheduled_at = CASE WHEN v.state = 'pending' THEN now() + make_interval(secs => v.delay)
+SET state = {_OUTCOME} ->> 's',
+    result = {_OUTCOME} -> 'r',
+    error = {_OUTCOME} ->> 'e',
+    retry_count = ({_OUTCOME} ->> 'n')::integer,
+    completed_at = CASE WHEN {_OUTCOME} ->> 's' = 'pending' THEN NULL ELSE now() END,
+    scheduled_at = CASE WHEN {_OUTCOME} ->> 's' = 'pending'
+                        THEN now() + make_interval(secs => ({_OUTCOME} ->> 'd')::double precision)
                         ELSE t.scheduled_at END,
-    next_retry_at = CASE WHEN v.state = 'pending' THEN now() + make_interval(secs => v.delay) END,
+    next_retry_at = CASE WHEN {_OUTCOME} ->> 's' = 'pending'
+                         THEN now() + make_interval(secs => ({_OUTCOME} ->> 'd')::double precision) END,
     locked_until = NULL
-FROM unnest(%(ids)s::uuid[], %(started)s::timestamptz[], %(states)s::text[], %(results)s::text[],
-            %(errors)s::text[], %(retry_counts)s::integer[], %(delays)s::double precision[])
-     AS v(id, started_at, state, result, error, retry_count, delay)
-WHERE t.id = v.id AND t.state = 'running' AND t.worker_id = %(worker_id)s AND t.started_at = v.started_at
+WHERE t.id = ANY(%(ids)s::uuid[]) AND {_STILL_RUNNING} AND t.worker_id = %(worker_id)s
+  AND t.started_at = ({_OUTCOME} ->> 't')::timestamptz
 RETURNING t.id
 """
 
+
+def finish_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str) -> dict[str, Any]:
+    """Parameters for FINISH_MANY from ``(task id, claim started_at, Action)`` triples.
+
+    The outcomes travel as one JSON object; results are already JSON text (from the child), so
+    they are spliced in rather than parsed and re-encoded.
+    """
+    ids: list[Any] = []
+    parts: list[str] = []
+    for task_id, started_at, action in outcomes:
+        ids.append(task_id)
+        entry = (
+            f'"{task_id}":{{"s":"{action.state.value}","n":{int(action.retry_count)},'
+            f'"d":{float(action.delay_seconds)!r},"t":"{started_at.isoformat()}"'
+        )
+        if action.result_json is not None:
+            entry += f',"r":{action.result_json}'
+        if action.error is not None:
+            entry += f',"e":{json.dumps(action.error, ensure_ascii=False)}'
+        parts.append(entry + "}")
+    # Sent typed as jsonb (not text cast in SQL), so PostgreSQL parses it once, not once per row.
+    outcomes_json = Jsonb("{" + ",".join(parts) + "}", dumps=_already_json)
+    return {"ids": ids, "outcomes": outcomes_json, "worker_id": worker_id}
+
+
+def _already_json(text: str) -> str:
+    return text
+
+
 #: running -> running: extend the locks this worker still holds; rows missing from the result were
 #: cancelled or rescued meanwhile, and the worker must stop them.
-HEARTBEAT = """
-UPDATE tasks SET locked_until = now() + make_interval(secs => %(lock_seconds)s)
-WHERE id = ANY(%(ids)s) AND state = 'running' AND worker_id = %(worker_id)s
-RETURNING id
+HEARTBEAT = f"""
+UPDATE tasks AS t SET locked_until = now() + make_interval(secs => %(lock_seconds)s)
+WHERE t.id = ANY(%(ids)s) AND {_STILL_RUNNING} AND t.worker_id = %(worker_id)s
+RETURNING t.id
 """
 
 #: running -> pending | failed: rescue tasks whose worker stopped renewing its lock (crash, kill,
@@ -160,10 +205,10 @@ RETURNING t.id, t.state
 
 #: running -> pending: hand back tasks this worker claimed but will not finish (shutdown, prefetched
 #: but never started, or stopped after the grace period). No attempt is burned.
-RELEASE_MANY = """
-UPDATE tasks SET state = 'pending', locked_until = NULL, scheduled_at = now()
-WHERE id = ANY(%(ids)s) AND state = 'running' AND worker_id = %(worker_id)s
-RETURNING id
+RELEASE_MANY = f"""
+UPDATE tasks AS t SET state = 'pending', locked_until = NULL, scheduled_at = now()
+WHERE t.id = ANY(%(ids)s) AND {_STILL_RUNNING} AND t.worker_id = %(worker_id)s
+RETURNING t.id
 """
 
 # Actions (dashboard and user code) ------------------------------------------------------------

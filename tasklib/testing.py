@@ -40,7 +40,7 @@ def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
             ).fetchall()
             if not rows:
                 break
-            ids, started, states, results, errors, retries, delays = [], [], [], [], [], [], []
+            outcomes = []
             for task_id, name, kwargs_json, retry_count, max_retries, _timeout, _priority, started_at in rows:
                 status, payload = run_one(definitions, name, kwargs_json)
                 outcome = (
@@ -48,27 +48,8 @@ def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
                     if status == "ok"
                     else Outcome(OutcomeKind.ERROR, error=payload)
                 )
-                action = decide(outcome, retry_count, max_retries, config)
-                ids.append(task_id)
-                started.append(started_at)
-                states.append(action.state.value)
-                results.append(action.result_json)
-                errors.append(action.error)
-                retries.append(action.retry_count)
-                delays.append(action.delay_seconds)
-            conn.execute(
-                sql.FINISH_MANY,
-                {
-                    "ids": ids,
-                    "started": started,
-                    "states": states,
-                    "results": results,
-                    "errors": errors,
-                    "retry_counts": retries,
-                    "delays": delays,
-                    "worker_id": worker_id,
-                },
-            )
+                outcomes.append((task_id, started_at, decide(outcome, retry_count, max_retries, config)))
+            conn.execute(sql.FINISH_MANY, sql.finish_params(outcomes, worker_id))
             ran += len(rows)
     return ran
 

@@ -157,7 +157,7 @@ def test_concurrent_init_from_ten_processes(database_url: str) -> None:
     results = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), [r[1] for r in results]
     with psycopg.connect(database_url) as conn:
-        assert conn.execute("SELECT obj_description('tasks'::regclass, 'pg_class')").fetchone() == ("tasklib schema 1",)
+        assert conn.execute("SELECT obj_description('tasks'::regclass, 'pg_class')").fetchone() == ("tasklib schema 2",)
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")}
     assert "tasks_pending_due_idx" in indexes
 
@@ -280,3 +280,22 @@ def test_testing_helpers_drain_and_assert_enqueued(tl) -> None:
     flaky = assert_enqueued(jobs.flaky, state="pending")  # failed once, retry scheduled by backoff
     assert flaky.retry_count == 1 and "RuntimeError: flaky f failed" in (flaky.error or "")
     assert tasklib.get_task(later).state == "pending"  # type: ignore[union-attr]
+
+
+def test_init_upgrades_a_version_1_table(database_url: str) -> None:
+    """A table made by schema 1 (lock index on state) is brought to the current version by init."""
+    from tasklib.schema import SCHEMA_VERSION
+
+    tasklib.init(tasklib.Config(database_url=database_url))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP INDEX tasks_locked_idx")
+        conn.execute("CREATE INDEX tasks_running_lock_idx ON tasks (locked_until) WHERE state = 'running'")
+        conn.execute("COMMENT ON TABLE tasks IS 'tasklib schema 1'")
+        conn.execute("INSERT INTO tasks (id, name, kwargs) VALUES (gen_random_uuid(), 'kept', '{}')")
+    tasklib.init(tasklib.Config(database_url=database_url))
+    with psycopg.connect(database_url) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")}
+        comment = conn.execute("SELECT obj_description('tasks'::regclass, 'pg_class')").fetchone()[0]  # type: ignore[index]
+        kept = conn.execute("SELECT count(*) FROM tasks WHERE name = 'kept'").fetchone()[0]  # type: ignore[index]
+    assert "tasks_locked_idx" in indexes and "tasks_running_lock_idx" not in indexes
+    assert comment == f"tasklib schema {SCHEMA_VERSION}" and kept == 1

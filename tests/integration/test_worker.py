@@ -341,4 +341,22 @@ def test_claim_plan_survives_empty_table_statistics(tl) -> None:
     params = {"names": ["tests.integration.jobs.mark"], "limit": 100, "worker_id": "w", "lock_seconds": 60.0}
     with psycopg.connect(tl.database_url, **connect_kwargs(options=CLAIM_PLANNER_OPTIONS)) as conn:
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.CLAIM_NEXT, params).fetchall())
+        claimed = conn.execute(sql.CLAIM_NEXT, params).fetchall()
     assert "tasks_pending_due_idx" in plan and "Sort" not in plan, plan
+    # Finishing, heartbeats and releases find their rows by primary key, not by a state index.
+    from tasklib.db import WRITE_PLANNER_OPTIONS
+    from tasklib.outcome import Action
+    from tasklib.states import TaskState
+
+    ids = [row[0] for row in claimed]
+    finish = sql.finish_params([(row[0], row[7], Action(TaskState.COMPLETED, 0, result_json="1")) for row in claimed], "w")
+    with psycopg.connect(tl.database_url, **connect_kwargs(options=WRITE_PLANNER_OPTIONS)) as conn:
+        for statement, args in (
+            (sql.FINISH_MANY, finish),
+            (sql.HEARTBEAT, {"ids": ids, "worker_id": "w", "lock_seconds": 60.0}),
+            (sql.RELEASE_MANY, {"ids": ids, "worker_id": "w"}),
+        ):
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, args).fetchall())
+            assert "tasks_pkey" in plan and "Join" not in plan, plan
+        assert len(conn.execute(sql.FINISH_MANY, finish).fetchall()) == 100
+    assert states(tl.database_url) == {"completed": 100, "pending": 4900}
