@@ -207,7 +207,10 @@ def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:
         assert "TaskLib demo: open http://127.0.0.1:" in output
         assert "connect with: psql" in output  # where the data lives and how to reach it
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the demo and the dashboard and worker it started
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
         subprocess.run([sys.executable, "-m", "tasklib.cli", "db", "stop"], env=env, cwd=ROOT, capture_output=True)
         shutil.rmtree(home, ignore_errors=True)
