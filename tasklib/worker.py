@@ -27,7 +27,7 @@ from tasklib import sql
 from tasklib._pool import Child, ChildPool, Job
 from tasklib._writer import OutcomeWriter, brief
 from tasklib.config import Config, redact_url
-from tasklib.db import connect_kwargs
+from tasklib.db import CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS, connect_kwargs
 from tasklib.errors import DatabaseError
 from tasklib.outcome import Outcome, OutcomeKind, decide
 from tasklib.registry import registered_definitions
@@ -211,7 +211,12 @@ class TaskWorker:
     async def _connection(self, role: str) -> psycopg.AsyncConnection[Any]:
         conn = self._conns[role]
         if conn is None or conn.closed or conn.broken:
-            conn = self._conns[role] = await psycopg.AsyncConnection.connect(self._url, **connect_kwargs(self._app_name))
+            # Planner settings that keep each connection's few statements on their indexes even when
+            # statistics say the table is empty (see tasklib.db).
+            options = CLAIM_PLANNER_OPTIONS if role == "claim" else WRITE_PLANNER_OPTIONS
+            conn = self._conns[role] = await psycopg.AsyncConnection.connect(
+                self._url, **connect_kwargs(self._app_name, options=options)
+            )
         return conn
 
     async def _execute(self, statement: str, params: dict[str, Any], role: str = "write") -> list[tuple[Any, ...]]:

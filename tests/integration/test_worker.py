@@ -360,3 +360,22 @@ def test_claim_plan_survives_empty_table_statistics(tl) -> None:
             assert "tasks_pkey" in plan and "Join" not in plan, plan
         assert len(conn.execute(sql.FINISH_MANY, finish).fetchall()) == 100
     assert states(tl.database_url) == {"completed": 100, "pending": 4900}
+
+
+def test_worker_connections_carry_the_plan_settings(tl) -> None:
+    """The worker's own claim and write connections use the settings the plan test relies on."""
+    import asyncio
+
+    async def settings() -> tuple[str, str]:
+        worker = tasklib.TaskWorker(tl)
+        worker._url = tl.database_url
+        claim, write = await worker._connection("claim"), await worker._connection("write")
+        try:
+            sort = (await (await claim.execute("SHOW enable_sort")).fetchone())[0]  # type: ignore[index]
+            hashjoin = (await (await write.execute("SHOW enable_hashjoin")).fetchone())[0]  # type: ignore[index]
+            return sort, hashjoin
+        finally:
+            await claim.close()
+            await write.close()
+
+    assert asyncio.run(settings()) == ("off", "off")
