@@ -356,15 +356,7 @@ class TaskWorker:
         recalled = [job for job in child.outstanding if job.token in tokens]
         for job in recalled:
             child.outstanding.remove(job)
-            job.recalling = False
-        for job in reversed(recalled):
-            if job.cancelled:
-                self._jobs.pop(job.token, None)
-            elif self._stopping:
-                self._jobs.pop(job.token, None)
-                self._writer.release(job)
-            else:
-                self._queue.appendleft(job)
+        self._take_back(recalled)
         for job in child.outstanding:  # asked for but already started: it stays (and is cancelled if so)
             job.recalling = False
         self._dispatch()
@@ -372,6 +364,19 @@ class TaskWorker:
     @staticmethod
     def _stuck(child: Child, now: float) -> bool:
         return bool(child.outstanding) and now - child.current_since > REBALANCE_AFTER_SECONDS
+
+    def _take_back(self, jobs: list[Job]) -> None:
+        """Tasks a child will never start: drop the cancelled, release them at shutdown, otherwise
+        put them first in line for another child."""
+        for job in reversed(jobs):
+            job.recalling = False
+            if job.cancelled:
+                self._jobs.pop(job.token, None)
+            elif self._stopping:
+                self._jobs.pop(job.token, None)
+                self._writer.release(job)
+            else:
+                self._queue.appendleft(job)
 
     def _recall(self, child: Child, jobs: list[Job]) -> None:
         jobs = [job for job in jobs if not job.recalling]
@@ -415,16 +420,7 @@ class TaskWorker:
                     ),
                     duration,
                 )
-            # Tasks queued behind the head never started: run them elsewhere, first in line.
-            for job in reversed(rest):
-                job.recalling = False
-                if job.cancelled:
-                    self._jobs.pop(job.token, None)
-                elif self._stopping:
-                    self._jobs.pop(job.token, None)
-                    self._writer.release(job)
-                else:
-                    self._queue.appendleft(job)
+            self._take_back(rest)  # queued behind the head: they never started
         elif child.kill_reason is None and not (self._pool and self._pool.closing):
             log.warning("idle child %d %s; replacing it", child.pid, reason)
         self._wake.set()
