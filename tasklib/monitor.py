@@ -295,11 +295,17 @@ class Monitor:
                 more = "+" if ahead >= COUNT_CAP else ""
                 reasons.append(f"It is waiting behind {ahead:,}{more} due task(s) of higher priority or earlier schedule.")
         live = self._rows(sql.LIVE_WORKERS)
+        due = not (task.scheduled_at and task.scheduled_at > now)
         if not live:
             reasons.append("No worker is connected to this database. Start one: tasklib worker --app your.tasks")
-        elif not self._rows(sql.NAME_RECENTLY_STARTED, {"name": task.name, "window": RECENT_START_WINDOW_SECONDS})[0][0]:
+        elif (
+            due
+            and not self._rows(sql.NAME_RECENTLY_STARTED, {"name": task.name, "window": RECENT_START_WINDOW_SECONDS})[0][0]
+        ):
+            # Only for a task that is due: a delayed one is explained by its schedule alone.
+            workers = "1 worker is" if len(live) == 1 else f"{len(live)} workers are"
             reasons.append(
-                f"{len(live)} worker(s) are connected, but none has started a {task.name} task in the last "
+                f"{workers} connected, but none has started a {task.name} task in the last "
                 f"{RECENT_START_WINDOW_SECONDS // 60} minutes: check that a worker imports the module defining it "
                 "(--app). Workers only claim the task names they have registered."
             )
