@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -37,9 +38,13 @@ def _monitor(state: State) -> Monitor:
     return state["monitor"]  # type: ignore[no-any-return]
 
 
-def _unchanged(request: Request, monitor: Monitor) -> bool:
-    """A poll that already has the current version gets 204: htmx keeps what it shows."""
-    return request.query_params.get("v") == version(monitor)
+def _poll(request: Request, monitor: Monitor, template: str, build: Callable[[str], dict[str, Any]]) -> Any:
+    """An htmx poll: 204 when it already has the current version (htmx keeps what it shows),
+    otherwise the partial, rendered from the page's context builder with that version."""
+    current = version(monitor)
+    if request.query_params.get("v") == current:
+        return Response(None, status_code=204)
+    return Template(template, context=build(current))
 
 
 # -- pages and their partials -----------------------------------------------------------------
@@ -52,15 +57,14 @@ def overview_page(state: State) -> Template:
 
 @get("/partials/overview", sync_to_thread=True)
 def overview_partial(request: Request, state: State) -> Template | Response[None]:
-    if _unchanged(request, _monitor(state)):
-        return Response(None, status_code=204)
-    return Template("_overview.html", context=overview_context(_monitor(state)))
+    monitor = _monitor(state)
+    return _poll(request, monitor, "_overview.html", lambda v: overview_context(monitor, v))
 
 
-def _list(app_state: State, **query: Any) -> dict[str, Any]:
+def _list(app_state: State, current: str | None = None, **query: Any) -> dict[str, Any]:
     after, before = query.pop("after"), query.pop("before")
     params = parse_list_params(**query)
-    return list_context(_monitor(app_state), params, after, before)
+    return list_context(_monitor(app_state), params, after, before, current)
 
 
 _LIST_PARAMS = dict(
@@ -92,10 +96,8 @@ def tasks_page(
 
 @get("/partials/tasks", sync_to_thread=True)
 def tasks_partial(state: State, request: Request, limit: Limit = 50) -> Template | Response[None]:
-    if _unchanged(request, _monitor(state)):
-        return Response(None, status_code=204)
     query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS}
-    return Template("_task_rows.html", context=_list(state, limit=limit, **query))
+    return _poll(request, _monitor(state), "_task_rows.html", lambda v: _list(state, limit=limit, current=v, **query))
 
 
 @get("/tasks/{task_id:str}", sync_to_thread=True)
@@ -105,9 +107,8 @@ def task_page(state: State, task_id: FromPath[str]) -> Template:
 
 @get("/partials/tasks/{task_id:str}", sync_to_thread=True)
 def task_partial(state: State, request: Request, task_id: FromPath[str]) -> Template | Response[None]:
-    if _unchanged(request, _monitor(state)):
-        return Response(None, status_code=204)
-    return Template("_task_detail.html", context=detail_context(_monitor(state), task_id))
+    monitor = _monitor(state)
+    return _poll(request, monitor, "_task_detail.html", lambda v: detail_context(monitor, task_id, v))
 
 
 @get("/workers", sync_to_thread=True)
@@ -117,9 +118,8 @@ def workers_page(state: State) -> Template:
 
 @get("/partials/workers", sync_to_thread=True)
 def workers_partial(state: State, request: Request) -> Template | Response[None]:
-    if _unchanged(request, _monitor(state)):
-        return Response(None, status_code=204)
-    return Template("_workers.html", context=workers_context(_monitor(state)))
+    monitor = _monitor(state)
+    return _poll(request, monitor, "_workers.html", lambda v: workers_context(monitor, v))
 
 
 # -- actions (POST only, CSRF-checked by Litestar) -------------------------------------------

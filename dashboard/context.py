@@ -20,32 +20,34 @@ def version(monitor: Monitor) -> str:
     return f"{monitor.change_token()}.{int(time.time() // MAX_STALE_SECONDS)}"
 
 
-def overview_context(monitor: Monitor) -> dict[str, Any]:
+def overview_context(monitor: Monitor, current: str | None = None) -> dict[str, Any]:
     overview = monitor.overview()
     peak = max((c + f for _, c, f in overview.chart), default=0)
-    return {"overview": overview, "chart_peak": max(peak, 1), "version": version(monitor), "page": "overview"}
+    return {"overview": overview, "chart_peak": max(peak, 1), "version": current or version(monitor), "page": "overview"}
 
 
-def list_context(monitor: Monitor, params: ListParams, after: str | None, before: str | None) -> dict[str, Any]:
+def list_context(
+    monitor: Monitor, params: ListParams, after: str | None, before: str | None, current: str | None = None
+) -> dict[str, Any]:
     page = monitor.page(params.flt, limit=params.limit, after=after, before=before, oldest_first=params.oldest_first)
     return {
         "page_data": page,
         "params": params,
         "after": after,
         "before": before,
-        "version": version(monitor),
+        "version": current or version(monitor),
         "page": "tasks",
     }
 
 
-def detail_context(monitor: Monitor, task_id: str) -> dict[str, Any]:
+def detail_context(monitor: Monitor, task_id: str, current: str | None = None) -> dict[str, Any]:
     tid = parse_task_id(task_id)
     task = get_task(tid)
     if task is None:
         raise TaskNotFound(f"no task with id {tid}")
     explain = monitor.explain(task) if task.state in (TaskState.PENDING, TaskState.RUNNING) else []
-    return {"task": task, "explain": explain, "version": version(monitor), "page": "tasks"}
+    return {"task": task, "explain": explain, "version": current or version(monitor), "page": "tasks"}
 
 
-def workers_context(monitor: Monitor) -> dict[str, Any]:
-    return {"workers": monitor.workers(), "version": version(monitor), "page": "workers"}
+def workers_context(monitor: Monitor, current: str | None = None) -> dict[str, Any]:
+    return {"workers": monitor.workers(), "version": current or version(monitor), "page": "workers"}

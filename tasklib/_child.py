@@ -25,7 +25,7 @@ from typing import Any
 
 import pydantic_core
 
-from tasklib._protocol import encode, read_message, write_all
+from tasklib._protocol import encode, read_messages, write_all
 
 _PR_SET_PDEATHSIG = 1
 
@@ -90,11 +90,7 @@ def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
             write_all(write_fd, data)
 
     def reader() -> None:
-        buffer = bytearray()
-        while True:
-            message = read_message(read_fd, buffer)
-            if message is None:  # the worker closed our pipe: time to go
-                os._exit(0)
+        for message in read_messages(read_fd):
             if message[0] == "run":
                 with work:
                     queue.extend(message[1])
@@ -107,6 +103,7 @@ def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
                     queue.clear()
                     queue.extend(kept)
                 send(("recalled", recalled))
+        os._exit(0)  # the worker closed our pipe: time to go
 
     threading.Thread(target=reader, name="tasklib-child-reader", daemon=True).start()
     send(("ready", os.getpid()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 _HEADER = struct.Struct("!I")
@@ -39,24 +40,9 @@ def decode_available(buffer: bytearray) -> list[Any]:
     return messages
 
 
-def read_message(fd: int, buffer: bytearray) -> Any | None:
-    """Blocking read of one message (child side). None at end of file."""
-    while True:
-        messages = decode_available_one(buffer)
-        if messages is not None:
-            return messages
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            return None
+def read_messages(fd: int) -> Iterator[Any]:
+    """Blocking reads (child side): every message until end of file."""
+    buffer = bytearray()
+    while chunk := os.read(fd, 1 << 16):
         buffer += chunk
-
-
-def decode_available_one(buffer: bytearray) -> Any | None:
-    if len(buffer) < 4:
-        return None
-    (length,) = _HEADER.unpack_from(buffer, 0)
-    if len(buffer) < 4 + length:
-        return None
-    message = pickle.loads(buffer[4 : 4 + length])
-    del buffer[: 4 + length]
-    return message
+        yield from decode_available(buffer)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -102,13 +102,6 @@ class WorkerInfo:
     @property
     def live(self) -> bool:
         return self.connected_since is not None
-
-
-@dataclass
-class Explanation:
-    """Why a task is not running (yet)."""
-
-    reasons: list[str] = field(default_factory=list)
 
 
 def encode_cursor(task: Task) -> str:
@@ -327,7 +320,8 @@ class Monitor:
             lines.append(f'tasklib_tasks{{state="completed",name="{_label(name)}"}} {count}')
         oldest = self._rows(sql.OLDEST_DUE_PENDING)[0][0]
         age = (datetime.now(UTC) - oldest).total_seconds() if oldest else 0.0
-        running = sum(w.running for w in self.workers())
+        workers = self.workers()
+        running = sum(w.running for w in workers)
         lines += [
             "# HELP tasklib_oldest_pending_age_seconds Age of the longest-waiting due pending task.",
             "# TYPE tasklib_oldest_pending_age_seconds gauge",
@@ -340,7 +334,7 @@ class Monitor:
             f"tasklib_expired_locks {self._rows(sql.EXPIRED_LOCKS)[0][0]}",
             "# HELP tasklib_workers_connected Worker processes connected to the database.",
             "# TYPE tasklib_workers_connected gauge",
-            f"tasklib_workers_connected {len(self._rows(sql.LIVE_WORKERS))}",
+            f"tasklib_workers_connected {sum(1 for w in workers if w.live)}",
         ]
         return "\n".join(lines) + "\n"
 

@@ -33,14 +33,7 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (TaskState.CANCELLED, TaskState.PENDING): "retry_task",
 }
 
-FINAL_STATES = frozenset({TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED})
-
 
 def can_transition(source: TaskState | str, target: TaskState | str) -> bool:
     """Whether the state machine allows ``source -> target``."""
     return (TaskState(source), TaskState(target)) in TRANSITIONS
-
-
-def sources_for(target: TaskState) -> list[TaskState]:
-    """States from which ``target`` can be reached, in enum order."""
-    return [s for s in TaskState if (s, target) in TRANSITIONS]

@@ -80,6 +80,7 @@ class TaskWorker:
         self._avg_duration = 1.0  # EWMA; starts "slow" so nothing is prefetched until tasks prove fast
         self._wake = asyncio.Event()
         self._stopping = False
+        self._grace: float | None = None  # shutdown(grace_seconds=…) overrides the config
         self._force = False
         self._stopped = asyncio.Event()
         # Two connections: claims on one, results/heartbeats/rescue on the other, so a claim never
@@ -441,7 +442,7 @@ class TaskWorker:
 
     async def _drain(self) -> None:
         """After the claim loop stops: release queued tasks, finish running ones within the grace."""
-        grace = getattr(self, "_grace", self.config.shutdown_grace_seconds)
+        grace = self.config.shutdown_grace_seconds if self._grace is None else self._grace
         while self._queue:
             job = self._queue.popleft()
             self._jobs.pop(job.token, None)
