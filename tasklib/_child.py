@@ -1,9 +1,10 @@
 """The child process that runs task code. Pre-forked, reused across tasks, killed on timeout.
 
-Protocol (see ``_protocol``): the parent sends ``("run", [(token, name, kwargs_json), …])`` and
-``("recall", [token, …])``. The child answers ``("ready", pid)`` once, then one
-``(token, status, payload)`` per task it ran, in order (status ``ok`` with the result as JSON, or
-``error`` with a traceback), and ``("recalled", [token, …])`` for queued tasks it gave back.
+Protocol (see ``_protocol``; ``seq`` is the worker's own number for a job): the parent sends
+``("run", [(seq, name, kwargs_json), …])`` and
+``("recall", [seq, …])``. The child answers ``("ready", pid)`` once, then one
+``(seq, status, payload)`` per task it ran, in order (status ``ok`` with the result as JSON, or
+``error`` with a traceback), and ``("recalled", [seq, …])`` for queued tasks it gave back.
 
 A reader thread takes messages while the main thread runs task code, so a recall is answered at
 once even during a long task: a recalled task is guaranteed never to start here, which lets the
@@ -111,6 +112,6 @@ def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
         with work:
             while not queue:
                 work.wait()
-            token, name, kwargs_json = queue.popleft()
+            seq, name, kwargs_json = queue.popleft()
         status, payload = run_one(definitions, name, kwargs_json)
-        send((token, status, payload))
+        send((seq, status, payload))

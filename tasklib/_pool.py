@@ -12,12 +12,21 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
 from tasklib._protocol import decode_available, encode
 
 log = logging.getLogger("tasklib.worker")
+
+
+class KillReason(StrEnum):
+    """Why the worker killed a child (what its death then means for the task it was running)."""
+
+    TIMEOUT = "timeout"  # the task ran past its timeout: the attempt failed
+    CANCEL = "cancel"  # the task was cancelled or taken over: nothing to record
+    SHUTDOWN = "shutdown"  # the worker is stopping: the task goes back to pending, no attempt counted
 
 
 @dataclass(slots=True, eq=False)
@@ -31,10 +40,32 @@ class Job:
     max_retries: int
     timeout_seconds: int | None
     priority: int
-    started_at: datetime  # the claim's token: finishing requires the row to still carry it
-    token: int = 0
+    scheduled_at: datetime
+    started_at: datetime  # identifies the claim: finishing requires the row to still carry it
+    seq: int = 0  # the worker's own number for this job, used on the pipes to its children
     cancelled: bool = False
     recalling: bool = False  # asked its child to give it back (not started yet)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        """From a CLAIM_NEXT row (named columns)."""
+        return cls(
+            id=row["id"],
+            name=row["name"],
+            kwargs_json=row["kwargs_json"],
+            retry_count=row["retry_count"],
+            max_retries=row["max_retries"],
+            timeout_seconds=row["timeout_seconds"],
+            priority=row["priority"],
+            scheduled_at=row["scheduled_at"],
+            started_at=row["started_at"],
+        )
+
+    @property
+    def queue_order(self) -> tuple[int, datetime, UUID]:
+        """The order tasks start in: priority first, then due time, then id (FIFO within a priority).
+        Python orders UUIDs as PostgreSQL does (by their 128-bit value)."""
+        return (-self.priority, self.scheduled_at, self.id)
 
 
 @dataclass(eq=False)
@@ -48,7 +79,7 @@ class Child:
     ready: bool = False
     outstanding: deque[Job] = field(default_factory=deque)
     current_since: float = 0.0  # monotonic time the head of ``outstanding`` started
-    kill_reason: str | None = None  # "timeout" | "cancel" | "shutdown"
+    kill_reason: KillReason | None = None
     read_buffer: bytearray = field(default_factory=bytearray)
     write_buffer: bytearray = field(default_factory=bytearray)
     dead: bool = False
@@ -61,7 +92,7 @@ class Child:
     def current(self) -> Job | None:
         return self.outstanding[0] if self.outstanding else None
 
-    def kill(self, reason: str) -> None:
+    def kill(self, reason: KillReason) -> None:
         if self.dead:
             return
         self.kill_reason = self.kill_reason or reason
@@ -234,6 +265,6 @@ class ChildPool:
         while self.children and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for child in list(self.children):
-            child.kill("shutdown")
+            child.kill(KillReason.SHUTDOWN)
         while self.children and time.monotonic() < deadline + 2:
             await asyncio.sleep(0.02)

@@ -1,7 +1,8 @@
 """The worker's outcome writer: buffers finished and released tasks and writes them in batches.
 
-Results that arrive within a couple of milliseconds share one ``UPDATE … FROM unnest(…)``. A failed
-write keeps its batch for the next try, so an outage delays results but never drops them.
+Results that arrive within a couple of milliseconds share one ``FINISH_MANY`` statement (rows by
+primary key, outcomes in one jsonb object). A failed write keeps its batch for the next try, so an
+outage delays results but never drops them.
 """
 
 from __future__ import annotations
@@ -15,23 +16,16 @@ from typing import Any
 import psycopg
 
 from tasklib import sql
+from tasklib._connections import MAX_BACKOFF_SECONDS, brief
 from tasklib._pool import Job
-from tasklib.outcome import Action
-from tasklib.states import TaskState
+from tasklib.outcome import Action, decide_unstorable
 
 log = logging.getLogger("tasklib.worker")
 
 FLUSH_DELAY_SECONDS = 0.002
 BATCH_LIMIT = 256
-MAX_BACKOFF_SECONDS = 10.0
 
 Execute = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
-
-
-def brief(exc: BaseException) -> str:
-    """The first line of a driver error: enough for a log line, without libpq's multi-line detail."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class OutcomeWriter:
@@ -104,7 +98,7 @@ class OutcomeWriter:
             )
 
     async def _write(self, batch: list[tuple[Job, Action]], fallback: bool = False) -> None:
-        params = sql.finish_params(((job.id, job.started_at, action) for job, action in batch), self._worker_id)
+        params = sql.outcome_params((job.id, self._worker_id, job.started_at, action) for job, action in batch)
         try:
             rows = await self._execute(sql.FINISH_MANY, params)
         except (psycopg.DataError, psycopg.errors.ProgrammingError) as exc:
@@ -115,10 +109,7 @@ class OutcomeWriter:
             job, action = batch[0]
             log.error("task %s %s: its outcome could not be stored (%s)", job.name, job.id, brief(exc))
             if not fallback:
-                failed = Action(
-                    TaskState.FAILED, action.retry_count, error=f"TaskLib could not store this task's outcome: {brief(exc)}"
-                )
-                await self._write([(job, failed)], fallback=True)
+                await self._write([(job, decide_unstorable(action, brief(exc)))], fallback=True)
             return
         if len(rows) != len(batch):
             written = {r[0] for r in rows}

@@ -314,15 +314,11 @@ def list_tasks(state: TaskState | str | None = None, name: str | None = None, li
     """
     if not isinstance(limit, int) or not 1 <= limit <= _MAX_LIST_LIMIT:
         raise ValidationError(f"limit must be an integer from 1 to {_MAX_LIST_LIMIT}")
-    clauses, params = [], {"limit": limit}
-    if state is not None:
-        clauses.append("state = %(state)s")
-        params["state"] = parse_state(state).value  # type: ignore[assignment]
-    if name is not None:
-        clauses.append("name = ANY(%(names)s)")
-        params["names"] = resolve_names(name)  # type: ignore[assignment]
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    return [row_to_task(r) for r in _fetch(sql.LIST_TASKS.format(where=where), params)]
+    where, params = sql.filter_clause(
+        state=None if state is None else parse_state(state).value,
+        names=None if name is None else tuple(resolve_names(name)),
+    )
+    return [row_to_task(r) for r in _fetch(sql.PAGE_NEWEST.format(where=where), {**params, "limit": limit})]
 
 
 def _transition(statement: str, task_id: uuid.UUID | str, action: str, expected: str) -> Task:

@@ -42,11 +42,13 @@ class Task(SQLModel, table=True):
             "state <> 'running' OR (worker_id IS NOT NULL AND locked_until IS NOT NULL)",
             name="tasks_running_is_locked",
         ),
-        # The claim: next due pending task by priority, then age. Partial, so it stays small.
+        # The claim: next due pending task by priority, then due time, then id (FIFO within a
+        # priority, with a total order so the claim never needs a sort). Partial, so it stays small.
         Index(
-            "tasks_pending_due_idx",
+            "tasks_pending_idx",
             text("priority DESC"),
             "scheduled_at",
+            "id",
             postgresql_where=text("state = 'pending'"),
         ),
         # Rescue: running tasks by lock expiry. Only running tasks hold a lock (see the CHECK above and
@@ -83,13 +85,3 @@ class Task(SQLModel, table=True):
     timeout_seconds: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     priority: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     tags: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
-
-    @property
-    def attempts(self) -> int:
-        """How many attempts have started (the running one included)."""
-        return self.retry_count + (1 if self.state != TaskState.PENDING or self.started_at else 0)
-
-    @property
-    def short_name(self) -> str:
-        """The function name without its module."""
-        return self.name.rsplit(".", 1)[-1]

@@ -16,6 +16,7 @@ class OutcomeKind(StrEnum):
     ERROR = "error"  # raised (or its arguments/result could not be loaded/stored)
     TIMEOUT = "timeout"  # ran past timeout_seconds and was killed
     CRASHED = "crashed"  # its process died (os._exit, signal, out-of-memory kill)
+    LOST = "lost"  # its worker stopped renewing the lock (killed, partitioned): found by a rescue
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,13 @@ class Outcome:
     kind: OutcomeKind
     result_json: str | None = None
     error: str | None = None
+
+    @classmethod
+    def from_child(cls, status: str, payload: str) -> Outcome:
+        """What a child reported for one task: ``("ok", result JSON)`` or ``("error", traceback)``."""
+        if status == "ok":
+            return cls(OutcomeKind.OK, result_json=payload)
+        return cls(OutcomeKind.ERROR, error=payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,3 +75,12 @@ def decide(
             delay_seconds=backoff_delay(retry_count, config, rand),
         )
     return Action(TaskState.FAILED, retry_count, error=error)
+
+
+def decide_unstorable(action: Action, reason: str) -> Action:
+    """The task ran but PostgreSQL refused its outcome (a result or error it cannot store).
+
+    It fails without a retry: another attempt would produce an outcome that cannot be stored either,
+    and running the code again is worse than recording why its outcome was lost.
+    """
+    return Action(TaskState.FAILED, action.retry_count, error=f"TaskLib could not store this task's outcome: {reason}")

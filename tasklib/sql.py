@@ -43,7 +43,6 @@ NOTIFY_CHANNEL_SUBMIT = "tasklib_submit"
 NOTIFY_CHANNEL_CANCEL = "tasklib_cancel"
 
 COLUMNS = ", ".join(TASK_COLUMNS)
-# Read rows with JSON as text and let Python parse it once (psycopg would parse it anyway).
 _SELECT_TASK = f"SELECT {COLUMNS} FROM tasks"
 
 # Schema / bookkeeping -------------------------------------------------------------------------
@@ -92,44 +91,46 @@ SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text)) WHERE EXISTS
 
 GET_TASK = f"{_SELECT_TASK} WHERE id = %(id)s"
 
-#: Newest first; ties on created_at broken by id so keyset pages are stable.
-LIST_TASKS = f"{_SELECT_TASK} {{where}} ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
 
 COUNT_BY_STATE = "SELECT state, count(*) FROM tasks GROUP BY state"
 
 # Worker: claim, finish, heartbeat, rescue, release -------------------------------------------
 
-#: pending -> running: claim up to %(limit)s due tasks this worker can run, highest priority first.
+#: pending -> running: claim up to %(limit)s due tasks this worker can run, highest priority first,
+#: then oldest due first (scheduled_at, then id: FIFO within a priority).
 #: SKIP LOCKED lets many workers claim side by side without waiting on each other's rows. The ids
-#: come back as an array (an InitPlan run once) so the UPDATE finds its rows by primary key, with
-#: no join whose plan could turn into a scan of the whole table when statistics are stale.
+#: come back as an array (an InitPlan run once) so the UPDATE finds its rows by primary key.
+#: ``%(floor)s`` bounds the walk of tasks_pending_idx from below (see ``tasklib._claim``): when a
+#: long transaction elsewhere holds back cleanup, the entries of already-claimed rows stay in the
+#: index, and without the bound every claim would step over all of them (a heap visit each).
+#: The outer LEFT JOIN returns one row even when nothing was claimed, carrying the server's now():
+#: the worker's next floor comes from the database's clock, never its own.
 CLAIM_NEXT = """
-UPDATE tasks
-SET state = 'running', worker_id = %(worker_id)s, started_at = now(), completed_at = NULL,
-    locked_until = now() + make_interval(secs => %(lock_seconds)s)
-WHERE id = ANY(ARRAY(
-    SELECT id FROM tasks
-    WHERE state = 'pending' AND scheduled_at <= now() AND name = ANY(%(names)s)
-    ORDER BY priority DESC, scheduled_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-))
-RETURNING id, name, kwargs::text, retry_count, max_retries, timeout_seconds, priority, started_at
+WITH claimed AS (
+    UPDATE tasks
+    SET state = 'running', worker_id = %(worker_id)s, started_at = now(), completed_at = NULL,
+        locked_until = now() + make_interval(secs => %(lock_seconds)s)
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM tasks
+        WHERE state = 'pending' AND scheduled_at <= now() AND scheduled_at >= %(floor)s
+          AND name = ANY(%(names)s)
+        ORDER BY priority DESC, scheduled_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ))
+    RETURNING id, name, kwargs::text AS kwargs_json, retry_count, max_retries, timeout_seconds, priority,
+              scheduled_at, started_at
+)
+SELECT now() AS claimed_at, claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true
 """
 
-#: running -> completed | failed | pending (retry): record a batch of outcomes in one statement.
-#: Only rows still running under this worker's claim (same started_at) change, so a result that
-#: arrives late can never overwrite a cancel, a rescue or another worker's newer claim.
-#: Rows are found by primary key (id = ANY) and each row reads its own outcome from one jsonb
-#: object keyed by id (see ``finish_params``): there is no join, so no plan can turn a batch into a
-#: quadratic join filter or a table scan when statistics are stale.
 _OUTCOME = "(%(outcomes)s -> t.id::text)"
 #: ``state = 'running'`` written so that no index on state can serve it (``|| ''`` is the classic way
 #: to keep a condition out of index selection). Statements that name their rows by id must use the
 #: primary key: with statistics taken while the table was empty, the planner would otherwise walk
 #: every running (and recently finished) entry of a state index for each batch.
 _STILL_RUNNING = "t.state || '' = 'running'"
-FINISH_MANY = f"""
+_APPLY_OUTCOMES = f"""
 UPDATE tasks AS t
 SET state = {_OUTCOME} ->> 's',
     result = {_OUTCOME} -> 'r',
@@ -142,25 +143,37 @@ SET state = {_OUTCOME} ->> 's',
     next_retry_at = CASE WHEN {_OUTCOME} ->> 's' = 'pending'
                          THEN now() + make_interval(secs => ({_OUTCOME} ->> 'd')::double precision) END,
     locked_until = NULL
-WHERE t.id = ANY(%(ids)s::uuid[]) AND {_STILL_RUNNING} AND t.worker_id = %(worker_id)s
+WHERE t.id = ANY(%(ids)s::uuid[]) AND {_STILL_RUNNING}
+  AND t.worker_id = {_OUTCOME} ->> 'w'
   AND t.started_at = ({_OUTCOME} ->> 't')::timestamptz
+  {{extra}}
 RETURNING t.id
 """
+#: running -> completed | failed | pending (retry): record a batch of a worker's outcomes in one
+#: statement. Only rows still running under the claim each outcome names (worker id and started_at)
+#: change, so a result that arrives late can never overwrite a cancel, a rescue or a newer claim.
+#: Rows are found by primary key (id = ANY) and each row reads its own outcome from one jsonb
+#: object keyed by id (see ``outcome_params``): there is no join, so no plan can turn a batch into a
+#: quadratic join filter or a table scan when statistics are stale.
+FINISH_MANY = _APPLY_OUTCOMES.format(extra="")
+#: running -> pending | failed: apply the decisions (``outcome.decide``) for expired claims that
+#: ``EXPIRED_CLAIMS`` found. A claim whose lock was renewed in between is left alone.
+RESCUE_MANY = _APPLY_OUTCOMES.format(extra="AND t.locked_until < now()")
 
 
-def finish_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str) -> dict[str, Any]:
-    """Parameters for FINISH_MANY from ``(task id, claim started_at, Action)`` triples.
+def outcome_params(outcomes: Iterable[tuple[Any, str, datetime, Any]]) -> dict[str, Any]:
+    """Parameters for FINISH_MANY / RESCUE_MANY from ``(task id, worker id, claim started_at, Action)``.
 
     The outcomes travel as one JSON object; results are already JSON text (from the child), so
     they are spliced in rather than parsed and re-encoded.
     """
     ids: list[Any] = []
     parts: list[str] = []
-    for task_id, started_at, action in outcomes:
+    for task_id, worker_id, started_at, action in outcomes:
         ids.append(task_id)
         entry = (
             f'"{task_id}":{{"s":"{action.state.value}","n":{int(action.retry_count)},'
-            f'"d":{float(action.delay_seconds)!r},"t":"{started_at.isoformat()}"'
+            f'"d":{float(action.delay_seconds)!r},"t":"{started_at.isoformat()}","w":{json.dumps(worker_id)}'
         )
         if action.result_json is not None:
             entry += f',"r":{action.result_json}'
@@ -169,7 +182,7 @@ def finish_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str)
         parts.append(entry + "}")
     # Sent typed as jsonb (not text cast in SQL), so PostgreSQL parses it once, not once per row.
     outcomes_json = Jsonb("{" + ",".join(parts) + "}", dumps=_already_json)
-    return {"ids": ids, "outcomes": outcomes_json, "worker_id": worker_id}
+    return {"ids": ids, "outcomes": outcomes_json}
 
 
 def _already_json(text: str) -> str:
@@ -184,23 +197,15 @@ WHERE t.id = ANY(%(ids)s) AND {_STILL_RUNNING} AND t.worker_id = %(worker_id)s
 RETURNING t.id
 """
 
-#: running -> pending | failed: rescue tasks whose worker stopped renewing its lock (crash, kill,
-#: lost network). The lost attempt counts: retry_count + 1, failed once retries are used up.
-RESCUE_EXPIRED = """
-UPDATE tasks AS t
-SET state = CASE WHEN t.retry_count < t.max_retries THEN 'pending' ELSE 'failed' END,
-    retry_count = CASE WHEN t.retry_count < t.max_retries THEN t.retry_count + 1 ELSE t.retry_count END,
-    error = format('WorkerLost: worker %%s stopped renewing its lock, which expired at %%s; '
-                   'the attempt started at %%s is counted as failed.',
-                   t.worker_id, t.locked_until, t.started_at),
-    scheduled_at = CASE WHEN t.retry_count < t.max_retries THEN now() ELSE t.scheduled_at END,
-    next_retry_at = CASE WHEN t.retry_count < t.max_retries THEN now() END,
-    completed_at = CASE WHEN t.retry_count < t.max_retries THEN NULL ELSE now() END,
-    locked_until = NULL
-FROM (SELECT id FROM tasks WHERE state = 'running' AND locked_until < now()
-      LIMIT 1000 FOR UPDATE SKIP LOCKED) AS expired
-WHERE t.id = expired.id AND t.state = 'running'
-RETURNING t.id, t.state
+#: (read) running claims whose lock expired: their worker stopped renewing it (crash, kill, lost
+#: network). What happens to each is decided in Python (``outcome.decide``, the same policy as any
+#: failed attempt) and applied by RESCUE_MANY. The range scan on tasks_locked_idx only reads
+#: entries whose lock is already in the past, so its cost follows the expired rows, not the table.
+EXPIRED_CLAIMS = """
+SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks
+WHERE locked_until < now() AND state = 'running'
+ORDER BY locked_until
+LIMIT %(limit)s
 """
 
 #: running -> pending: hand back tasks this worker claimed but will not finish (shutdown, prefetched
@@ -294,7 +299,7 @@ RECENT_FAILURES = f"""
 SELECT {COLUMNS} FROM tasks WHERE state = 'failed' ORDER BY created_at DESC, id DESC LIMIT %(limit)s
 """
 
-#: The due pending task that has waited longest (uses tasks_pending_due_idx).
+#: The due pending task that has waited longest.
 OLDEST_DUE_PENDING = """
 SELECT min(scheduled_at) FROM tasks WHERE state = 'pending' AND scheduled_at <= now()
 """
@@ -366,6 +371,7 @@ def filter_clause(
     cursor: tuple[object, object] | None = None,
     cursor_op: str = "<",
     states: tuple[str, ...] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> tuple[str, dict[str, object]]:
     """A WHERE clause and its parameters for the dashboard's filters. Values are always bound."""
     clauses: list[str] = []
@@ -379,6 +385,9 @@ def filter_clause(
     if name is not None:
         clauses.append("name = %(f_name)s")
         params["f_name"] = name
+    if names is not None:
+        clauses.append("name = ANY(%(f_names)s)")
+        params["f_names"] = list(names)
     if tag is not None:
         clauses.append("tags @> jsonb_build_object(%(f_tag_key)s::text, %(f_tag_value)s::text)")
         params["f_tag_key"], params["f_tag_value"] = tag

@@ -7,12 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pydantic_core
+from psycopg.rows import dict_row
 
 from tasklib import sql
 from tasklib._child import run_one
+from tasklib._claim import EARLIEST
+from tasklib._pool import Job
 from tasklib.api import current_config, database, list_tasks
 from tasklib.models import Task
-from tasklib.outcome import Outcome, OutcomeKind, decide
+from tasklib.outcome import Outcome, decide
 from tasklib.registry import definition_for, registered_definitions
 
 
@@ -29,28 +32,30 @@ def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
     ran = 0
     with database().pool().connection() as conn:
         while ran < max_tasks:
-            rows = conn.execute(
-                sql.CLAIM_NEXT,
-                {
-                    "names": sorted(definitions),
-                    "limit": min(batch, max_tasks - ran),
-                    "worker_id": worker_id,
-                    "lock_seconds": float(config.lock_timeout_seconds),
-                },
-            ).fetchall()
-            if not rows:
+            rows = (
+                conn.cursor(row_factory=dict_row)
+                .execute(
+                    sql.CLAIM_NEXT,
+                    {
+                        "names": sorted(definitions),
+                        "limit": min(batch, max_tasks - ran),
+                        "floor": EARLIEST,
+                        "worker_id": worker_id,
+                        "lock_seconds": float(config.lock_timeout_seconds),
+                    },
+                )
+                .fetchall()
+            )
+            jobs = sorted((Job.from_row(row) for row in rows if row["id"] is not None), key=lambda j: j.queue_order)
+            if not jobs:
                 break
             outcomes = []
-            for task_id, name, kwargs_json, retry_count, max_retries, _timeout, _priority, started_at in rows:
-                status, payload = run_one(definitions, name, kwargs_json)
-                outcome = (
-                    Outcome(OutcomeKind.OK, result_json=payload)
-                    if status == "ok"
-                    else Outcome(OutcomeKind.ERROR, error=payload)
-                )
-                outcomes.append((task_id, started_at, decide(outcome, retry_count, max_retries, config)))
-            conn.execute(sql.FINISH_MANY, sql.finish_params(outcomes, worker_id))
-            ran += len(rows)
+            for job in jobs:
+                outcome = Outcome.from_child(*run_one(definitions, job.name, job.kwargs_json))
+                action = decide(outcome, job.retry_count, job.max_retries, config)
+                outcomes.append((job.id, worker_id, job.started_at, action))
+            conn.execute(sql.FINISH_MANY, sql.outcome_params(outcomes))
+            ran += len(jobs)
     return ran
 
 

@@ -329,47 +329,15 @@ def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_claim_plan_survives_empty_table_statistics(tl) -> None:
-    """Queue tables swing from empty to full faster than autovacuum re-analyzes them; the claim must
-    still walk the pending index in order instead of sorting every pending row."""
-    from tasklib import sql
-    from tasklib.db import CLAIM_PLANNER_OPTIONS, connect_kwargs
-
-    with psycopg.connect(tl.database_url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE tasks")  # statistics now say: empty
-    tasklib.submit_many_sync(jobs.mark, [{"key": str(i)} for i in range(5000)])
-    params = {"names": ["tests.integration.jobs.mark"], "limit": 100, "worker_id": "w", "lock_seconds": 60.0}
-    with psycopg.connect(tl.database_url, **connect_kwargs(options=CLAIM_PLANNER_OPTIONS)) as conn:
-        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.CLAIM_NEXT, params).fetchall())
-        claimed = conn.execute(sql.CLAIM_NEXT, params).fetchall()
-    assert "tasks_pending_due_idx" in plan and "Sort" not in plan, plan
-    # Finishing, heartbeats and releases find their rows by primary key, not by a state index.
-    from tasklib.db import WRITE_PLANNER_OPTIONS
-    from tasklib.outcome import Action
-    from tasklib.states import TaskState
-
-    ids = [row[0] for row in claimed]
-    finish = sql.finish_params([(row[0], row[7], Action(TaskState.COMPLETED, 0, result_json="1")) for row in claimed], "w")
-    with psycopg.connect(tl.database_url, **connect_kwargs(options=WRITE_PLANNER_OPTIONS)) as conn:
-        for statement, args in (
-            (sql.FINISH_MANY, finish),
-            (sql.HEARTBEAT, {"ids": ids, "worker_id": "w", "lock_seconds": 60.0}),
-            (sql.RELEASE_MANY, {"ids": ids, "worker_id": "w"}),
-        ):
-            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + statement, args).fetchall())
-            assert "tasks_pkey" in plan and "Join" not in plan, plan
-        assert len(conn.execute(sql.FINISH_MANY, finish).fetchall()) == 100
-    assert states(tl.database_url) == {"completed": 100, "pending": 4900}
-
-
 def test_worker_connections_carry_the_plan_settings(tl) -> None:
     """The worker's own claim and write connections use the settings the plan test relies on."""
     import asyncio
 
     async def settings() -> tuple[str, str]:
-        worker = tasklib.TaskWorker(tl)
-        worker._url = tl.database_url
-        claim, write = await worker._connection("claim"), await worker._connection("write")
+        from tasklib._connections import WorkerConnections
+
+        connections = WorkerConnections(tl.database_url, "tasklib-worker test")
+        claim, write = await connections.connection("claim"), await connections.connection("write")
         try:
             sort = (await (await claim.execute("SHOW enable_sort")).fetchone())[0]  # type: ignore[index]
             hashjoin = (await (await write.execute("SHOW enable_hashjoin")).fetchone())[0]  # type: ignore[index]

@@ -1,0 +1,109 @@
+"""The worker's database connections: one per role, re-opened after a failure, and the listener.
+
+Claims run on one connection and results, heartbeats and rescues on another, so a claim never
+waits behind a batch of results (and vice versa). LISTEN has a third, dedicated connection: with
+psycopg 3 a connection waiting for notifications cannot run statements meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+import psycopg
+from psycopg.rows import RowFactory, tuple_row
+
+from tasklib import sql
+from tasklib.db import CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS, connect_kwargs
+
+log = logging.getLogger("tasklib.worker")
+
+Role = Literal["claim", "write"]
+MAX_BACKOFF_SECONDS = 10.0
+_OPTIONS: dict[Role, str] = {"claim": CLAIM_PLANNER_OPTIONS, "write": WRITE_PLANNER_OPTIONS}
+
+
+def brief(exc: BaseException) -> str:
+    """The first line of a driver error: enough for a log line, without libpq's multi-line detail."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class WorkerConnections:
+    """The claim and write connections of one worker, each opened on first use."""
+
+    def __init__(self, url: str, application_name: str) -> None:
+        self.url = url
+        # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
+        self.application_name = application_name
+        self._conns: dict[Role, psycopg.AsyncConnection[Any] | None] = {"claim": None, "write": None}
+
+    async def connection(self, role: Role) -> psycopg.AsyncConnection[Any]:
+        conn = self._conns[role]
+        if conn is None or conn.closed or conn.broken:
+            conn = self._conns[role] = await psycopg.AsyncConnection.connect(
+                self.url, **connect_kwargs(self.application_name, options=_OPTIONS[role])
+            )
+        return conn
+
+    async def execute(
+        self,
+        statement: str,
+        params: dict[str, Any],
+        role: Role = "write",
+        row_factory: RowFactory[Any] = tuple_row,
+    ) -> list[Any]:
+        """Run one statement (its own transaction); on a connection failure drop the connection and re-raise."""
+        try:
+            conn = await self.connection(role)
+            cursor = conn.cursor(row_factory=row_factory)
+            await cursor.execute(statement, params)  # type: ignore[arg-type]
+            return await cursor.fetchall() if cursor.description else []
+        except psycopg.OperationalError:
+            broken = self._conns[role]
+            self._conns[role] = None
+            if broken is not None:
+                await broken.close()
+            raise
+
+    async def close(self) -> None:
+        for role, conn in self._conns.items():
+            if conn is not None:
+                await conn.close()
+            self._conns[role] = None
+
+
+async def listen(
+    url: str,
+    application_name: str,
+    on_submit: Callable[[], None],
+    on_cancel: Callable[[uuid.UUID], None],
+) -> None:
+    """LISTEN until cancelled, reconnecting with backoff: submits call ``on_submit``, cancels ``on_cancel``.
+
+    ``on_submit`` is also called after every (re)connect: anything submitted while nobody listened.
+    """
+    backoff = 0.1
+    while True:
+        try:
+            async with await psycopg.AsyncConnection.connect(url, **connect_kwargs(application_name)) as conn:
+                await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_SUBMIT}")
+                await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_CANCEL}")
+                backoff = 0.1
+                on_submit()
+                async for note in conn.notifies():
+                    if note.channel != sql.NOTIFY_CHANNEL_CANCEL:
+                        on_submit()
+                        continue
+                    try:
+                        task_id = uuid.UUID(note.payload)
+                    except ValueError:
+                        continue
+                    on_cancel(task_id)
+        except psycopg.Error as exc:
+            log.warning("listener connection lost (%s); reconnecting in %.1fs", brief(exc), backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

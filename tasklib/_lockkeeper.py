@@ -1,0 +1,109 @@
+"""Liveness: renew the locks this worker holds (heartbeat) and rescue claims whose worker is gone.
+
+A rescue is a failed attempt like any other: ``outcome.decide`` chooses retry (with backoff) or
+failure, exactly as for an exception, and ``RESCUE_MANY`` applies that only to claims whose lock is
+still expired and still held by the worker that lost it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from tasklib import sql
+from tasklib._connections import WorkerConnections, brief
+from tasklib.config import Config
+from tasklib.outcome import Outcome, OutcomeKind, decide
+
+log = logging.getLogger("tasklib.worker")
+
+#: Expired claims handled per rescue statement; more wait for the next round.
+RESCUE_BATCH = 1000
+
+
+def rescue_decisions(rows: Iterable[dict[str, Any]], config: Config) -> list[tuple[Any, str, Any, Any]]:
+    """``(id, worker id, started_at, Action)`` for each expired claim (rows of EXPIRED_CLAIMS)."""
+    decisions = []
+    for row in rows:
+        lost = Outcome(
+            OutcomeKind.LOST,
+            error=(
+                f"WorkerLost: worker {row['worker_id']} stopped renewing its lock, which expired at "
+                f"{row['locked_until'].isoformat()}; the attempt started at {row['started_at'].isoformat()} "
+                "is counted as failed."
+            ),
+        )
+        action = decide(lost, row["retry_count"], row["max_retries"], config)
+        decisions.append((row["id"], row["worker_id"], row["started_at"], action))
+    return decisions
+
+
+class LockKeeper:
+    """Runs ``loop()`` in the background: heartbeats every ``heartbeat_interval``, rescues every ``poll_interval``."""
+
+    def __init__(
+        self,
+        config: Config,
+        worker_id: str,
+        connections: WorkerConnections,
+        held: Callable[[], set[uuid.UUID]],
+        on_lost: Callable[[set[uuid.UUID]], None],
+        on_rescued: Callable[[], None],
+        poll_interval: float,
+    ) -> None:
+        self.config = config
+        self.worker_id = worker_id
+        self._connections = connections
+        self._held = held
+        self._on_lost = on_lost
+        self._on_rescued = on_rescued
+        self.poll_interval = poll_interval
+        self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
+
+    async def loop(self) -> None:
+        last_beat = 0.0
+        while True:
+            await asyncio.sleep(min(self.poll_interval, self.heartbeat_interval))
+            try:
+                now = time.monotonic()
+                if now - last_beat >= self.heartbeat_interval:
+                    await self.heartbeat()
+                    last_beat = now
+                await self.rescue()
+            except psycopg.Error as exc:
+                log.warning("heartbeat/rescue failed (%s); will retry", brief(exc))
+
+    async def heartbeat(self) -> None:
+        """Extend our locks; tasks whose rows are no longer ours (cancelled, rescued) are stopped."""
+        held = self._held()
+        if not held:
+            return
+        rows = await self._connections.execute(
+            sql.HEARTBEAT,
+            {"ids": list(held), "worker_id": self.worker_id, "lock_seconds": float(self.config.lock_timeout_seconds)},
+        )
+        # A task that finished meanwhile is not lost: only count those still held now.
+        lost = (held - {r[0] for r in rows}) & self._held()
+        if lost:
+            self._on_lost(lost)
+
+    async def rescue(self) -> int:
+        """Fail or retry (by policy) the claims of workers that stopped renewing their locks."""
+        expired = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
+        if not expired:
+            return 0
+        decisions = rescue_decisions(expired, self.config)
+        rescued = {r[0] for r in await self._connections.execute(sql.RESCUE_MANY, sql.outcome_params(decisions))}
+        for task_id, worker_id, _started, action in decisions:
+            if task_id in rescued:
+                log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
+        if rescued:
+            self._on_rescued()
+        return len(rescued)
