@@ -24,8 +24,9 @@ from tasklib.outcome import Outcome, OutcomeKind, decide
 
 log = logging.getLogger("tasklib.worker")
 
-#: Expired claims handled per rescue statement; more wait for the next round.
-RESCUE_BATCH = 1000
+#: Expired claims handled per rescue statement (more are taken in the same round, one batch at a
+#: time): a few hundred rows keep each statement in the tens of milliseconds.
+RESCUE_BATCH = 256
 
 
 def rescue_decisions(rows: Iterable[dict[str, Any]], config: Config) -> list[tuple[Any, str, Any, Any]]:
@@ -96,14 +97,19 @@ class LockKeeper:
 
     async def rescue(self) -> int:
         """Fail or retry (by policy) the claims of workers that stopped renewing their locks."""
-        expired = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
-        if not expired:
-            return 0
-        decisions = rescue_decisions(expired, self.config)
-        rescued = {r[0] for r in await self._connections.execute(sql.RESCUE_MANY, sql.outcome_params(decisions))}
-        for task_id, worker_id, _started, action in decisions:
-            if task_id in rescued:
-                log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
-        if rescued:
+        total = 0
+        while True:
+            expired = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
+            if not expired:
+                break
+            decisions = rescue_decisions(expired, self.config)
+            rescued = {r[0] for r in await self._connections.execute(sql.RESCUE_MANY, sql.outcome_params(decisions))}
+            for task_id, worker_id, _started, action in decisions:
+                if task_id in rescued:
+                    log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
+            total += len(rescued)
+            if len(expired) < RESCUE_BATCH or not rescued:
+                break  # all done, or another worker is rescuing the same rows
+        if total:
             self._on_rescued()
-        return len(rescued)
+        return total

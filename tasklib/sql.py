@@ -199,11 +199,13 @@ RETURNING t.id
 
 #: (read) running claims whose lock expired: their worker stopped renewing it (crash, kill, lost
 #: network). What happens to each is decided in Python (``outcome.decide``, the same policy as any
-#: failed attempt) and applied by RESCUE_MANY. The range scan on tasks_locked_idx only reads
-#: entries whose lock is already in the past, so its cost follows the expired rows, not the table.
+#: failed attempt) and applied by RESCUE_MANY. Only running rows hold a lock (every transition out
+#: of running clears it), so the range scan on tasks_locked_idx reads only locks already in the
+#: past: its cost follows the expired rows, not the table. The state test is kept out of index
+#: selection like ``_STILL_RUNNING``: on a state index it would walk every running row.
 EXPIRED_CLAIMS = """
 SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks
-WHERE locked_until < now() AND state = 'running'
+WHERE locked_until < now() AND state || '' = 'running'
 ORDER BY locked_until
 LIMIT %(limit)s
 """

@@ -1,4 +1,8 @@
-"""Throwaway databases for tests: one fresh database per test, dropped afterwards."""
+"""Throwaway databases for tests: one fresh database per test, dropped afterwards.
+
+Nothing here connects at import time: the unit tier imports this module (through conftest) and
+must run with no PostgreSQL at all. The admin URL is found on first use.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -13,7 +18,8 @@ import psycopg
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-def _admin_url() -> str:
+@cache
+def admin_url() -> str:
     """$TASKLIB_TEST_DATABASE_URL, else the local server on 5432, else TaskLib's embedded PostgreSQL
     (so the suite runs on a machine without a PostgreSQL server of its own)."""
     if os.environ.get("TASKLIB_TEST_DATABASE_URL"):
@@ -32,21 +38,20 @@ def _admin_url() -> str:
 
 #: True when this test session started the embedded server (conftest stops it at the end).
 STARTED_EMBEDDED = False
-ADMIN_URL = _admin_url()
 
 
 def url_for(dbname: str) -> str:
-    parts = urlsplit(ADMIN_URL)
+    parts = urlsplit(admin_url())
     return urlunsplit(parts._replace(path=f"/{dbname}"))
 
 
 @contextmanager
 def fresh_database(prefix: str = "tasklib_test") -> Iterator[str]:
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+    with psycopg.connect(admin_url(), autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield url_for(name)
     finally:
-        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        with psycopg.connect(admin_url(), autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

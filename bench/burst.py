@@ -1,0 +1,254 @@
+"""Throughput in the shapes users live in: bursts into workers that are already running and idle,
+many workers at once, and a long transaction elsewhere holding back cleanup (MVCC pressure).
+
+Every figure is paired with one from the same run: the prefilled drain (a backlog that exists
+before one worker x concurrency 4 starts). A sampler reads pg_stat_activity during every run and
+reports the longest-running worker statement, because a single statement that goes quadratic is
+exactly what an average rate hides.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+import tasklib
+from bench import tasks as btasks
+from bench.common import tasklib_process
+
+SHAPES = ((1, 4), (1, 16), (2, 4), (4, 4))  # (worker processes, concurrency each)
+IDLE_SECONDS = 3.0
+
+
+def _reset(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE tasks")
+        conn.execute("VACUUM ANALYZE tasks")  # statistics say: empty (as after any quiet spell)
+
+
+class StatementSampler:
+    """Samples pg_stat_activity every 20 ms; remembers the longest active worker statement."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.longest_ms = 0.0
+        self.longest_query = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            while not self._stop.is_set():
+                for ms, query in conn.execute(
+                    "SELECT extract(epoch FROM clock_timestamp() - query_start) * 1000, left(query, 80)"
+                    " FROM pg_stat_activity WHERE application_name LIKE 'tasklib-worker %' AND state = 'active'"
+                ):
+                    if ms is not None and float(ms) > self.longest_ms:
+                        self.longest_ms, self.longest_query = float(ms), " ".join(query.split())
+                time.sleep(0.02)
+
+    def __enter__(self) -> StatementSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@contextmanager
+def running_workers(url: str, processes: int, concurrency: int):  # type: ignore[no-untyped-def]
+    """Start ``processes`` workers and return once they are connected and their children ready."""
+    procs = [
+        tasklib_process(url, "worker", "--app", "bench.tasks", "--concurrency", str(concurrency)) for _ in range(processes)
+    ]
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                live = conn.execute(
+                    "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
+                    " WHERE application_name LIKE 'tasklib-worker %'"
+                ).fetchone()[0]  # type: ignore[index]
+                if live >= processes:
+                    break
+                time.sleep(0.1)
+        yield procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _wait_done(url: str, n: int, timeout: float) -> tuple[datetime, datetime, int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            done = conn.execute("SELECT count(*) FROM tasks WHERE state = 'completed'").fetchone()[0]  # type: ignore[index]
+            if done >= n:
+                break
+            time.sleep(0.05)
+        return conn.execute(  # type: ignore[return-value]
+            "SELECT min(created_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
+        ).fetchone()
+
+
+def prefilled(url: str, n: int, concurrency: int = 4) -> dict[str, Any]:
+    """The friendliest shape, as the reference: the backlog exists before the worker starts."""
+    _reset(url)
+    tasklib.init(tasklib.Config(database_url=url))
+    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE tasks")
+    with running_workers(url, 1, concurrency):
+        _wait_done(url, n, 120)
+        with psycopg.connect(url, autocommit=True) as conn:
+            first, last, done = conn.execute(
+                "SELECT min(started_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
+            ).fetchone()  # type: ignore[misc]
+    return {"n": n, "completed": done, "per_s": done / (last - first).total_seconds()}
+
+
+def burst(url: str, n: int, processes: int, concurrency: int, chunk: int | None) -> dict[str, Any]:
+    """Workers running and idle for a few seconds, then ``n`` tasks arrive (in chunks, or in one call).
+
+    The rate runs from the first task's creation to the last completion, so it includes the time
+    the burst takes to arrive: what a user waits for.
+    """
+    _reset(url)
+    tasklib.init(tasklib.Config(database_url=url))
+    with running_workers(url, processes, concurrency):
+        time.sleep(IDLE_SECONDS)  # idle polling on an empty table: the shape that used to break
+        with StatementSampler(url) as sampler:
+            if chunk:
+                for start in range(0, n, chunk):
+                    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(start, min(start + chunk, n))])
+            else:
+                tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
+            first, last, done = _wait_done(url, n, 180)
+    return {
+        "n": n,
+        "completed": done,
+        "per_s": done / (last - first).total_seconds(),
+        "longest_statement_ms": round(sampler.longest_ms, 1),
+        "longest_statement": sampler.longest_query,
+    }
+
+
+def burst_matrix(url: str, n: int, runs: int, reference_per_s: float) -> dict[str, Any]:
+    """Every shape x arrival mode, ``runs`` times: min, median and every run, against the reference."""
+    out: dict[str, Any] = {}
+    for processes, concurrency in SHAPES:
+        for chunk in (1000, None):
+            key = f"{processes}x{concurrency}_{'chunks1000' if chunk else 'one_call'}"
+            print(f"burst: {key}…", flush=True)
+            results = [burst(url, n, processes, concurrency, chunk) for _ in range(runs)]
+            rates = [r["per_s"] for r in results]
+            out[key] = {
+                "processes": processes,
+                "concurrency": concurrency,
+                "chunk": chunk,
+                "min_per_s": min(rates),
+                "median_per_s": statistics.median(rates),
+                "min_ratio": min(rates) / reference_per_s,
+                "median_ratio": statistics.median(rates) / reference_per_s,
+                "longest_statement_ms": max(r["longest_statement_ms"] for r in results),
+                "runs": results,
+            }
+    return out
+
+
+def held_snapshot(
+    url: str, processes: int = 2, concurrency: int = 4, clean: float = 20, held: float = 40, after: float = 20
+) -> dict[str, Any]:
+    """A producer keeps 2,000 tasks waiting while another session sits idle in transaction.
+
+    Phases: ``clean`` seconds, then a session holds ``BEGIN; SELECT txid_current()`` for ``held``
+    seconds (the xmin horizon stops), then ``after`` seconds clean again. Rates come from the
+    completions per second recorded in the table.
+    """
+    _reset(url)
+    tasklib.init(tasklib.Config(database_url=url))
+    stop = threading.Event()
+    marks: dict[str, datetime] = {}
+
+    def produce() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not stop.is_set():
+                waiting = conn.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE state = 'pending'"
+                    " ORDER BY created_at DESC LIMIT 2000) AS w"
+                ).fetchone()[0]  # type: ignore[index]
+                if waiting < 2000:
+                    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(500)])
+                else:
+                    time.sleep(0.005)
+
+    with running_workers(url, processes, concurrency), StatementSampler(url) as sampler:
+        time.sleep(1.0)
+        producer = threading.Thread(target=produce, daemon=True)
+        producer.start()
+        with psycopg.connect(url, autocommit=True) as clock:
+
+            def mark(name: str) -> None:
+                marks[name] = clock.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+
+            time.sleep(2.0)  # warm-up
+            mark("clean_start")
+            time.sleep(clean)
+            holder = psycopg.connect(url)
+            holder.execute("SELECT txid_current()")  # idle in transaction from here on
+            mark("held_start")
+            time.sleep(held)
+            holder.rollback()
+            holder.close()
+            mark("held_end")
+            time.sleep(after)
+            mark("after_end")
+        stop.set()
+        producer.join(10)
+    with psycopg.connect(url, autocommit=True) as conn:
+        per_second = conn.execute(
+            "SELECT date_trunc('second', completed_at) AS s, count(*) FROM tasks"
+            " WHERE state = 'completed' AND completed_at >= %s AND completed_at < %s GROUP BY 1 ORDER BY 1",
+            (marks["clean_start"], marks["after_end"]),
+        ).fetchall()
+
+    def rate(start: datetime, end: datetime) -> float:
+        seconds = [count for s, count in per_second if start <= s and s + _SECOND <= end]
+        return statistics.median(seconds) if seconds else 0.0
+
+    clean_rate = rate(marks["clean_start"], marks["held_start"])
+    held_rate = rate(marks["held_start"], marks["held_end"])
+    after_first = rate(marks["held_end"], marks["held_end"] + 10 * _SECOND)
+    after_later = rate(marks["held_end"] + 10 * _SECOND, marks["after_end"])
+    return {
+        "processes": processes,
+        "concurrency": concurrency,
+        "clean_per_s": clean_rate,
+        "held_per_s": held_rate,
+        "held_ratio": held_rate / clean_rate if clean_rate else 0.0,
+        "after_first_10s_per_s": after_first,
+        "after_first_10s_ratio": after_first / clean_rate if clean_rate else 0.0,
+        "after_10s_per_s": after_later,
+        "after_10s_ratio": after_later / clean_rate if clean_rate else 0.0,
+        "held_last_10s_per_s": rate(marks["held_end"] - 10 * _SECOND, marks["held_end"]),
+        "longest_statement_ms": round(sampler.longest_ms, 1),
+        "longest_statement": sampler.longest_query,
+        "per_second": [(s.isoformat(), c) for s, c in per_second],
+        "marks": {k: v.isoformat() for k, v in marks.items()},
+    }
+
+
+_SECOND = timedelta(seconds=1)

@@ -1,0 +1,149 @@
+"""Every statement the worker repeats stays linear in the rows it touches, whatever the statistics.
+
+The shape users live in: statistics (and, with psycopg's defaults, prepared plans) taken while the
+table was empty, then a burst makes it large within a second, faster than autovacuum re-analyzes
+it. Each statement runs on the empty, analyzed table first (a worker polling an idle queue), then
+against 20,000 pending and 20,000 running rows, first with no lock expired (the burst), then with
+1,000 expired (a dead worker; the rescue takes them a batch at a time).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+
+import tasklib
+from tasklib import sql
+from tasklib._claim import EARLIEST
+from tasklib._lockkeeper import RESCUE_BATCH
+from tasklib.db import CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS, connect_kwargs
+from tasklib.outcome import Action
+from tasklib.states import TaskState
+
+NAME = "tests.integration.jobs.mark"
+#: 50 ms for a few hundred rows is some 10-20x what each statement takes here; a plan that grows
+#: with the table (a sort of every pending row, a nested loop over running rows) takes seconds.
+BOUND_SECONDS = 0.05
+
+Claim = tuple[uuid.UUID, str, datetime]  # id, worker id, started_at
+Statement = tuple[str, str, list[dict[str, Any]]]  # connection options, SQL, parameters for each run
+
+
+def _insert(conn: psycopg.Connection[Any], state: str, count: int, lock: str = "") -> list[Claim]:
+    running = state == "running"
+    return conn.execute(
+        "INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority,"
+        "                   worker_id, started_at, locked_until)"
+        " SELECT gen_random_uuid(), %(name)s, '{}', %(state)s, 3, now() - interval '1 minute', now(), 0,"
+        "        CASE WHEN %(running)s THEN 'w' END, CASE WHEN %(running)s THEN now() END,"
+        "        CASE WHEN %(running)s THEN now() + CAST(%(lock)s AS interval) END"
+        " FROM generate_series(1, %(count)s) RETURNING id, worker_id, started_at",
+        {"name": NAME, "state": state, "count": count, "running": running, "lock": lock or "0 s"},
+    ).fetchall()
+
+
+def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[str, Statement]:
+    """Each statement with one parameter set per run (distinct rows, so no run sees another's effect)."""
+    done = Action(TaskState.COMPLETED, 0, result_json="1")
+    lost = Action(TaskState.PENDING, 1, error="WorkerLost", delay_seconds=5.0)
+    runs = range(len(batches))
+    claim = {"names": [NAME], "limit": 256, "floor": EARLIEST, "worker_id": "w2", "lock_seconds": 60.0}
+    ids = [[c[0] for c in batch] for batch in batches]
+    return {
+        "claim 256": (CLAIM_PLANNER_OPTIONS, sql.CLAIM_NEXT, [claim for _ in runs]),
+        "heartbeat 256": (
+            WRITE_PLANNER_OPTIONS,
+            sql.HEARTBEAT,
+            [{"ids": i, "worker_id": "w", "lock_seconds": 600.0} for i in ids],
+        ),
+        "find expired locks": (WRITE_PLANNER_OPTIONS, sql.EXPIRED_CLAIMS, [{"limit": RESCUE_BATCH} for _ in runs]),
+        "rescue expired": (
+            WRITE_PLANNER_OPTIONS,
+            sql.RESCUE_MANY,
+            [sql.outcome_params((*c, lost) for c in batch) for batch in expired],
+        ),
+        "finish 256": (
+            WRITE_PLANNER_OPTIONS,
+            sql.FINISH_MANY,
+            [sql.outcome_params((*c, done) for c in b) for b in batches],
+        ),
+    }
+
+
+def _best_time(conn: psycopg.Connection[Any], query: str, runs: list[dict[str, Any]], prepared: bool) -> float:
+    """Autocommit, as the worker runs it (a rolled-back transaction around it can change the plan used)."""
+    best = float("inf")
+    for params in runs:
+        started = time.perf_counter()
+        conn.execute(query, params, prepare=prepared or None).fetchall()  # type: ignore[arg-type]
+        best = min(best, time.perf_counter() - started)  # the best run: this machine is shared
+    return best
+
+
+@pytest.mark.parametrize("prepared", [False, True], ids=["tasklib-connections", "forced-prepare"])
+def test_worker_statements_stay_linear_after_an_empty_table_fills(tl: tasklib.Config, prepared: bool) -> None:
+    """``tasklib-connections`` runs each statement as the worker does; ``forced-prepare`` prepares
+    each one on the empty table, so the shapes themselves are checked, not only rule 1 in tasklib.db."""
+    url = tl.database_url
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("VACUUM ANALYZE tasks")  # statistics now say: empty
+        conns = {
+            options: psycopg.connect(url, **connect_kwargs("tasklib-worker test", options=options))
+            for options in (CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS)
+        }
+        timings: dict[str, float] = {}
+        try:
+            # Idle polling on the empty table: with psycopg's default, the sixth run would prepare.
+            nothing = [[(uuid.uuid4(), "w", datetime.now(UTC))]] * 8
+            for options, query, runs in _statements(nothing, nothing).values():
+                for params in runs:
+                    conns[options].execute(query, params, prepare=prepared or None)  # type: ignore[arg-type]
+            _insert(admin, "pending", 20_000)
+            running = _insert(admin, "running", 20_000, lock="10 minutes")
+            batches = [running[i * 256 : (i + 1) * 256] for i in range(3)]
+            # A burst: many running rows, no lock expired.
+            for name, (options, query, runs) in _statements(batches, [[]] * 3).items():
+                timings[f"{name} (burst)"] = _best_time(conns[options], query, runs, prepared)
+            # A dead worker's claims, taken a batch at a time.
+            expired = _insert(admin, "running", 3 * RESCUE_BATCH, lock="-1 second")
+            dead = [expired[i * RESCUE_BATCH : (i + 1) * RESCUE_BATCH] for i in range(3)]
+            for name, (options, query, runs) in _statements(batches, dead).items():
+                if "expired" in name:
+                    timings[f"{name} (dead worker)"] = _best_time(conns[options], query, runs, prepared)
+            states = dict(admin.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+        finally:
+            for conn in conns.values():
+                conn.close()
+    # The statements did their work: 3 claims, 3 finishes, 3 rescues of 256 rows each.
+    assert states == {"pending": 20_000 - 768 + 768, "running": 20_000 + 768 - 768, "completed": 768}, states
+    slow = {name: round(seconds * 1000, 1) for name, seconds in timings.items() if seconds > BOUND_SECONDS}
+    assert not slow, f"statements slower than {BOUND_SECONDS * 1000:.0f} ms (ms): {slow}"
+
+
+def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
+    """The plans that matter, read back: the claim walks tasks_pending_idx in order (no sort), the
+    statements that name rows by id use the primary key only, the rescue scan reads the lock index."""
+    url = tl.database_url
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("VACUUM ANALYZE tasks")
+        _insert(admin, "pending", 5000)
+        running = _insert(admin, "running", 300, lock="10 minutes")
+    expected = {
+        "claim 256": ("tasks_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
+        "finish 256": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
+        "heartbeat 256": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
+        "find expired locks": ("tasks_locked_idx", ("Seq Scan", "tasks_state_created_idx")),
+        "rescue expired": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
+    }
+    for name, (options, query, runs) in _statements([running[:256]], [running[:10]]).items():
+        with psycopg.connect(url, **connect_kwargs("tasklib-worker test", options=options)) as conn:
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, runs[0]).fetchall())  # type: ignore[operator]
+        uses, never = expected[name]
+        assert uses in plan and not any(word in plan for word in never), (name, plan)

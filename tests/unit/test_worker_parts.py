@@ -1,0 +1,196 @@
+"""The worker's decisions without processes or a database: claim floor, rescue policy, dispatcher."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import tasklib
+from tasklib._claim import EARLIEST, ClaimFloor
+from tasklib._dispatcher import FAST_WINDOW, Dispatcher
+from tasklib._lockkeeper import rescue_decisions
+from tasklib._pool import Child, Job, KillReason
+from tasklib.states import TaskState
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+CONFIG = tasklib.Config(database_url="postgresql://u@h/db")
+
+
+# -- claim floor ---------------------------------------------------------------------------------
+
+
+def test_first_claim_sweeps_and_a_short_claim_raises_the_floor() -> None:
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
+    assert floor.floor_for_next(0.0) == EARLIEST
+    floor.observe(T0, claimed=10, limit=256)  # took everything due: nothing older is left
+    assert floor.floor_for_next(0.1) == T0 - timedelta(seconds=1)
+    floor.observe(T0 + timedelta(seconds=5), claimed=3, limit=256)
+    assert floor.floor_for_next(0.2) == T0 + timedelta(seconds=4)
+
+
+def test_a_full_claim_keeps_the_floor() -> None:
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
+    floor.floor_for_next(0.0)
+    floor.observe(T0, claimed=0, limit=256)
+    floor.floor_for_next(0.1)
+    floor.observe(T0 + timedelta(seconds=30), claimed=256, limit=256)  # more may remain above the floor
+    assert floor.floor_for_next(0.2) == T0 - timedelta(seconds=1)
+
+
+def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
+    floor.floor_for_next(0.0)
+    floor.observe(T0, claimed=0, limit=10)
+    assert floor.floor_for_next(0.5) != EARLIEST
+    assert floor.floor_for_next(1.0) == EARLIEST  # stragglers below the floor are found within 1 s
+    floor.observe(T0, claimed=0, limit=10)
+    assert floor.floor_for_next(1.5) != EARLIEST
+    floor.forget()
+    assert floor.floor_for_next(1.6) == EARLIEST
+
+
+def test_the_floor_never_moves_down() -> None:
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
+    floor.floor_for_next(0.0)
+    floor.observe(T0 + timedelta(seconds=10), claimed=0, limit=10)
+    floor.floor_for_next(0.1)
+    floor.observe(T0, claimed=0, limit=10)  # an older clock reading (cannot raise, must not lower)
+    assert floor.floor == T0 + timedelta(seconds=9)
+
+
+# -- rescue policy -------------------------------------------------------------------------------
+
+
+def test_rescue_goes_through_the_retry_policy_with_backoff() -> None:
+    rows = [
+        {"id": 1, "worker_id": "w", "started_at": T0, "locked_until": T0, "retry_count": 0, "max_retries": 3},
+        {"id": 2, "worker_id": "w", "started_at": T0, "locked_until": T0, "retry_count": 3, "max_retries": 3},
+    ]
+    (_, _, _, retry), (_, worker, started, fail) = rescue_decisions(rows, CONFIG)
+    assert retry.state is TaskState.PENDING and retry.retry_count == 1 and retry.delay_seconds == 5.0
+    assert fail.state is TaskState.FAILED and fail.retry_count == 3
+    assert (worker, started) == ("w", T0)  # applied only to that claim
+    assert "WorkerLost: worker w stopped renewing its lock" in (fail.error or "")
+
+
+# -- dispatcher against a fake pool -----------------------------------------------------------------
+
+
+class FakeProcess:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+
+class FakePool:
+    def __init__(self, size: int) -> None:
+        self.children = [Child(FakeProcess(100 + i), None, None, ready=True) for i in range(size)]
+        self.closing = False
+        self.sent: list[tuple[int, Any]] = []
+
+    def send(self, child: Child, message: Any) -> None:
+        self.sent.append((child.pid, message))
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.finished: list[tuple[Job, Any]] = []
+        self.released: list[Job] = []
+
+    def finish(self, job: Job, action: Any) -> None:
+        self.finished.append((job, action))
+
+    def release(self, job: Job) -> None:
+        self.released.append(job)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(priority: int = 0, at: int = 0, timeout: int | None = None) -> Job:
+    return Job(uuid.uuid4(), "n", "{}", 0, 3, timeout, priority, T0 + timedelta(seconds=at), T0)
+
+
+def make(size: int = 2, concurrency: int = 2) -> tuple[Dispatcher, FakePool, FakeWriter, Clock]:
+    writer, clock, pool = FakeWriter(), Clock(), FakePool(size)
+    dispatcher = Dispatcher(CONFIG, concurrency, writer, lambda: None, clock=clock)  # type: ignore[arg-type]
+    dispatcher.pool = pool
+    return dispatcher, pool, writer, clock
+
+
+def test_jobs_start_by_priority_then_due_time_then_id() -> None:
+    dispatcher, pool, _, _ = make(size=1, concurrency=1)
+    dispatcher.avg_duration = 0.001  # fast tasks: one child takes a window of several
+    jobs = [job(0, 5), job(0, 1), job(7, 9), job(0, 1)]
+    dispatcher.hold(jobs)
+    sent = [seq for _pid, (_kind, batch) in pool.sent for seq, _name, _kw in batch]
+    order = [dispatcher.jobs[seq] for seq in sent]
+    assert order == sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
+    assert order[0].priority == 7
+
+
+def test_slow_tasks_are_not_prefetched_and_fast_ones_are() -> None:
+    dispatcher, _, _, _ = make(size=4, concurrency=4)
+    assert dispatcher.wanted() == 4  # one per free child while tasks are slow (or unknown)
+    dispatcher.avg_duration = 0.001
+    assert dispatcher.wanted() >= FAST_WINDOW * 4
+
+
+def test_child_result_becomes_an_outcome_and_frees_capacity() -> None:
+    dispatcher, pool, writer, clock = make(size=1, concurrency=1)
+    dispatcher.hold([job()])
+    assert dispatcher.wanted() == 0
+    child = pool.children[0]
+    seq = child.outstanding[0].seq
+    clock.now += 0.5
+    dispatcher.on_message(child, (seq, "ok", "42"))
+    ((_job, action),) = writer.finished
+    assert action.state is TaskState.COMPLETED and action.result_json == "42"
+    assert dispatcher.wanted() == 1 and dispatcher.processed == 1
+
+
+def test_a_timed_out_child_fails_its_task_and_requeues_the_ones_behind_it() -> None:
+    dispatcher, pool, writer, clock = make(size=2, concurrency=2)
+    dispatcher.avg_duration = 0.001
+    dispatcher.hold([job(timeout=1, at=-1), job(), job()])  # the timed one is due first: it runs first
+    child = next(c for c in pool.children if c.outstanding and c.outstanding[0].timeout_seconds)
+    behind = list(child.outstanding)[1:]
+    clock.now += 1.5
+    dispatcher.check_children()  # the watchdog's tick
+    assert child.kill_reason is KillReason.TIMEOUT
+    pool.children.remove(child)
+    dispatcher.on_death(child, "killed by signal SIGKILL")
+    ((_, action),) = writer.finished
+    assert action.state is TaskState.PENDING and "TimeoutError" in (action.error or "")  # retried by policy
+    assert all(j.seq in dispatcher.jobs for j in behind)  # never started: still held, run elsewhere
+
+
+def test_a_crash_and_a_shutdown_kill_mean_different_things() -> None:
+    dispatcher, pool, writer, _ = make(size=2, concurrency=2)
+    dispatcher.hold([job(), job()])
+    crashed, stopped = pool.children
+    dispatcher.on_death(crashed, "exited with code 1")
+    assert "WorkerChildDied" in (writer.finished[0][1].error or "")
+    stopped.kill_reason = KillReason.SHUTDOWN
+    dispatcher.on_death(stopped, "killed by signal SIGKILL")
+    assert len(writer.finished) == 1 and len(writer.released) == 1  # released, no attempt counted
+
+
+def test_a_lost_task_is_killed_if_running_and_recalled_if_queued() -> None:
+    dispatcher, pool, _, _ = make(size=1, concurrency=1)
+    dispatcher.avg_duration = 0.001
+    running, queued = job(at=0), job(at=1)
+    dispatcher.hold([running, queued])
+    child = pool.children[0]
+    child.kill = lambda reason: setattr(child, "kill_reason", reason)  # type: ignore[method-assign]
+    dispatcher.stop_lost({queued.id})
+    assert pool.sent[-1] == (child.pid, ("recall", [queued.seq]))
+    dispatcher.on_message(child, ("recalled", [queued.seq]))
+    assert queued.seq not in dispatcher.jobs  # cancelled and given back: dropped, never run
+    dispatcher.stop_lost({running.id})
+    assert child.kill_reason is KillReason.CANCEL
