@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasklib  # noqa: E402
-from bench import baseline, dashboard_bench  # noqa: E402
+from bench import baseline, burst, dashboard_bench  # noqa: E402
 from bench import tasks as btasks  # noqa: E402
 from bench.common import percentiles, tasklib_process  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
@@ -196,6 +196,9 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the dashboard measure")
     parser.add_argument("--latency-count", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="drain runs per setting (the median is reported)")
+    parser.add_argument("--burst-runs", type=int, default=5, help="runs per burst shape (min and median reported)")
+    parser.add_argument("--skip-burst", action="store_true", help="skip the burst and held-snapshot measures")
+    parser.add_argument("--only-burst", action="store_true", help="run just the burst and held-snapshot measures")
     parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--only-dashboard", action="store_true", help="run just the dashboard measure")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
@@ -216,6 +219,12 @@ def main() -> int:
             print(json.dumps(results["dashboard"], indent=2))
             return 0
         n = args.tasks
+        if not args.skip_burst:
+            run_burst(results, url, n, args.burst_runs)
+        if args.only_burst:
+            write(results, args.json, started)
+            print_burst(results)
+            return 0
         print(f"submit: {n} tasks each way…", flush=True)
         results["submit"] = submit_rates(url, n)
         print("drain: baselines…", flush=True)
@@ -235,12 +244,46 @@ def main() -> int:
             print(f"dashboard: {args.rows:,} rows…", flush=True)
             truncate(url)
             results["dashboard"] = dashboard_bench.run(url, args.rows)
-    results["elapsed_seconds"] = time.time() - started
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, default=str))
+    write(results, args.json, started)
     print_table(results)
+    print_burst(results)
     print(f"\nJSON: {args.json}")
     return 0
+
+
+def write(results: dict[str, Any], path: Path, started: float) -> None:
+    results["elapsed_seconds"] = time.time() - started
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+
+
+def run_burst(results: dict[str, Any], url: str, n: int, runs: int) -> None:
+    """Bursts into idle workers against the prefilled 1 x 4 drain, then the held-snapshot measure."""
+    print("burst: prefilled reference, 1 worker x concurrency 4…", flush=True)
+    reference = median_of([burst.prefilled(url, n) for _ in range(3)])
+    results["prefilled_c4"] = reference
+    results["burst"] = burst.burst_matrix(url, n, runs, reference["per_s"])
+    print("held snapshot: 20 s clean, 40 s idle in transaction, 20 s clean…", flush=True)
+    results["held_snapshot"] = burst.held_snapshot(url)
+
+
+def print_burst(r: dict[str, Any]) -> None:
+    if "burst" not in r:
+        return
+    ref = r["prefilled_c4"]["per_s"]
+    print(f"\nprefilled drain, 1 worker x concurrency 4 (reference): {ref:,.0f}/s")
+    print(f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'longest stmt':>13}")
+    for key, b in r["burst"].items():
+        print(
+            f"{key:<28} {b['min_per_s']:>8,.0f}/s {b['median_per_s']:>8,.0f}/s {b['min_ratio']:>8.2f}"
+            f" {b['longest_statement_ms']:>10.0f} ms"
+        )
+    h = r["held_snapshot"]
+    print(
+        f"held snapshot ({h['processes']} x {h['concurrency']}): clean {h['clean_per_s']:,.0f}/s, "
+        f"held {h['held_per_s']:,.0f}/s ({h['held_ratio']:.2f}), first 10 s after {h['after_first_10s_ratio']:.2f}, "
+        f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms"
+    )
 
 
 def print_table(r: dict[str, Any]) -> None:

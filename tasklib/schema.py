@@ -59,11 +59,14 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "CREATE INDEX IF NOT EXISTS tasks_locked_idx ON tasks (locked_until) WHERE locked_until IS NOT NULL",
         "DROP INDEX IF EXISTS tasks_running_lock_idx",
     ],
-    # 3: the claim index gains id (FIFO within a priority, no sort), and queue storage settings.
+    # 3: the claim index gains id (FIFO within a priority, no sort), queue storage settings, and the
+    # tag index covers tagged rows only.
     3: lambda: [
         "CREATE INDEX IF NOT EXISTS tasks_pending_idx ON tasks (priority DESC, scheduled_at, id) WHERE state = 'pending'",
         "DROP INDEX IF EXISTS tasks_pending_due_idx",
         f"ALTER TABLE tasks SET ({STORAGE_SETTINGS})",
+        "CREATE INDEX IF NOT EXISTS tasks_tagged_idx ON tasks USING gin (tags jsonb_path_ops) WHERE tags IS NOT NULL",
+        "DROP INDEX IF EXISTS tasks_tags_idx",
     ],
 }
 
