@@ -115,25 +115,12 @@ def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout
     figure measures draining, not process start-up (which would otherwise overlap the run).
     """
     truncate(url)
-    procs = [
-        tasklib_process(url, "worker", "--app", "bench.tasks", "--concurrency", str(concurrency)) for _ in range(processes)
-    ]
-    with psycopg.connect(url, autocommit=True) as conn:
-        started = time.monotonic()
-        while time.monotonic() - started < 60:
-            live = conn.execute(
-                "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
-                "WHERE application_name LIKE 'tasklib-worker %'"
-            ).fetchone()[0]  # type: ignore[index]
-            if live >= processes:
-                break
-            time.sleep(0.1)
-    time.sleep(1.5)  # children forked and ready
-    tasklib.init(tasklib.Config(database_url=url))
-    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
     peak_rss = peak_pss = 0
-    deadline = time.monotonic() + timeout
-    try:
+    with burst.running_workers(url, processes, concurrency) as procs:
+        time.sleep(1.5)  # children forked and ready
+        tasklib.init(tasklib.Config(database_url=url))
+        tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
+        deadline = time.monotonic() + timeout
         with psycopg.connect(url, autocommit=True) as conn:
             while time.monotonic() < deadline:
                 pids = []
@@ -148,11 +135,6 @@ def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout
             first, last, done = conn.execute(
                 "SELECT min(started_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
             ).fetchone()  # type: ignore[misc]
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(60)
     seconds = (last - first).total_seconds()
     return {
         "n": n,
