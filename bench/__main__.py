@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 import tasklib  # noqa: E402
 from bench import baseline, burst, dashboard_bench  # noqa: E402
 from bench import tasks as btasks  # noqa: E402
-from bench.common import percentiles, tasklib_process  # noqa: E402
+from bench.common import percentiles, prefill, tasklib_process, truncate  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
 
 
@@ -62,20 +62,6 @@ def submit_rates(url: str, n: int) -> dict[str, Any]:
     out["async_ratio"] = out["submit_task_async_per_s"] / out["baseline_async_insert_per_s"]
     out["bulk_ratio"] = out["submit_many_per_s"] / out["baseline_bulk_insert_per_s"]
     return out
-
-
-def truncate(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE tasks")
-        conn.execute("VACUUM ANALYZE tasks")
-
-
-def prefill(url: str, n: int) -> None:
-    truncate(url)
-    tasklib.init(tasklib.Config(database_url=url))
-    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE tasks")
 
 
 def _rss_kb(pids: list[str]) -> tuple[int, int]:

@@ -21,16 +21,10 @@ import psycopg
 
 import tasklib
 from bench import tasks as btasks
-from bench.common import tasklib_process
+from bench.common import prefill, tasklib_process, truncate
 
 SHAPES = ((1, 4), (1, 16), (2, 4), (4, 4))  # (worker processes, concurrency each)
 IDLE_SECONDS = 3.0
-
-
-def _reset(url: str) -> None:
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE tasks")
-        conn.execute("VACUUM ANALYZE tasks")  # statistics say: empty (as after any quiet spell)
 
 
 class StatementSampler:
@@ -106,11 +100,7 @@ def _wait_done(url: str, n: int, timeout: float) -> tuple[datetime, datetime, in
 
 def prefilled(url: str, n: int, concurrency: int = 4) -> dict[str, Any]:
     """The friendliest shape, as the reference: the backlog exists before the worker starts."""
-    _reset(url)
-    tasklib.init(tasklib.Config(database_url=url))
-    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE tasks")
+    prefill(url, n)
     with running_workers(url, 1, concurrency):
         _wait_done(url, n, 120)
         with psycopg.connect(url, autocommit=True) as conn:
@@ -126,7 +116,7 @@ def burst(url: str, n: int, processes: int, concurrency: int, chunk: int | None)
     The rate runs from the first task's creation to the last completion, so it includes the time
     the burst takes to arrive: what a user waits for.
     """
-    _reset(url)
+    truncate(url)
     tasklib.init(tasklib.Config(database_url=url))
     with running_workers(url, processes, concurrency):
         time.sleep(IDLE_SECONDS)  # idle polling on an empty table: the shape that used to break
@@ -178,7 +168,7 @@ def held_snapshot(
     seconds (the xmin horizon stops), then ``after`` seconds clean again. Rates come from the
     completions per second recorded in the table.
     """
-    _reset(url)
+    truncate(url)
     tasklib.init(tasklib.Config(database_url=url))
     stop = threading.Event()
     marks: dict[str, datetime] = {}

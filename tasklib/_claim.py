@@ -32,15 +32,12 @@ class ClaimFloor:
         self.margin = timedelta(seconds=margin_seconds)
         self.floor: datetime | None = None  # None: nothing known yet, the next claim sweeps
         self._last_sweep = float("-inf")
-        self._sweeping = False
 
     def floor_for_next(self, now: float) -> datetime:
         """The floor for the claim about to be made (``now`` is the worker's monotonic clock)."""
-        self._sweeping = self.floor is None or now - self._last_sweep >= self.sweep_every
-        if self._sweeping:
+        if self.floor is None or now - self._last_sweep >= self.sweep_every:
             self._last_sweep = now
             return EARLIEST
-        assert self.floor is not None
         return self.floor
 
     def observe(self, claimed_at: datetime, claimed: int, limit: int) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -102,11 +103,17 @@ class LockKeeper:
             expired = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
             if not expired:
                 break
-            decisions = rescue_decisions(expired, self.config)
-            rescued = {r[0] for r in await self._connections.execute(sql.RESCUE_MANY, sql.outcome_params(decisions))}
-            for task_id, worker_id, _started, action in decisions:
-                if task_id in rescued:
-                    log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
+            by_worker: dict[str, list[tuple[Any, Any, Any]]] = defaultdict(list)
+            for task_id, worker_id, started_at, action in rescue_decisions(expired, self.config):
+                by_worker[worker_id].append((task_id, started_at, action))
+            rescued: set[Any] = set()
+            for worker_id, decisions in by_worker.items():  # usually one lost worker per round
+                rows = await self._connections.execute(sql.RESCUE_MANY, sql.outcome_params(decisions, worker_id))
+                done = {r[0] for r in rows}
+                for task_id, _started, action in decisions:
+                    if task_id in done:
+                        log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
+                rescued |= done
             total += len(rescued)
             if len(expired) < RESCUE_BATCH or not rescued:
                 break  # all done, or another worker is rescuing the same rows

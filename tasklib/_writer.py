@@ -98,7 +98,7 @@ class OutcomeWriter:
             )
 
     async def _write(self, batch: list[tuple[Job, Action]], fallback: bool = False) -> None:
-        params = sql.outcome_params((job.id, self._worker_id, job.started_at, action) for job, action in batch)
+        params = sql.outcome_params(((job.id, job.started_at, action) for job, action in batch), self._worker_id)
         try:
             rows = await self._execute(sql.FINISH_MANY, params)
         except (psycopg.DataError, psycopg.errors.ProgrammingError) as exc:

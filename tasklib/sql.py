@@ -143,37 +143,38 @@ SET state = {_OUTCOME} ->> 's',
     next_retry_at = CASE WHEN {_OUTCOME} ->> 's' = 'pending'
                          THEN now() + make_interval(secs => ({_OUTCOME} ->> 'd')::double precision) END,
     locked_until = NULL
-WHERE t.id = ANY(%(ids)s::uuid[]) AND {_STILL_RUNNING}
-  AND t.worker_id = {_OUTCOME} ->> 'w'
+WHERE t.id = ANY(%(ids)s::uuid[]) AND {_STILL_RUNNING} AND t.worker_id = %(worker_id)s
   AND t.started_at = ({_OUTCOME} ->> 't')::timestamptz
   {{extra}}
 RETURNING t.id
 """
 #: running -> completed | failed | pending (retry): record a batch of a worker's outcomes in one
-#: statement. Only rows still running under the claim each outcome names (worker id and started_at)
-#: change, so a result that arrives late can never overwrite a cancel, a rescue or a newer claim.
+#: statement. Only rows still running under the claim each outcome names (this worker, same
+#: started_at) change, so a result that arrives late can never overwrite a cancel, a rescue or a newer claim.
 #: Rows are found by primary key (id = ANY) and each row reads its own outcome from one jsonb
 #: object keyed by id (see ``outcome_params``): there is no join, so no plan can turn a batch into a
 #: quadratic join filter or a table scan when statistics are stale.
 FINISH_MANY = _APPLY_OUTCOMES.format(extra="")
 #: running -> pending | failed: apply the decisions (``outcome.decide``) for expired claims that
-#: ``EXPIRED_CLAIMS`` found. A claim whose lock was renewed in between is left alone.
+#: ``EXPIRED_CLAIMS`` found, one statement per lost worker. A claim whose lock was renewed in
+#: between is left alone.
 RESCUE_MANY = _APPLY_OUTCOMES.format(extra="AND t.locked_until < now()")
 
 
-def outcome_params(outcomes: Iterable[tuple[Any, str, datetime, Any]]) -> dict[str, Any]:
-    """Parameters for FINISH_MANY / RESCUE_MANY from ``(task id, worker id, claim started_at, Action)``.
+def outcome_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str) -> dict[str, Any]:
+    """Parameters for FINISH_MANY / RESCUE_MANY from ``(task id, claim started_at, Action)`` triples
+    of claims held by ``worker_id``.
 
     The outcomes travel as one JSON object; results are already JSON text (from the child), so
     they are spliced in rather than parsed and re-encoded.
     """
     ids: list[Any] = []
     parts: list[str] = []
-    for task_id, worker_id, started_at, action in outcomes:
+    for task_id, started_at, action in outcomes:
         ids.append(task_id)
         entry = (
             f'"{task_id}":{{"s":"{action.state.value}","n":{int(action.retry_count)},'
-            f'"d":{float(action.delay_seconds)!r},"t":"{started_at.isoformat()}","w":{json.dumps(worker_id)}'
+            f'"d":{float(action.delay_seconds)!r},"t":"{started_at.isoformat()}"'
         )
         if action.result_json is not None:
             entry += f',"r":{action.result_json}'
@@ -182,7 +183,7 @@ def outcome_params(outcomes: Iterable[tuple[Any, str, datetime, Any]]) -> dict[s
         parts.append(entry + "}")
     # Sent typed as jsonb (not text cast in SQL), so PostgreSQL parses it once, not once per row.
     outcomes_json = Jsonb("{" + ",".join(parts) + "}", dumps=_already_json)
-    return {"ids": ids, "outcomes": outcomes_json}
+    return {"ids": ids, "outcomes": outcomes_json, "worker_id": worker_id}
 
 
 def _already_json(text: str) -> str:

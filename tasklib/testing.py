@@ -53,8 +53,8 @@ def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
             for job in jobs:
                 outcome = Outcome.from_child(*run_one(definitions, job.name, job.kwargs_json))
                 action = decide(outcome, job.retry_count, job.max_retries, config)
-                outcomes.append((job.id, worker_id, job.started_at, action))
-            conn.execute(sql.FINISH_MANY, sql.outcome_params(outcomes))
+                outcomes.append((job.id, job.started_at, action))
+            conn.execute(sql.FINISH_MANY, sql.outcome_params(outcomes, worker_id))
             ran += len(jobs)
     return ran
 

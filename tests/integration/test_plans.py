@@ -65,12 +65,12 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
         "rescue expired": (
             WRITE_PLANNER_OPTIONS,
             sql.RESCUE_MANY,
-            [sql.outcome_params((*c, lost) for c in batch) for batch in expired],
+            [sql.outcome_params(((c[0], c[2], lost) for c in batch), "w") for batch in expired],
         ),
         "finish 256": (
             WRITE_PLANNER_OPTIONS,
             sql.FINISH_MANY,
-            [sql.outcome_params((*c, done) for c in b) for b in batches],
+            [sql.outcome_params(((c[0], c[2], done) for c in b), "w") for b in batches],
         ),
     }
 
