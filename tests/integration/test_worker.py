@@ -14,6 +14,7 @@ import pytest
 
 import tasklib
 from tests.integration import jobs
+from tests.net import free_port
 from tests.workers import read_log, start_worker, states, stop, wait_for, workers
 
 
@@ -315,7 +316,7 @@ def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
 
     home = Path(tempfile.mkdtemp(prefix="tasklib-restart-", dir="/tmp"))
     home.chmod(0o755)  # as root the server runs as nobody, which must reach its folder
-    port = str(56000 + os.getpid() % 1000)
+    port = str(free_port())  # a fixed range can collide with the suite's own client ports
     env_backup = {k: os.environ.get(k) for k in (embedded.ENV_HOME, embedded.ENV_PORT)}
     os.environ[embedded.ENV_HOME], os.environ[embedded.ENV_PORT] = str(home), port
     log = tmp_path / "runs.log"
