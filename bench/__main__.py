@@ -161,7 +161,12 @@ def pickup_latency(url: str, count: int) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tasks", type=int, default=20_000, help="tasks per submit/drain measure")
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for the dashboard measure")
+    parser.add_argument(
+        "--dashboard-shapes",
+        default="1000000:1000000,5000000:1000000",
+        help="dashboard tables as ROWS:ROWS_IN_LAST_24H, comma-separated (default: 1M all recent; 5M with 1M recent)",
+    )
+    parser.add_argument("--load-tasks", type=int, default=50_000, help="tasks drained under the polling load")
     parser.add_argument("--latency-count", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3, help="drain runs per setting (the median is reported)")
     parser.add_argument("--burst-runs", type=int, default=5, help="runs per burst shape (min and median reported)")
@@ -182,9 +187,11 @@ def main() -> int:
         with psycopg.connect(url) as conn:
             results["versions"]["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         tasklib.init(tasklib.Config(database_url=url))
+        shapes = [tuple(int(x) for x in shape.split(":")) for shape in args.dashboard_shapes.split(",")]
         if args.only_dashboard:
-            results["dashboard"] = dashboard_bench.run(url, args.rows)
-            print(json.dumps(results["dashboard"], indent=2))
+            results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
+            write(results, args.json, started)
+            print_dashboard(results)
             return 0
         n = args.tasks
         if not args.skip_burst:
@@ -209,12 +216,11 @@ def main() -> int:
         results["latency_baseline"] = baseline.pickup_latency(url, args.latency_count)
         results["latency"] = pickup_latency(url, args.latency_count)
         if not args.skip_dashboard:
-            print(f"dashboard: {args.rows:,} rows…", flush=True)
-            truncate(url)
-            results["dashboard"] = dashboard_bench.run(url, args.rows)
+            results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
     write(results, args.json, started)
     print_table(results)
     print_burst(results)
+    print_dashboard(results)
     print(f"\nJSON: {args.json}")
     return 0
 
@@ -252,6 +258,28 @@ def print_burst(r: dict[str, Any]) -> None:
         f"held {h['held_per_s']:,.0f}/s ({h['held_ratio']:.2f}), first 10 s after {h['after_first_10s_ratio']:.2f}, "
         f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms"
     )
+
+
+def print_dashboard(r: dict[str, Any]) -> None:
+    d = r.get("dashboard")
+    if not d:
+        return
+    shapes = d["shapes"]
+    labels = list(shapes[0]["pages"])
+    heads = [f"{s['rows'] / 1e6:g}M rows, {s['recent_rows'] / 1e6:g}M in 24 h" for s in shapes]
+    print(f"\n{'dashboard p50 / p95 (ms)':<36} " + " ".join(f"{h:>26}" for h in heads))
+    for label in labels:
+        cells = [f"{s['pages'][label]['p50_ms']:.1f} / {s['pages'][label]['p95_ms']:.1f}" for s in shapes]
+        print(f"{label:<36} " + " ".join(f"{c:>26}" for c in cells))
+    print(f"{'first overview after start':<36} " + " ".join(f"{s['first_overview_ms']:>23.0f} ms" for s in shapes))
+    load = d["polling_load"]
+    print(
+        f"\npolling load: {load['tabs']} tabs, {load['workers']} draining {load['tasks']:,} tasks"
+        f" ({load['drained_per_s']:,.0f}/s): {load['errors_5xx_or_transport']} errors;"
+        f" PostgreSQL CPU {load['postgres_cpu_seconds_per_minute_per_tab']:.2f} s/min per tab"
+    )
+    for partial, p in load["partials"].items():
+        print(f"  {partial:<34} p50 {p['p50_ms']:.1f} ms  p95 {p['p95_ms']:.1f} ms  {p['status']}")
 
 
 def print_table(r: dict[str, Any]) -> None:
@@ -293,8 +321,6 @@ def print_table(r: dict[str, Any]) -> None:
     )
     c4 = r["drain_c4"]
     rows.append(("worker peak memory, concurrency 4", f"RSS {c4['peak_rss_mb']:.0f} MB", f"PSS {c4['peak_pss_mb']:.0f} MB"))
-    for page, p in (r.get("dashboard") or {}).get("pages", {}).items():
-        rows.append((f"dashboard {page}", f"p50 {p['p50_ms']:.1f} ms", f"p95 {p['p95_ms']:.1f} ms"))
     width = max(len(a) for a, _, _ in rows)
     print()
     for a, b, c in rows:

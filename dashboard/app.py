@@ -1,10 +1,10 @@
-"""The dashboard: a thin Litestar app over tasklib's own query layer (``tasklib.monitor``)."""
+"""The dashboard: a thin Litestar app over tasklib's own read models (``tasklib.monitor``) and actions
+(``tasklib.actions``), on a pool of its own."""
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
 from typing import Annotated, Any
 
 from litestar import Litestar, MediaType, Request, Response, get, post
@@ -20,15 +20,16 @@ from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
-import tasklib
 from dashboard import rendering
-from dashboard.context import detail_context, list_context, overview_context, version, workers_context
+from dashboard.context import detail_context, list_context, overview_context, workers_context
 from dashboard.filters import parse_list_params
 from dashboard.security import BasicAuth, add_security_headers
+from tasklib import actions, metrics
 from tasklib.config import Config
-from tasklib.db import Database
+from tasklib.db import Database, translated_errors
 from tasklib.errors import DatabaseError, InvalidTransition, TaskLibError, TaskNotFound, ValidationError
 from tasklib.monitor import Monitor
+from tasklib.schema import ensure_schema
 
 STATEMENT_TIMEOUT_MS = 5000
 Limit = Annotated[int, Parameter(ge=1, le=500, description="rows per page")]
@@ -38,13 +39,12 @@ def _monitor(state: State) -> Monitor:
     return state["monitor"]  # type: ignore[no-any-return]
 
 
-def _poll(request: Request, monitor: Monitor, template: str, build: Callable[[str], dict[str, Any]]) -> Any:
-    """An htmx poll: 204 when it already has the current version (htmx keeps what it shows),
-    otherwise the partial, rendered from the page's context builder with that version."""
-    current = version(monitor)
-    if request.query_params.get("v") == current:
+def _poll(request: Request, template: str, context: dict[str, Any]) -> Any:
+    """An htmx poll: 204 when it already shows this version of the data (htmx keeps what it has),
+    otherwise the partial, rendered from the page's own context builder."""
+    if request.query_params.get("v") == context["version"]:
         return Response(None, status_code=204)
-    return Template(template, context=build(current))
+    return Template(template, context=context)
 
 
 # -- pages and their partials -----------------------------------------------------------------
@@ -57,14 +57,13 @@ def overview_page(state: State) -> Template:
 
 @get("/partials/overview", sync_to_thread=True)
 def overview_partial(request: Request, state: State) -> Template | Response[None]:
-    monitor = _monitor(state)
-    return _poll(request, monitor, "_overview.html", lambda v: overview_context(monitor, v))
+    return _poll(request, "_overview.html", overview_context(_monitor(state)))
 
 
-def _list(app_state: State, current: str | None = None, **query: Any) -> dict[str, Any]:
+def _list(app_state: State, **query: Any) -> dict[str, Any]:
     after, before = query.pop("after"), query.pop("before")
     params = parse_list_params(**query)
-    return list_context(_monitor(app_state), params, after, before, current)
+    return list_context(_monitor(app_state), params, after, before)
 
 
 _LIST_PARAMS = dict(
@@ -97,7 +96,7 @@ def tasks_page(
 @get("/partials/tasks", sync_to_thread=True)
 def tasks_partial(state: State, request: Request, limit: Limit = 50) -> Template | Response[None]:
     query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS}
-    return _poll(request, _monitor(state), "_task_rows.html", lambda v: _list(state, limit=limit, current=v, **query))
+    return _poll(request, "_task_rows.html", _list(state, limit=limit, **query))
 
 
 @get("/tasks/{task_id:str}", sync_to_thread=True)
@@ -107,8 +106,7 @@ def task_page(state: State, task_id: FromPath[str]) -> Template:
 
 @get("/partials/tasks/{task_id:str}", sync_to_thread=True)
 def task_partial(state: State, request: Request, task_id: FromPath[str]) -> Template | Response[None]:
-    monitor = _monitor(state)
-    return _poll(request, monitor, "_task_detail.html", lambda v: detail_context(monitor, task_id, v))
+    return _poll(request, "_task_detail.html", detail_context(_monitor(state), task_id))
 
 
 @get("/workers", sync_to_thread=True)
@@ -118,22 +116,21 @@ def workers_page(state: State) -> Template:
 
 @get("/partials/workers", sync_to_thread=True)
 def workers_partial(state: State, request: Request) -> Template | Response[None]:
-    monitor = _monitor(state)
-    return _poll(request, monitor, "_workers.html", lambda v: workers_context(monitor, v))
+    return _poll(request, "_workers.html", workers_context(_monitor(state)))
 
 
 # -- actions (POST only, CSRF-checked by Litestar) -------------------------------------------
 
 
 @post("/tasks/{task_id:str}/retry", sync_to_thread=True, status_code=303)
-def retry_action(task_id: FromPath[str], request: Request) -> Redirect:
-    tasklib.retry_task(task_id)
+def retry_action(state: State, task_id: FromPath[str], request: Request) -> Redirect:
+    actions.retry(_monitor(state).db, task_id)
     return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
 
 
 @post("/tasks/{task_id:str}/cancel", sync_to_thread=True, status_code=303)
-def cancel_action(task_id: FromPath[str], request: Request) -> Redirect:
-    tasklib.cancel_task(task_id)
+def cancel_action(state: State, task_id: FromPath[str], request: Request) -> Redirect:
+    actions.cancel(_monitor(state).db, task_id)
     return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
 
 
@@ -143,19 +140,13 @@ def _back(request: Request, default: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") else default
 
 
-BULK = {
-    "retry": ("failed", "cancelled"),
-    "cancel": ("pending",),
-}
-
-
 @get("/bulk/{kind:str}", sync_to_thread=True)
 def bulk_confirm(state: State, request: Request, kind: FromPath[str], limit: Limit = 50) -> Template:
-    if kind not in BULK:
+    if kind not in actions.BULK_SOURCES:
         raise NotFoundException(f"no bulk action {kind!r}")
     query = {k: request.query_params.get(k) or None for k in _LIST_PARAMS if k not in ("after", "before")}
     params = parse_list_params(limit=limit, **query)
-    count = _monitor(state).count_matching(params.flt, BULK[kind])
+    count = actions.count_matching(_monitor(state).db, params.flt, actions.BULK_SOURCES[kind])
     return Template("confirm.html", context={"action": kind, "count": count, "params": params, "page": "tasks"})
 
 
@@ -163,12 +154,12 @@ def bulk_confirm(state: State, request: Request, kind: FromPath[str], limit: Lim
 def bulk_apply(
     state: State, kind: FromPath[str], data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Redirect:
-    if kind not in BULK:
+    if kind not in actions.BULK_SOURCES:
         raise NotFoundException(f"no bulk action {kind!r}")
     query = {k: data.get(k) or None for k in _LIST_PARAMS if k not in ("after", "before")}
     params = parse_list_params(limit=50, **query)
-    monitor = _monitor(state)
-    done = monitor.retry_matching(params.flt) if kind == "retry" else monitor.cancel_matching(params.flt)
+    apply = actions.retry_matching if kind == "retry" else actions.cancel_matching
+    done = apply(_monitor(state).db, params.flt)
     return Redirect(f"/tasks?{params.query(done=f'{kind}:{done}')}", status_code=303)
 
 
@@ -182,8 +173,8 @@ def healthz(state: State) -> Response[dict[str, str]]:
 
 
 @get("/metrics", sync_to_thread=True, media_type="text/plain; version=0.0.4; charset=utf-8")
-def metrics(state: State) -> str:
-    return _monitor(state).metrics()
+def metrics_endpoint(state: State) -> str:
+    return metrics.render(_monitor(state))
 
 
 # -- errors: a page with the message and the right status, never a bare 500 -------------------
@@ -217,19 +208,38 @@ def _unexpected(request: Request, exc: Exception) -> Response[Any]:
     return _error_page(request, 500, "Internal error", "Something went wrong; the server log has the details.")
 
 
+#: Connections the dashboard's own pool may open (requests run on a thread pool; more would only
+#: queue inside PostgreSQL). The library's default pool is not touched.
+POOL_SIZE = 4
+
+
 def create_app(
-    config: Config, *, auth: str | None = None, csrf_secret: str | None = None, allowed_hosts: list[str] | None = None
+    config: Config,
+    *,
+    auth: str | None = None,
+    csrf_secret: str | None = None,
+    allowed_hosts: list[str] | None = None,
+    ensure_table: bool = True,
+    statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
 ) -> Litestar:
-    """The dashboard as an ASGI app. ``auth`` is ``user:password`` for HTTP basic auth; ``allowed_hosts``
-    restricts the Host header (``tasklib dashboard`` on a loopback address allows only loopback names,
-    so a web page cannot read the dashboard through DNS rebinding)."""
-    tasklib.init(config)
+    """The dashboard as an ASGI app, to serve alone or mount inside an application.
+
+    It reads and acts through a pool of its own (at most ``POOL_SIZE`` connections, every statement
+    under ``statement_timeout_ms``, 5 s by default) and never changes the library's default config, so an
+    application that mounts it keeps its own ``tasklib.init``. ``ensure_table`` creates or upgrades
+    the ``tasks`` table on the first request's database if needed. ``auth`` is ``user:password`` for
+    HTTP basic auth; ``allowed_hosts`` restricts the Host header (``tasklib dashboard`` on a loopback
+    address allows only loopback names, so a web page cannot read the dashboard through DNS rebinding).
+    """
     db = Database(
         config.resolved_database_url(),
-        max_size=8,
+        max_size=POOL_SIZE,
         application_name="tasklib-dashboard",
-        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
+        statement_timeout_ms=statement_timeout_ms,
     )
+    if ensure_table:
+        with db.connect("tasklib-dashboard") as conn, translated_errors():
+            ensure_schema(conn)
     monitor = Monitor(db)
     secret = csrf_secret or os.environ.get("TASKLIB_DASHBOARD_SECRET") or secrets.token_urlsafe(32)
     template_config = TemplateConfig(
@@ -237,7 +247,7 @@ def create_app(
         engine=JinjaTemplateEngine,
         engine_callback=lambda engine: rendering.setup(engine.engine),
     )
-    app = Litestar(
+    return Litestar(
         route_handlers=[
             overview_page,
             overview_partial,
@@ -252,7 +262,7 @@ def create_app(
             bulk_confirm,
             bulk_apply,
             healthz,
-            metrics,
+            metrics_endpoint,
             create_static_files_router(path="/static", directories=[rendering.asset_dir("static")]),
         ],
         template_config=template_config,
@@ -267,4 +277,3 @@ def create_app(
         allowed_hosts=AllowedHostsConfig(allowed_hosts=allowed_hosts, www_redirect=False) if allowed_hosts else None,
         debug=False,
     )
-    return app

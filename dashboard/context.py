@@ -1,12 +1,20 @@
-"""One context builder per page; the full page and its htmx partial render from the same one."""
+"""One context builder per page; the full page and its htmx partial render from the same one.
+
+Change detection is exact: a context's ``version`` is a fingerprint of the data the partial renders
+(plus a coarse clock, so relative times like "3m ago" refresh). A poll that carries the current
+fingerprint gets 204 and htmx keeps what it shows; any change, made by any connection or process,
+changes the fingerprint on the next poll.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
+from dashboard.explain import explain
 from dashboard.filters import ListParams
-from tasklib.api import get_task, parse_task_id
+from tasklib.actions import parse_task_id
 from tasklib.errors import TaskNotFound
 from tasklib.monitor import Monitor
 from tasklib.states import TaskState
@@ -15,39 +23,38 @@ from tasklib.states import TaskState
 MAX_STALE_SECONDS = 30
 
 
-def version(monitor: Monitor) -> str:
-    """What the polled partials compare: the table's write counters plus a coarse clock."""
-    return f"{monitor.change_token()}.{int(time.time() // MAX_STALE_SECONDS)}"
+def fingerprint(context: dict[str, Any]) -> str:
+    """A short digest of everything the partial shows. ``repr`` of the read models (frozen
+    dataclasses, Task models, datetimes) is deterministic and includes every field rendered."""
+    data = repr(sorted((k, v) for k, v in context.items() if k not in ("version", "page")))
+    digest = hashlib.blake2b(data.encode(), digest_size=10).hexdigest()
+    return f"{digest}.{int(time.time() // MAX_STALE_SECONDS)}"
 
 
-def overview_context(monitor: Monitor, current: str | None = None) -> dict[str, Any]:
+def _versioned(context: dict[str, Any]) -> dict[str, Any]:
+    context["version"] = fingerprint(context)
+    return context
+
+
+def overview_context(monitor: Monitor) -> dict[str, Any]:
     overview = monitor.overview()
     peak = max((c + f for _, c, f in overview.chart), default=0)
-    return {"overview": overview, "chart_peak": max(peak, 1), "version": current or version(monitor), "page": "overview"}
+    return _versioned({"overview": overview, "chart_peak": max(peak, 1), "page": "overview"})
 
 
-def list_context(
-    monitor: Monitor, params: ListParams, after: str | None, before: str | None, current: str | None = None
-) -> dict[str, Any]:
+def list_context(monitor: Monitor, params: ListParams, after: str | None, before: str | None) -> dict[str, Any]:
     page = monitor.page(params.flt, limit=params.limit, after=after, before=before, oldest_first=params.oldest_first)
-    return {
-        "page_data": page,
-        "params": params,
-        "after": after,
-        "before": before,
-        "version": current or version(monitor),
-        "page": "tasks",
-    }
+    return _versioned({"page_data": page, "params": params, "after": after, "before": before, "page": "tasks"})
 
 
-def detail_context(monitor: Monitor, task_id: str, current: str | None = None) -> dict[str, Any]:
+def detail_context(monitor: Monitor, task_id: str) -> dict[str, Any]:
     tid = parse_task_id(task_id)
-    task = get_task(tid)
+    task = monitor.task(tid)
     if task is None:
         raise TaskNotFound(f"no task with id {tid}")
-    explain = monitor.explain(task) if task.state in (TaskState.PENDING, TaskState.RUNNING) else []
-    return {"task": task, "explain": explain, "version": current or version(monitor), "page": "tasks"}
+    reasons = explain(monitor, task) if task.state in (TaskState.PENDING, TaskState.RUNNING) else []
+    return _versioned({"task": task, "explain": reasons, "page": "tasks"})
 
 
-def workers_context(monitor: Monitor, current: str | None = None) -> dict[str, Any]:
-    return {"workers": monitor.workers(), "version": current or version(monitor), "page": "workers"}
+def workers_context(monitor: Monitor) -> dict[str, Any]:
+    return _versioned({"workers": monitor.workers(), "page": "workers"})

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from tasklib.api import parse_state
 from tasklib.errors import ValidationError
-from tasklib.monitor import TaskFilter
+from tasklib.filters import TaskFilter
 
 MAX_TEXT = 200
 
@@ -80,5 +80,6 @@ def parse_list_params(
         "created_to": created_to or "",
         "finished_from": finished_from or "",
         "finished_to": finished_to or "",
+        "sort": "oldest" if sort == "oldest" else "",  # newest is the default and stays out of links
     }
-    return ListParams(flt, {k: v for k, v in raw.items() if v}, limit)
+    return ListParams(flt, {k: v for k, v in raw.items() if v}, limit, oldest_first=sort == "oldest")

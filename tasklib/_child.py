@@ -27,6 +27,7 @@ from typing import Any
 import pydantic_core
 
 from tasklib._protocol import encode, read_messages, write_all
+from tasklib.registry import refuse_nul
 
 _PR_SET_PDEATHSIG = 1
 
@@ -64,9 +65,10 @@ def run_one(definitions: dict[str, Any], name: str, kwargs_json: str) -> tuple[s
         return "error", (
             f"TypeError: the task returned a {type(result).__name__}, which cannot be stored as JSON: {_clean(str(exc))}"
         )
-    if "\\u0000" in text:
-        return "error", "ValueError: the task's result contains a NUL character, which PostgreSQL's jsonb refuses"
-    return "ok", text
+    try:
+        return "ok", refuse_nul(text, "the task's result")
+    except ValueError as exc:
+        return "error", f"ValueError: {exc}"
 
 
 def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:

@@ -1,27 +1,24 @@
-"""The public library API: init, submit, inspect, cancel and retry tasks."""
+"""The public library API on the default database: init, submit, inspect, cancel and retry tasks.
+
+Reads and state changes are ``tasklib.actions`` applied to the database ``init`` configured.
+"""
 
 from __future__ import annotations
 
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import psycopg
 import pydantic
-from psycopg.rows import dict_row
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasklib import sql
+from tasklib import actions, sql
+from tasklib.actions import row_to_task
 from tasklib.config import Config
-from tasklib.db import Database
-from tasklib.errors import (
-    DatabaseError,
-    InvalidTransition,
-    NotInitialized,
-    TaskNotFound,
-    ValidationError,
-)
+from tasklib.db import Database, translated_errors
+from tasklib.errors import DatabaseError, NotInitialized, ValidationError
 from tasklib.models import PRIORITY_MAX, PRIORITY_MIN, Task
 from tasklib.registry import definition_for, dumps_json, resolve_names
 from tasklib.schema import ensure_schema
@@ -68,7 +65,9 @@ def database() -> Database:
 
 
 class SubmitOptions(BaseModel):
-    """Per-submit options, validated like the arguments."""
+    """The options every submit function takes, validated like the arguments. Their names are
+    reserved: a task cannot have parameters called ``delay_seconds``, ``max_retries``,
+    ``timeout_seconds``, ``priority`` or ``tags``."""
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -78,22 +77,30 @@ class SubmitOptions(BaseModel):
     priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     tags: dict[str, pydantic.JsonValue] | None = None
 
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> SubmitOptions:
+        try:
+            return cls.model_validate(dict(options))
+        except pydantic.ValidationError as exc:
+            problems = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)]
+            summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+            raise ValidationError(f"invalid submit options: {summary}", problems) from None
 
-def _options(
-    delay_seconds: float, max_retries: int | None, timeout_seconds: int | None, priority: int, tags: Any
-) -> SubmitOptions:
-    try:
-        return SubmitOptions(
-            delay_seconds=delay_seconds,
-            max_retries=max_retries,
-            timeout_seconds=timeout_seconds,
-            priority=priority,
-            tags=tags,
-        )
-    except pydantic.ValidationError as exc:
-        problems = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)]
-        summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-        raise ValidationError(f"invalid submit options: {summary}", problems) from None
+    @classmethod
+    def split(cls, call: Mapping[str, Any]) -> tuple[SubmitOptions, dict[str, Any]]:
+        """A submit call's keywords -> (its options, the task's own arguments)."""
+        options = {k: v for k, v in call.items() if k in cls.model_fields}
+        return cls.of(options), {k: v for k, v in call.items() if k not in cls.model_fields}
+
+
+class SubmitArgs(TypedDict, total=False):
+    """``SubmitOptions`` as keywords, for the type checker (``submit_many(..., **options)``)."""
+
+    delay_seconds: float
+    max_retries: int | None
+    timeout_seconds: int | None
+    priority: int
+    tags: dict[str, Any] | None
 
 
 def _insert_params(
@@ -124,58 +131,33 @@ def _insert_params(
     }
 
 
-def _wrap_db_error(exc: psycopg.Error) -> DatabaseError:
-    return DatabaseError(f"PostgreSQL refused the statement: {exc}")
-
-
-def _write(statement: str, params: Mapping[str, Any]) -> None:
-    try:
-        with database().pool().connection() as conn:
-            conn.execute(statement, params)  # type: ignore[arg-type]
-    except psycopg.Error as exc:
-        raise _wrap_db_error(exc) from exc
-
-
 async def _awrite(statement: str, params: Mapping[str, Any]) -> None:
     pool = await database().apool()
-    try:
+    with translated_errors():
         async with pool.connection() as conn:
             await conn.execute(statement, params)  # type: ignore[arg-type]
-    except psycopg.Error as exc:
-        raise _wrap_db_error(exc) from exc
 
 
-async def submit_task(
-    func: Callable[..., Any] | str,
-    *,
-    delay_seconds: float = 0,
-    max_retries: int | None = None,
-    timeout_seconds: int | None = None,
-    priority: int = 0,
-    tags: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> uuid.UUID:
-    """Validate the arguments and enqueue a task; returns its id. Raises ValidationError on bad input."""
-    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
-    params = _insert_params(func, opts, kwargs)
+def _one(func: Callable[..., Any] | str, call: Mapping[str, Any]) -> dict[str, Any]:
+    opts, kwargs = SubmitOptions.split(call)
+    return _insert_params(func, opts, kwargs)
+
+
+async def submit_task(func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.UUID:
+    """Validate the arguments and enqueue a task; returns its id. Raises ValidationError on bad input.
+
+    ``kwargs`` are the task's arguments plus any of :class:`SubmitOptions` (``delay_seconds``,
+    ``max_retries``, ``timeout_seconds``, ``priority``, ``tags``).
+    """
+    params = _one(func, kwargs)
     await _awrite(sql.INSERT_TASK, params)
     return uuid.UUID(params["id"])
 
 
-def submit_task_sync(
-    func: Callable[..., Any] | str,
-    *,
-    delay_seconds: float = 0,
-    max_retries: int | None = None,
-    timeout_seconds: int | None = None,
-    priority: int = 0,
-    tags: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> uuid.UUID:
+def submit_task_sync(func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.UUID:
     """``submit_task`` for sync code (Flask, Django, scripts): same validation, same result."""
-    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
-    params = _insert_params(func, opts, kwargs)
-    _write(sql.INSERT_TASK, params)
+    params = _one(func, kwargs)
+    database().rows(sql.INSERT_TASK, params)
     return uuid.UUID(params["id"])
 
 
@@ -193,24 +175,13 @@ def _dbapi_cursor(tx: Any) -> Any:
     raise TypeError(f"submit_task_in needs a psycopg Connection or a SQLAlchemy Session/Connection, got {type(tx).__name__}")
 
 
-def submit_task_in(
-    tx: Any,
-    func: Callable[..., Any] | str,
-    *,
-    delay_seconds: float = 0,
-    max_retries: int | None = None,
-    timeout_seconds: int | None = None,
-    priority: int = 0,
-    tags: dict[str, Any] | None = None,
-    **kwargs: Any,
-) -> uuid.UUID:
+def submit_task_in(tx: Any, func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.UUID:
     """Enqueue inside the caller's open transaction: the task exists only if that transaction commits.
 
     ``tx`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``, or a psycopg connection. Workers are
     woken when it commits (NOTIFY is transactional). Uses the config's defaults if ``init`` was called.
     """
-    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
-    params = _insert_params(func, opts, kwargs)
+    params = _one(func, kwargs)
     cursor = _dbapi_cursor(tx)
     try:
         cursor.execute(sql.INSERT_TASK, params)
@@ -233,69 +204,29 @@ def _many_params(
 
 
 async def submit_many(
-    func: Callable[..., Any] | str,
-    kwargs_list: Iterable[Mapping[str, Any]],
-    *,
-    delay_seconds: float = 0,
-    max_retries: int | None = None,
-    timeout_seconds: int | None = None,
-    priority: int = 0,
-    tags: dict[str, Any] | None = None,
+    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], /, **options: Unpack[SubmitArgs]
 ) -> list[uuid.UUID]:
-    """Enqueue one task per kwargs dict in a single statement. All are validated first; any error
-    rejects the whole batch and nothing is written."""
-    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
-    ids, params = _many_params(func, kwargs_list, opts)
+    """Enqueue one task per kwargs dict in a single statement, all with the same ``options``. All are
+    validated first; any error rejects the whole batch and nothing is written."""
+    ids, params = _many_params(func, kwargs_list, SubmitOptions.of(options))
     if ids:
         await _awrite(sql.INSERT_MANY, params)
     return [uuid.UUID(i) for i in ids]
 
 
 def submit_many_sync(
-    func: Callable[..., Any] | str,
-    kwargs_list: Iterable[Mapping[str, Any]],
-    *,
-    delay_seconds: float = 0,
-    max_retries: int | None = None,
-    timeout_seconds: int | None = None,
-    priority: int = 0,
-    tags: dict[str, Any] | None = None,
+    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], /, **options: Unpack[SubmitArgs]
 ) -> list[uuid.UUID]:
     """``submit_many`` for sync code."""
-    opts = _options(delay_seconds, max_retries, timeout_seconds, priority, tags)
-    ids, params = _many_params(func, kwargs_list, opts)
+    ids, params = _many_params(func, kwargs_list, SubmitOptions.of(options))
     if ids:
-        _write(sql.INSERT_MANY, params)
+        database().rows(sql.INSERT_MANY, params)
     return [uuid.UUID(i) for i in ids]
-
-
-def parse_task_id(task_id: uuid.UUID | str) -> uuid.UUID:
-    """A task id from a UUID or its string form; ValidationError otherwise."""
-    if isinstance(task_id, uuid.UUID):
-        return task_id
-    try:
-        return uuid.UUID(str(task_id))
-    except ValueError:
-        raise ValidationError(f"not a task id (expected a UUID): {str(task_id)[:80]!r}") from None
-
-
-def row_to_task(row: Mapping[str, Any]) -> Task:
-    return Task.model_validate(dict(row))
-
-
-def _fetch(query: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
-    try:
-        with database().pool().connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)  # type: ignore[arg-type]
-            return cur.fetchall()
-    except psycopg.Error as exc:
-        raise _wrap_db_error(exc) from exc
 
 
 def get_task(task_id: uuid.UUID | str) -> Task | None:
     """The task with that id, or None."""
-    rows = _fetch(sql.GET_TASK, {"id": parse_task_id(task_id)})
-    return row_to_task(rows[0]) if rows else None
+    return actions.get(database(), task_id)
 
 
 def parse_state(state: TaskState | str) -> TaskState:
@@ -318,46 +249,23 @@ def list_tasks(state: TaskState | str | None = None, name: str | None = None, li
         state=None if state is None else parse_state(state).value,
         names=None if name is None else tuple(resolve_names(name)),
     )
-    return [row_to_task(r) for r in _fetch(sql.PAGE_NEWEST.format(where=where), {**params, "limit": limit})]
-
-
-def _transition(statement: str, task_id: uuid.UUID | str, action: str, expected: str) -> Task:
-    tid = parse_task_id(task_id)
-    try:
-        with database().pool().connection() as conn:
-            changed = conn.execute(statement, {"id": tid}).fetchone()  # type: ignore[arg-type]
-    except psycopg.Error as exc:
-        raise _wrap_db_error(exc) from exc
-    task = get_task(tid)
-    if task is None:
-        raise TaskNotFound(f"no task with id {tid}")
-    if changed is None:
-        raise InvalidTransition(
-            f"cannot {action} task {tid}: it is {task.state}, and only {expected} tasks can be {action}ed"
-            if action != "cancel"
-            else f"cannot cancel task {tid}: it is {task.state}, and only {expected} tasks can be cancelled",
-            current_state=str(task.state),
-        )
-    return task
+    rows = database().rows(sql.PAGE_NEWEST.format(where=where), {**params, "limit": limit})
+    return [row_to_task(r) for r in rows]
 
 
 def cancel_task(task_id: uuid.UUID | str) -> Task:
     """pending/running -> cancelled. A running task's worker kills its code. Returns the updated task."""
-    return _transition(sql.CANCEL_TASK, task_id, "cancel", "pending or running")
+    return actions.cancel(database(), task_id)
 
 
 def retry_task(task_id: uuid.UUID | str) -> Task:
     """failed/cancelled -> pending, due now. Returns the updated task."""
-    return _transition(sql.RETRY_TASK, task_id, "retry", "failed or cancelled")
+    return actions.retry(database(), task_id)
 
 
 def count_by_state() -> dict[str, int]:
     """Exact number of tasks per state (every state present, zero included)."""
     counts = {s.value: 0 for s in TaskState}
-    try:
-        with database().pool().connection() as conn:
-            for state, count in conn.execute(sql.COUNT_BY_STATE).fetchall():
-                counts[state] = count
-    except psycopg.Error as exc:
-        raise _wrap_db_error(exc) from exc
+    for state, count in database().rows(sql.COUNT_BY_STATE, as_dict=False):
+        counts[state] = count
     return counts

@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="on SIGTERM/Ctrl+C, how long running tasks may finish (default: 30)",
     )
+    worker.add_argument(
+        "--retry-delay",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="delay before the first retry of a failed task, doubled for each later one (default: 5)",
+    )
     worker.add_argument("--worker-id", default=None, help="name shown in the dashboard (default: host:pid:random)")
     _add_database(worker)
 
@@ -170,6 +177,8 @@ def _worker(args: argparse.Namespace) -> int:
         extra["lock_timeout_seconds"] = args.lock_timeout
     if args.shutdown_grace is not None:
         extra["shutdown_grace_seconds"] = args.shutdown_grace
+    if args.retry_delay is not None:
+        extra["base_retry_delay_seconds"] = args.retry_delay
     if args.worker_id:
         extra["worker_id"] = args.worker_id
     worker = TaskWorker(

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tasklib.errors import ConfigError
 
 ENV_DATABASE_URL = "TASKLIB_DATABASE_URL"
 
@@ -57,6 +61,15 @@ class Config(BaseModel):
     #: On shutdown, how long running tasks may finish before they are stopped and released.
     shutdown_grace_seconds: float = Field(30.0, ge=0)
 
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors(include_url=False)
+            )
+            raise ConfigError(f"invalid TaskLib config: {problems}") from None
+
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str | None) -> str | None:
@@ -68,7 +81,10 @@ class Config(BaseModel):
             return self.database_url
         env = os.environ.get(ENV_DATABASE_URL)
         if env:
-            return normalize_database_url(env)
+            try:
+                return normalize_database_url(env)
+            except ValueError as exc:
+                raise ConfigError(f"${ENV_DATABASE_URL}: {exc}") from None
         from tasklib.embedded import ensure_embedded_url
 
         return ensure_embedded_url()

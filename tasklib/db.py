@@ -27,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from tasklib.config import redact_url
@@ -39,6 +42,17 @@ APPLICATION_NAME = "tasklib"
 #: How long a caller waits for a pooled connection before a DatabaseError (the default 30 s would
 #: leave a dashboard request hanging while the database is down).
 POOL_TIMEOUT_SECONDS = 10.0
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """The one place psycopg's errors become TaskLib's: callers see ``DatabaseError`` only."""
+    try:
+        yield
+    except psycopg.errors.QueryCanceled as exc:
+        raise DatabaseError(f"the statement took too long and was cancelled (statement_timeout): {exc}") from exc
+    except psycopg.Error as exc:
+        raise DatabaseError(f"PostgreSQL refused the statement: {exc}") from exc
 
 
 #: For the worker's claim connection (rule 3 above): the claim always walks tasks_pending_idx in
@@ -135,6 +149,17 @@ class Database:
                 raise DatabaseError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
             self._apools[loop] = pool
         return pool
+
+    def rows(self, query: str, params: Mapping[str, Any] | None = None, *, as_dict: bool = True) -> list[Any]:
+        """Run one statement on a pooled connection (committed on return) and fetch what it returns."""
+        factory: Any = dict_row if as_dict else tuple_row
+        with translated_errors(), self.pool().connection() as conn, conn.cursor(row_factory=factory) as cur:
+            cur.execute(query, params or {})  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+    def value(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
+        """The first column of the first row (statements that return exactly one row)."""
+        return self.rows(query, params, as_dict=False)[0][0]
 
     def connect(self, application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
         """A dedicated connection outside the pools (schema setup, tools)."""

@@ -12,8 +12,8 @@ class TaskLibError(Exception):
         super().__init__(message or (self.__doc__ or "").strip())
 
 
-class ConfigError(TaskLibError):
-    """The configuration is invalid."""
+class ConfigError(TaskLibError, ValueError):
+    """The configuration is invalid (a ValueError too, like the pydantic error it replaces)."""
 
 
 class NotInitialized(TaskLibError):

@@ -57,6 +57,7 @@ class TaskDefinition:
     accepts_extra: bool = False
     field_names: frozenset[str] = frozenset()
     _adapter: pydantic.TypeAdapter[Any] = field(repr=False, default=None)  # type: ignore[assignment]
+    _args_type: Any = field(repr=False, default=None, compare=False)  # the TypedDict _adapter validates
     _list_adapter: pydantic.TypeAdapter[Any] | None = field(repr=False, default=None, compare=False)
 
     def validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +95,7 @@ class TaskDefinition:
                     raise _item_error(index, exc) from None
             return encoded_items
         if self._list_adapter is None:
-            object.__setattr__(self, "_list_adapter", pydantic.TypeAdapter(list[self._adapter._type]))  # type: ignore[name-defined]
+            object.__setattr__(self, "_list_adapter", pydantic.TypeAdapter(list[self._args_type]))  # type: ignore[name-defined]
         try:
             validated = self._list_adapter.validate_python(items)
             encoded = [
@@ -111,10 +112,10 @@ class TaskDefinition:
         except pydantic_core.PydanticSerializationError as exc:
             raise ValidationError(f"{self.name}: arguments cannot be stored as JSON: {exc}") from None
         for index, text in enumerate(encoded):
-            if "\\u0000" in text:
-                raise ValidationError(
-                    f"item {index}: {self.name}: an argument contains a NUL character, which PostgreSQL's jsonb refuses"
-                )
+            try:
+                refuse_nul(text, f"{self.name}: an argument")
+            except ValueError as exc:
+                raise _item_error(index, ValidationError(str(exc))) from None
         return encoded
 
     def load(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -150,7 +151,7 @@ def _validation_error(task_name: str, exc: pydantic.ValidationError) -> Validati
     return ValidationError(f"invalid arguments for task {task_name}: {summary}", problems)
 
 
-def _build_adapter(func: Callable[..., Any]) -> tuple[pydantic.TypeAdapter[Any], bool, frozenset[str]]:
+def _build_adapter(func: Callable[..., Any]) -> tuple[Any, pydantic.TypeAdapter[Any], bool, frozenset[str]]:
     """A TypedDict adapter mirroring the function's keyword parameters (extra keys forbidden)."""
     try:
         hints = typing.get_type_hints(func)
@@ -175,7 +176,7 @@ def _build_adapter(func: Callable[..., Any]) -> tuple[pydantic.TypeAdapter[Any],
     typed_dict.__pydantic_config__ = pydantic.ConfigDict(  # type: ignore[attr-defined]
         extra="forbid", arbitrary_types_allowed=True
     )
-    return pydantic.TypeAdapter(typed_dict), accepts_extra, frozenset(fields)
+    return typed_dict, pydantic.TypeAdapter(typed_dict), accepts_extra, frozenset(fields)
 
 
 @overload
@@ -207,8 +208,10 @@ def task(
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"task {fn.__qualname__}: TaskLib runs sync functions; this one is async")
         task_name = name or f"{module_name_of(fn)}.{fn.__qualname__}"
-        adapter, accepts_extra, names = _build_adapter(fn)
-        _REGISTRY[task_name] = TaskDefinition(task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter)
+        args_type, adapter, accepts_extra, names = _build_adapter(fn)
+        _REGISTRY[task_name] = TaskDefinition(
+            task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter, args_type
+        )
         fn.__tasklib_name__ = task_name  # type: ignore[attr-defined]
         return fn
 
@@ -246,9 +249,14 @@ def resolve_names(name: str) -> list[str]:
     return names
 
 
+def refuse_nul(json_text: str, what: str = "JSON text") -> str:
+    """``json_text`` unchanged, or ValueError if it holds a NUL character: PostgreSQL's jsonb (and
+    text) cannot store one, and finding out at INSERT time would lose the whole batch."""
+    if "\\u0000" in json_text:
+        raise ValueError(f"{what} contains a NUL character (\\u0000), which PostgreSQL's jsonb refuses")
+    return json_text
+
+
 def dumps_json(value: Any) -> str:
-    """Serialise to JSON text PostgreSQL's jsonb accepts (no NUL characters)."""
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    if "\\u0000" in text:
-        raise ValueError("JSON text contains a NUL character (\\u0000), which PostgreSQL's jsonb refuses")
-    return text
+    """Serialise to JSON text PostgreSQL's jsonb accepts."""
+    return refuse_nul(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False))

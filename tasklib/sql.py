@@ -258,21 +258,20 @@ FROM r
 
 #: pending -> cancelled for every task matching a filter (bulk cancel), capped per call.
 CANCEL_MATCHING = """
-UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
-                 error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'
-WHERE id IN (SELECT id FROM tasks {where} LIMIT %(cap)s FOR UPDATE SKIP LOCKED) AND state = 'pending'
+WITH c AS (
+    UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
+                     error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'
+    WHERE id IN (SELECT id FROM tasks {where} LIMIT %(cap)s FOR UPDATE SKIP LOCKED) AND state = 'pending'
+    RETURNING 1
+)
+SELECT count(*) FROM c
 """
 
 COUNT_MATCHING = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT %(cap)s) AS capped"
 
 # Monitoring (dashboard, metrics) --------------------------------------------------------------
-# Written for a large table: counts are capped or estimated, lists are keyset-paginated, and
-# aggregates only read a recent window through tasks_completed_idx.
-
-#: Cheap change detector: PostgreSQL's own write counters for the table (updated within ~1 s).
-CHANGE_TOKEN = """
-SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0)::text FROM pg_stat_user_tables WHERE relname = 'tasks'
-"""
+# Written for a large table: counts are capped or estimated, lists are keyset-paginated, and the
+# last day's outcomes are kept incrementally by tasklib.recent, which reads only new minutes.
 
 #: Rows per state, counted exactly up to %(cap)s through tasks_state_created_idx.
 COUNT_STATE_CAPPED = "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE state = %(state)s LIMIT %(cap)s) AS c"
@@ -280,15 +279,21 @@ COUNT_STATE_CAPPED = "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE state = %(
 #: The planner's row estimate for the whole table (no scan).
 ESTIMATE_ROWS = "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = 'tasks'::regclass"
 
-#: Per task name over the window: finished, failed, average run time, plus current pending/running.
-STATS_BY_NAME = """
-SELECT name,
-       count(*) FILTER (WHERE state = 'completed') AS completed,
-       count(*) FILTER (WHERE state = 'failed') AS failed,
-       avg(extract(epoch FROM completed_at - started_at)) FILTER (WHERE state = 'completed') AS avg_seconds
-FROM tasks
-WHERE completed_at >= now() - make_interval(secs => %(window)s)
-GROUP BY name ORDER BY count(*) DESC LIMIT 50
+NOW = "SELECT now()"
+
+#: Outcomes per minute and name since %(since)s (and before %(until)s, when given), through
+#: tasks_completed_idx; one row with NULL minute when there are none, so read_at always comes back.
+OUTCOMES_SINCE = """
+WITH clock AS (SELECT now() AS read_at)
+SELECT clock.read_at, g.* FROM clock LEFT JOIN (
+    SELECT date_trunc('minute', completed_at) AS minute, name, state, count(*) AS n,
+           sum(extract(epoch FROM completed_at - started_at)) FILTER (WHERE started_at IS NOT NULL) AS run_seconds,
+           count(started_at) AS timed
+    FROM tasks
+    WHERE completed_at >= %(since)s AND (%(until)s::timestamptz IS NULL OR completed_at < %(until)s)
+      AND state IN ('completed', 'failed', 'cancelled')
+    GROUP BY 1, 2, 3
+) g ON true
 """
 
 ACTIVE_BY_NAME = """
@@ -305,14 +310,6 @@ SELECT {COLUMNS} FROM tasks WHERE state = 'failed' ORDER BY created_at DESC, id 
 #: The due pending task that has waited longest.
 OLDEST_DUE_PENDING = """
 SELECT min(scheduled_at) FROM tasks WHERE state = 'pending' AND scheduled_at <= now()
-"""
-
-#: Finished tasks per minute over the last hour, by outcome (for the chart).
-THROUGHPUT_PER_MINUTE = """
-SELECT date_trunc('minute', completed_at) AS minute,
-       count(*) FILTER (WHERE state = 'completed'), count(*) FILTER (WHERE state = 'failed')
-FROM tasks WHERE completed_at >= date_trunc('minute', now()) - interval '59 minutes'
-GROUP BY 1 ORDER BY 1
 """
 
 #: Keyset page of a filtered list. {where} comes from ``filter_clause``; the cursor is (created_at, id).
@@ -342,20 +339,15 @@ SELECT EXISTS (SELECT 1 FROM tasks WHERE name = %(name)s AND started_at >= now()
 """
 
 RUNNING_BY_WORKER = """
-SELECT worker_id, count(*), min(locked_until), max(locked_until), min(started_at)
+SELECT worker_id, count(*) AS running, min(locked_until) AS next_lock_expiry, min(started_at) AS oldest_start
 FROM tasks WHERE state = 'running' GROUP BY worker_id ORDER BY worker_id
 """
 
 EXPIRED_LOCKS = "SELECT count(*) FROM tasks WHERE state = 'running' AND locked_until < now()"
 
-#: Exact counts of the (small) unfinished states by name, for /metrics.
+#: Unfinished tasks by name and state, for /metrics (finished ones come from tasklib.recent).
 METRICS_ACTIVE = """
-SELECT name, state, count(*) FROM tasks WHERE state IN ('pending', 'running', 'failed', 'cancelled') GROUP BY 1, 2
-"""
-
-METRICS_COMPLETED_WINDOW = """
-SELECT name, count(*) FROM tasks WHERE completed_at >= now() - make_interval(secs => %(window)s)
-  AND state = 'completed' GROUP BY 1
+SELECT name, state, count(*) FROM tasks WHERE state IN ('pending', 'running') GROUP BY 1, 2
 """
 
 HEALTH = "SELECT 1"

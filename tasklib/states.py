@@ -21,7 +21,8 @@ class TaskState(StrEnum):
 
 
 #: Allowed transitions, and which operation makes each one. Statements in ``tasklib.sql`` check the
-#: expected source state in their WHERE clause, so a transition not listed here cannot happen.
+#: expected source state in their WHERE clause; ``tests/integration/test_transitions.py`` runs each
+#: of them on a row in every state and requires the changes it sees to be exactly these.
 TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (TaskState.PENDING, TaskState.RUNNING): "claim by a worker",
     (TaskState.PENDING, TaskState.CANCELLED): "cancel_task",

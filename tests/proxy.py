@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
+    """Forwards 127.0.0.1:<port> to ``target``; ``through(url)`` points a database URL at it."""
+
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -15,6 +18,15 @@ class TcpProxy:
         self._sockets: list[socket.socket] = []
         self._up = True
         self._closed = False
+        #: Connections accepted and forwarded so far: tests assert their client really went through.
+        self.accepted = 0
+
+    def through(self, url: str) -> str:
+        """``url`` with its host and port replaced by this proxy's (credentials and database kept)."""
+        parts = urlsplit(url)
+        assert (parts.hostname, parts.port or 5432) == self.target, f"{url} is not the proxied server {self.target}"
+        userinfo = parts.netloc.rpartition("@")[0]
+        return urlunsplit(parts._replace(netloc=f"{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}"))
 
     def __enter__(self) -> TcpProxy:
         threading.Thread(target=self._accept, daemon=True).start()
@@ -25,9 +37,11 @@ class TcpProxy:
         self.cut()
         self._server.close()
 
-    def cut(self) -> None:
+    def cut(self) -> int:
+        """Close every forwarded connection and refuse new ones; returns how many were open."""
         with self._lock:
             self._up = False
+            open_now = len(self._sockets) // 2
             for sock in self._sockets:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
@@ -35,6 +49,7 @@ class TcpProxy:
                     pass
                 sock.close()
             self._sockets.clear()
+        return open_now
 
     def restore(self) -> None:
         with self._lock:
@@ -56,6 +71,7 @@ class TcpProxy:
                     client.close()
                     continue
                 self._sockets += [client, upstream]
+                self.accepted += 1
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 

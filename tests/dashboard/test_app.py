@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -12,8 +15,10 @@ from litestar.testing import TestClient
 
 import tasklib
 from dashboard.app import create_app
+from tests.factory import make_task
 from tests.integration import jobs
 
+OLD_FINISH = datetime(2026, 1, 1, tzinfo=UTC)
 XSS = '<script>alert("x")</script><img src=x onerror=alert(1)>'
 
 
@@ -26,15 +31,6 @@ def client(tl) -> Iterator[TestClient]:
 def csrf(client: TestClient) -> str:
     client.get("/tasks")
     return client.cookies["csrftoken"]
-
-
-def set_state(url: str, task_id: uuid.UUID, state: str, **columns: object) -> None:
-    sets = ", ".join(f"{k} = %({k})s" for k in columns)
-    with psycopg.connect(url) as conn:
-        conn.execute(
-            f"UPDATE tasks SET state = %(state)s{', ' + sets if sets else ''} WHERE id = %(id)s",
-            {"state": state, "id": task_id, **columns},
-        )
 
 
 def test_pages_render(client: TestClient, tl) -> None:
@@ -78,8 +74,7 @@ def test_static_htmx_is_served(client: TestClient) -> None:
 )
 def test_list_filters(client: TestClient, tl, query: str, expect_in: list[str], expect_out: list[str]) -> None:
     tasklib.submit_task_sync(jobs.mark, key="pendingone", tags={"team": "blue"})
-    failed = tasklib.submit_task_sync(jobs.mark, key="failedone")
-    set_state(tl.database_url, failed, "failed", error="RuntimeError: kaboom", completed_at="2026-01-01T00:00:00Z")
+    make_task(tl.database_url, "failed", kwargs={"key": "failedone"}, error="RuntimeError: kaboom", completed_at=OLD_FINISH)
     mail = tasklib.submit_task_sync(jobs.send_email, to="mailone", subject="s", body="b")
     assert mail
     for path in (f"/tasks?{query}", f"/partials/tasks?{query}"):
@@ -181,8 +176,7 @@ def test_bulk_actions_confirm_then_apply(client: TestClient, tl) -> None:
 
 
 def test_task_data_is_escaped(client: TestClient, tl) -> None:
-    task_id = tasklib.submit_task_sync(jobs.mark, key=XSS, tags={"x": XSS})
-    set_state(tl.database_url, task_id, "failed", error=XSS)
+    task_id = make_task(tl.database_url, "failed", kwargs={"key": XSS}, tags={"x": XSS}, error=XSS)
     for path in (f"/tasks/{task_id}", "/tasks", "/"):
         html = client.get(path).text
         assert "<script>alert" not in html and "<img src=x" not in html
@@ -200,13 +194,74 @@ def test_detail_explains_why_pending(client: TestClient, tl) -> None:
     assert "No worker is connected" in html
 
 
-def test_unchanged_poll_gets_204(client: TestClient, tl) -> None:
-    tasklib.submit_task_sync(jobs.mark, key="x")
-    html = client.get("/partials/overview").text
-    version = re.search(r'/partials/overview\?v=([^"]+)"', html)
-    assert version
-    assert client.get(f"/partials/overview?v={version.group(1)}").status_code == 204
-    assert client.get("/partials/overview?v=stale").status_code == 200
+def _version(html: str) -> str:
+    found = re.search(r'hx-get="[^"]*[?&](?:amp;)?v=([^"&]+)"', html)
+    assert found, html[:500]
+    return found.group(1)
+
+
+def _settled(client: TestClient, partial: str) -> str:
+    """The version once polls answer 204 (the overview changes while its 24 h figures load)."""
+    version = _version(client.get(partial).text)
+    for _ in range(10):
+        response = client.get(f"{partial}?v={version}")
+        if response.status_code == 204:
+            return version
+        version = _version(response.text)
+    raise AssertionError(f"{partial} never settled")
+
+
+@pytest.mark.parametrize("partial", ["/partials/overview", "/partials/tasks", "/partials/workers"])
+def test_poll_is_204_until_any_connection_changes_something(client: TestClient, tl, partial: str) -> None:
+    """Exact change detection: 204 while nothing changed, the new partial on the very next poll after
+    a write from a connection that stays open (statistics counters would lag up to 10 s here)."""
+    tasklib.submit_task_sync(jobs.mark, key="first")
+    version = _settled(client, partial)
+    with psycopg.connect(tl.database_url, autocommit=True) as other:  # stays open and idle
+        for change, shown_on_workers in (
+            ("INSERT INTO tasks (id, name, kwargs) VALUES (gen_random_uuid(), 'tests.integration.jobs.mark', '{}')", False),
+            (
+                "UPDATE tasks SET state = 'running', worker_id = 'w', locked_until = now() + interval '1 min'"
+                " WHERE id = (SELECT id FROM tasks WHERE state = 'pending' ORDER BY created_at LIMIT 1)",
+                True,
+            ),
+        ):
+            other.execute(change)
+            response = client.get(f"{partial}?v={version}")
+            if partial.endswith("workers") and not shown_on_workers:  # not on this page: still 204
+                assert response.status_code == 204, change
+                continue
+            assert response.status_code == 200, change
+            version = _version(response.text)
+            assert client.get(f"{partial}?v={version}").status_code == 204
+    assert client.get(f"{partial}?v=stale").status_code == 200
+
+
+def test_detail_poll_sees_a_state_change(client: TestClient, tl) -> None:
+    task_id = tasklib.submit_task_sync(jobs.mark, key="d", delay_seconds=3600)
+    path = f"/partials/tasks/{task_id}"
+    version = _version(client.get(path).text)
+    tasklib.cancel_task(task_id)
+    changed = client.get(f"{path}?v={version}")
+    assert changed.status_code == 200 and "cancelled" in changed.text
+
+
+def _rows_in_order(html: str, ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    body = "".join(re.findall(r"<tbody>.*?</tbody>", html, re.S))
+    return sorted((i for i in ids if str(i) in body), key=lambda i: body.index(str(i)))
+
+
+def test_list_sorts_both_ways(client: TestClient, tl) -> None:
+    start = datetime(2026, 3, 1, tzinfo=UTC)
+    ids = [make_task(tl.database_url, created_at=start + timedelta(minutes=i)) for i in (2, 0, 3, 1)]
+    by_age = [ids[1], ids[3], ids[0], ids[2]]
+    for path in ("/tasks", "/partials/tasks"):
+        assert _rows_in_order(client.get(f"{path}?sort=oldest").text, ids) == by_age
+        assert _rows_in_order(client.get(path).text, ids) == by_age[::-1]
+        assert _rows_in_order(client.get(f"{path}?sort=newest").text, ids) == by_age[::-1]
+    first = client.get("/tasks?sort=oldest&limit=2").text
+    assert _rows_in_order(first, ids) == by_age[:2]
+    assert "sort=oldest" in re.search(r'<a[^>]*rel="next"[^>]*>', first).group(0)  # the order survives paging
 
 
 def test_healthz_and_metrics(client: TestClient, tl) -> None:
@@ -247,3 +302,56 @@ def test_loopback_dashboard_refuses_foreign_host_headers(tl) -> None:
         assert client.get("/", headers={"Host": "127.0.0.1:8080"}).status_code == 200
         assert client.get("/", headers={"Host": "localhost:8080"}).status_code == 200
         assert client.get("/", headers={"Host": "evil.example:8080"}).status_code == 400
+
+
+def test_create_app_owns_its_pool_and_leaves_the_library_alone(tl, database_url: str) -> None:
+    """Mounted in an app whose default database is another one, the dashboard shows its own database
+    and the app's submits still go to the app's."""
+    from tests.pg import fresh_database
+
+    with fresh_database() as dashboard_url:
+        dashboard_config = tasklib.Config(database_url=dashboard_url)
+        with TestClient(create_app(dashboard_config)) as client:
+            theirs = make_task(dashboard_url, kwargs={"key": "shown"})
+            for _ in range(3):
+                ours = tasklib.submit_task_sync(jobs.mark, key="app")
+                assert tasklib.current_config() == tl
+                assert tasklib.get_task(ours) is not None
+            html = client.get("/tasks").text
+            assert str(theirs) in html and str(ours) not in html
+            assert "shown" in client.get(f"/tasks/{theirs}").text
+            assert client.get(f"/tasks/{ours}").status_code == 404
+
+            def hammer() -> None:
+                for path in ("/", "/tasks", "/workers", "/metrics", f"/tasks/{theirs}"):
+                    client.get(path)
+
+            threads = [threading.Thread(target=hammer) for _ in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            with psycopg.connect(dashboard_url) as conn:
+                opened = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'tasklib-dashboard'"
+                ).fetchone()[0]
+            from dashboard.app import POOL_SIZE
+
+            assert 1 <= opened <= POOL_SIZE
+
+
+def test_every_read_runs_under_the_statement_timeout(tl) -> None:
+    """A table locked by someone else makes pages answer 503 after the timeout, never hang."""
+    task_id = tasklib.submit_task_sync(jobs.mark, key="t")
+    with TestClient(create_app(tl, statement_timeout_ms=300)) as client:
+        with psycopg.connect(tl.database_url) as locker:
+            locker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            for path in ("/", "/tasks", f"/tasks/{task_id}", "/partials/overview", f"/partials/tasks/{task_id}", "/metrics"):
+                started = time.monotonic()
+                response = client.get(path)
+                assert response.status_code == 503, (path, response.text[:300])
+                assert "statement_timeout" in response.text
+                assert time.monotonic() - started < 3, path
+            locker.rollback()
+        assert client.get(f"/tasks/{task_id}").status_code == 200

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -181,16 +182,17 @@ def test_shutdown_past_grace_releases_without_burning_an_attempt(tl, tmp_path: P
 
 
 def test_retry_gaps_follow_backoff(tl, tmp_path: Path) -> None:
+    """End to end with small delays (the arithmetic itself is the unit tier's): base 0.5 s,
+    multiplier 2 -> the worker leaves gaps of 0.5, 1 and 2 s between the four attempts."""
     log = tmp_path / "runs.log"
     task_id = tasklib.submit_task_sync(jobs.flaky, key="f")
-    with workers(tl.database_url, log, 1, "--poll-interval", "0.1"):
-        # The worker uses the seed defaults: base 5 s, multiplier 2 -> gaps of 5, 10 and 20 s.
-        assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] == "failed", timeout=80)
+    with workers(tl.database_url, log, 1, "--poll-interval", "0.1", "--retry-delay", "0.5"):
+        assert wait_for(lambda: task_row(tl.database_url, task_id)["state"] == "failed", timeout=30)
     times = [float(line[2]) for line in read_log(log) if line[0] == "attempt"]
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(times) == 4  # first attempt + max_retries=3
-    for gap, expected in zip(gaps, [5.0, 10.0, 20.0], strict=True):
-        assert expected <= gap < expected + 1.5, gaps
+    for gap, expected in zip(gaps, [0.5, 1.0, 2.0], strict=True):
+        assert expected <= gap < expected + 0.8, gaps
     row = task_row(tl.database_url, task_id)
     assert row["retry_count"] == 3 and "RuntimeError: flaky f failed" in row["error"]
 
@@ -270,16 +272,21 @@ def test_dropped_connections_lose_nothing(tl, tmp_path: Path, cut_seconds: float
     from tests.proxy import TcpProxy
 
     log = tmp_path / "runs.log"
-    with TcpProxy("127.0.0.1", 5432) as proxy:
-        url = tl.database_url.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+    server = urlsplit(tl.database_url)
+    with TcpProxy(server.hostname or "127.0.0.1", server.port or 5432) as proxy:
+        url = proxy.through(tl.database_url)
         tasklib.submit_many_sync(jobs.mark, [{"key": f"d{i}", "sleep": 0.01} for i in range(300)])
         proc = start_worker(url, log, "--lock-timeout", "3", "--poll-interval", "0.2", "--concurrency", "2")
         try:
             assert wait_for(lambda: states(tl.database_url).get("completed", 0) > 20, timeout=30)
-            proxy.cut()
+            # The worker's claim, write and LISTEN connections all go through the proxy, and the cut
+            # closes them: otherwise this test would pass without any outage.
+            assert proxy.cut() >= 3
             time.sleep(cut_seconds)
+            before = proxy.accepted
             proxy.restore()
             assert wait_for(lambda: all_done(tl.database_url, 300), timeout=60), states(tl.database_url)
+            assert proxy.accepted >= before + 2, "the worker did not reconnect through the proxy"
         finally:
             stop(proc)
     done = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")

@@ -44,7 +44,7 @@ def test_config_accepts_the_urls_people_write(url: str, expected: str) -> None:
     ],
 )
 def test_config_refuses_bad_values(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(tasklib.ConfigError, match=message):
         tasklib.Config(**{"database_url": "postgresql://h/db", **kwargs})
 
 

@@ -1,0 +1,58 @@
+""" "Why isn't it running?": plain-language reasons for a pending or stuck running task."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from tasklib.models import Task
+from tasklib.monitor import COUNT_CAP, RECENT_START_WINDOW_SECONDS, Monitor
+from tasklib.states import TaskState
+
+
+def explain(monitor: Monitor, task: Task) -> list[str]:
+    now = datetime.now(UTC)
+    if task.state == TaskState.RUNNING:
+        if task.locked_until and task.locked_until < now:
+            return [
+                f"Its worker ({task.worker_id}) stopped renewing its lock, which expired at "
+                f"{task.locked_until:%Y-%m-%d %H:%M:%S} UTC. Any live worker will rescue it within about a second."
+            ]
+        return []
+    if task.state != TaskState.PENDING:
+        return []
+    reasons: list[str] = []
+    due = not (task.scheduled_at and task.scheduled_at > now)
+    if not due:
+        assert task.scheduled_at is not None
+        why = "a retry after a failure" if task.next_retry_at else "a delayed submit"
+        reasons.append(f"It is scheduled in the future ({why}): due in {_human(task.scheduled_at - now)}.")
+    elif ahead := monitor.ahead_of(task):
+        more = "+" if ahead >= COUNT_CAP else ""
+        reasons.append(f"It is waiting behind {ahead:,}{more} due task(s) of higher priority or earlier schedule.")
+    live = monitor.live_workers()
+    if not live:
+        reasons.append("No worker is connected to this database. Start one: tasklib worker --app your.tasks")
+    elif due and not monitor.name_recently_started(task.name):
+        # Only for a task that is due: a delayed one is explained by its schedule alone.
+        workers = "1 worker is" if len(live) == 1 else f"{len(live)} workers are"
+        reasons.append(
+            f"{workers} connected, but none has started a {task.name} task in the last "
+            f"{RECENT_START_WINDOW_SECONDS // 60} minutes: check that a worker imports the module defining it "
+            "(--app). Workers only claim the task names they have registered."
+        )
+    if task.error and task.error.startswith("WorkerLost"):
+        reasons.append("Its previous attempt's worker died (lock expired); it was rescued and will run again.")
+    if not reasons:
+        reasons.append("It is due and first in line: a worker should claim it within one poll interval.")
+    return reasons
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 86400}d {seconds % 86400 // 3600}h"

@@ -1,0 +1,87 @@
+"""What can be done to tasks after they were submitted: read one, cancel, retry, one by id or in bulk.
+
+Each function takes the :class:`~tasklib.db.Database` it acts on, so the dashboard runs them on its
+own pool (with its statement timeout) and ``tasklib.api`` exposes them on the default database.
+Every statement checks the state it expects (``tasklib.states.TRANSITIONS``); a task in another state
+is left alone and reported as :class:`InvalidTransition`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from tasklib import sql
+from tasklib.db import Database
+from tasklib.errors import InvalidTransition, TaskNotFound, ValidationError
+from tasklib.filters import TaskFilter
+from tasklib.models import Task
+
+#: Most tasks one bulk action changes per call (the page says so and can be applied again).
+BULK_CAP = 50_000
+
+
+def parse_task_id(task_id: uuid.UUID | str) -> uuid.UUID:
+    """A task id from a UUID or its string form; ValidationError otherwise."""
+    if isinstance(task_id, uuid.UUID):
+        return task_id
+    try:
+        return uuid.UUID(str(task_id))
+    except ValueError:
+        raise ValidationError(f"not a task id (expected a UUID): {str(task_id)[:80]!r}") from None
+
+
+def row_to_task(row: Mapping[str, Any]) -> Task:
+    return Task.model_validate(dict(row))
+
+
+def get(db: Database, task_id: uuid.UUID | str) -> Task | None:
+    rows = db.rows(sql.GET_TASK, {"id": parse_task_id(task_id)})
+    return row_to_task(rows[0]) if rows else None
+
+
+def _transition(db: Database, statement: str, task_id: uuid.UUID | str, verb: str, done: str, expected: str) -> Task:
+    tid = parse_task_id(task_id)
+    changed = db.rows(statement, {"id": tid})
+    task = get(db, tid)
+    if task is None:
+        raise TaskNotFound(f"no task with id {tid}")
+    if not changed:
+        raise InvalidTransition(
+            f"cannot {verb} task {tid}: it is {task.state}, and only {expected} tasks can be {done}",
+            current_state=str(task.state),
+        )
+    return task
+
+
+def cancel(db: Database, task_id: uuid.UUID | str) -> Task:
+    """pending/running -> cancelled; a running task's worker kills its code."""
+    return _transition(db, sql.CANCEL_TASK, task_id, "cancel", "cancelled", "pending or running")
+
+
+def retry(db: Database, task_id: uuid.UUID | str) -> Task:
+    """failed/cancelled -> pending, due now."""
+    return _transition(db, sql.RETRY_TASK, task_id, "retry", "retried", "failed or cancelled")
+
+
+#: Which states each bulk action changes.
+BULK_SOURCES: dict[str, tuple[str, ...]] = {"retry": ("failed", "cancelled"), "cancel": ("pending",)}
+
+
+def count_matching(db: Database, flt: TaskFilter, states: tuple[str, ...]) -> int:
+    """How many tasks in ``states`` match (counted up to BULK_CAP)."""
+    where, params = flt.clause(states=states)
+    return int(db.value(sql.COUNT_MATCHING.format(where=where), {**params, "cap": BULK_CAP}))
+
+
+def retry_matching(db: Database, flt: TaskFilter) -> int:
+    """failed/cancelled -> pending for up to BULK_CAP tasks matching the filter; returns how many."""
+    where, params = flt.clause(states=BULK_SOURCES["retry"])
+    return int(db.value(sql.RETRY_MATCHING.format(where=where), {**params, "cap": BULK_CAP}))
+
+
+def cancel_matching(db: Database, flt: TaskFilter) -> int:
+    """pending -> cancelled for up to BULK_CAP tasks matching the filter; returns how many."""
+    where, params = flt.clause(states=BULK_SOURCES["cancel"])
+    return int(db.value(sql.CANCEL_MATCHING.format(where=where), {**params, "cap": BULK_CAP}))

@@ -1,0 +1,45 @@
+"""``/metrics`` in Prometheus' text exposition format, from the monitor's read models."""
+
+from __future__ import annotations
+
+from tasklib.monitor import Monitor
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render(monitor: Monitor) -> str:
+    monitor.recent.refresh(monitor.db)
+    lines = [
+        "# HELP tasklib_tasks Tasks by state and name: pending and running now; completed, failed and"
+        " cancelled finished within the last 24 h (tasklib_finished_window_seconds: how much of it is loaded).",
+        "# TYPE tasklib_tasks gauge",
+    ]
+    for name, state, count in monitor.active_by_name():
+        lines.append(f'tasklib_tasks{{state="{state}",name="{_label(name)}"}} {count}')
+    for totals in monitor.recent.by_name():
+        for outcome in ("completed", "failed", "cancelled"):
+            lines.append(f'tasklib_tasks{{state="{outcome}",name="{_label(totals.name)}"}} {getattr(totals, outcome)}')
+    now = monitor.now()
+    oldest = monitor.oldest_due_pending()
+    age = (now - oldest).total_seconds() if oldest else 0.0
+    workers = monitor.workers()
+    lines += [
+        "# HELP tasklib_finished_window_seconds How much of the last 24 h tasklib_finished_last_day covers.",
+        "# TYPE tasklib_finished_window_seconds gauge",
+        f"tasklib_finished_window_seconds {monitor.recent.covers.total_seconds():.0f}",
+        "# HELP tasklib_oldest_pending_age_seconds Age of the longest-waiting due pending task.",
+        "# TYPE tasklib_oldest_pending_age_seconds gauge",
+        f"tasklib_oldest_pending_age_seconds {max(age, 0.0):.3f}",
+        "# HELP tasklib_running_tasks Tasks currently running.",
+        "# TYPE tasklib_running_tasks gauge",
+        f"tasklib_running_tasks {sum(w.running for w in workers)}",
+        "# HELP tasklib_expired_locks Running tasks whose lock expired (dead workers awaiting rescue).",
+        "# TYPE tasklib_expired_locks gauge",
+        f"tasklib_expired_locks {monitor.expired_locks()}",
+        "# HELP tasklib_workers_connected Worker processes connected to the database.",
+        "# TYPE tasklib_workers_connected gauge",
+        f"tasklib_workers_connected {sum(1 for w in workers if w.live)}",
+    ]
+    return "\n".join(lines) + "\n"
