@@ -23,6 +23,7 @@ from tasklib.outcome import Action, decide_unstorable
 log = logging.getLogger("tasklib.worker")
 
 FLUSH_DELAY_SECONDS = 0.002
+#: Most outcomes one FINISH_MANY records (a few milliseconds of work on two cores).
 BATCH_LIMIT = 256
 
 Execute = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
@@ -67,8 +68,10 @@ class OutcomeWriter:
                 self._wanted.set()
 
     async def write_pending(self) -> None:
-        if self._finishes:
-            batch, self._finishes = self._finishes, []
+        while self._finishes:
+            # At most BATCH_LIMIT rows a statement, even when results piled up behind a slow write:
+            # one huge UPDATE would hold its row locks (and the connection) for that much longer.
+            batch, self._finishes = self._finishes[:BATCH_LIMIT], self._finishes[BATCH_LIMIT:]
             try:
                 await self._write(batch)
             except psycopg.Error:

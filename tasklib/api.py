@@ -18,7 +18,7 @@ from tasklib import actions, sql
 from tasklib.actions import row_to_task
 from tasklib.config import Config
 from tasklib.db import Database, translated_errors
-from tasklib.errors import DatabaseError, NotInitialized, ValidationError
+from tasklib.errors import DatabaseError, NotInitialized, ValidationError, problems_of, summary_of
 from tasklib.models import PRIORITY_MAX, PRIORITY_MIN, Task
 from tasklib.registry import definition_for, dumps_json, resolve_names
 from tasklib.schema import ensure_schema
@@ -82,9 +82,8 @@ class SubmitOptions(BaseModel):
         try:
             return cls.model_validate(dict(options))
         except pydantic.ValidationError as exc:
-            problems = [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors(include_url=False)]
-            summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-            raise ValidationError(f"invalid submit options: {summary}", problems) from None
+            problems = problems_of(exc)
+            raise ValidationError(f"invalid submit options: {summary_of(problems)}", problems) from None
 
     @classmethod
     def split(cls, call: Mapping[str, Any]) -> tuple[SubmitOptions, dict[str, Any]]:

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasklib.errors import ConfigError
+from tasklib.errors import ConfigError, problems_of, summary_of
 
 ENV_DATABASE_URL = "TASKLIB_DATABASE_URL"
 
@@ -65,10 +65,7 @@ class Config(BaseModel):
         try:
             super().__init__(**values)
         except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors(include_url=False)
-            )
-            raise ConfigError(f"invalid TaskLib config: {problems}") from None
+            raise ConfigError(f"invalid TaskLib config: {summary_of(problems_of(exc))}") from None
 
     @field_validator("database_url")
     @classmethod

@@ -5,6 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 
+def problems_of(exc: Any) -> list[dict[str, Any]]:
+    """A pydantic ValidationError as one ``{"field", "message"}`` per problem (how TaskLib reports them)."""
+    return [
+        {
+            "field": ".".join(str(part) for part in e["loc"]) or "(arguments)",
+            "message": "unexpected argument" if e["type"] == "extra_forbidden" else e["msg"],
+        }
+        for e in exc.errors(include_url=False)
+    ]
+
+
+def summary_of(problems: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+
+
 class TaskLibError(Exception):
     """A TaskLib operation failed."""
 

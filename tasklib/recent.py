@@ -8,9 +8,10 @@ refresh, reads only:
 * the rows finished since the start of the minute it last read up to (minus ``OVERLAP``, so a row
   whose ``completed_at`` is a few seconds older than its commit is still seen), replacing those
   minutes' buckets whole, and
-* while the window still fills after a start, one older slice of about ``BACKFILL_ROWS`` rows
-  (sized from the density of the previous read), so no request pays for the whole day and a quiet
-  day loads within a few refreshes.
+* while the window still fills after a start, the rest of the day if it holds at most
+  ``BACKFILL_ROWS`` rows (a capped count says), else one older slice of about that many (sized from
+  the density of the previous read): no request pays for a whole busy day, and a quiet one loads
+  on the first refresh.
 
 What the buckets count are outcomes as recorded: a task that failed and was then retried by hand
 still counts as one failure in its minute. Rows committed more than ``OVERLAP`` after their
@@ -31,8 +32,8 @@ from tasklib.db import Database
 
 WINDOW = timedelta(hours=24)
 SLICE = timedelta(minutes=15)
-#: Rows one backfill read aims at (about 20 ms); a quiet day loads within a few refreshes.
-BACKFILL_ROWS = 50_000
+#: Rows one backfill read aims at (tens of milliseconds).
+BACKFILL_ROWS = 20_000
 OVERLAP = timedelta(seconds=10)
 
 
@@ -86,7 +87,9 @@ class RecentOutcomes:
                 self._span = _next_span(SLICE, _count(rows))
             start = _minute(read_at - WINDOW)
             if self._tail is not None and self._tail > start:
-                older = max(_minute(self._tail - self._span), start)
+                # All that is left, if it is small (a capped count on the index is cheap); else a slice.
+                left = db.value(sql.COUNT_FINISHED_BETWEEN, {"since": start, "until": self._tail, "cap": BACKFILL_ROWS + 1})
+                older = start if left <= BACKFILL_ROWS else max(_minute(self._tail - self._span), start)
                 _, rows = self._read(db, older, self._tail)
                 buckets.update(_group(rows))
                 self._span = _next_span(self._tail - older, _count(rows))

@@ -15,7 +15,7 @@ import pydantic
 import pydantic_core
 from typing_extensions import TypedDict
 
-from tasklib.errors import TaskNotRegistered, ValidationError
+from tasklib.errors import TaskNotRegistered, ValidationError, problems_of, summary_of
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -142,13 +142,8 @@ def _item_error(index: int, exc: Exception) -> ValidationError:
 
 
 def _validation_error(task_name: str, exc: pydantic.ValidationError) -> ValidationError:
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(part) for part in err["loc"]) or "(arguments)"
-        message = "unexpected argument" if err["type"] == "extra_forbidden" else err["msg"]
-        problems.append({"field": loc, "message": message})
-    summary = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
-    return ValidationError(f"invalid arguments for task {task_name}: {summary}", problems)
+    problems = problems_of(exc)
+    return ValidationError(f"invalid arguments for task {task_name}: {summary_of(problems)}", problems)
 
 
 def _build_adapter(func: Callable[..., Any]) -> tuple[Any, pydantic.TypeAdapter[Any], bool, frozenset[str]]:

@@ -15,7 +15,7 @@ from psycopg import sql as psql
 
 from tasklib import sql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Storage settings for a queue table (schema 3). Every task is written three times (pending,
 #: running, finished) and none of those updates can be HOT (state is indexed), so the table makes
@@ -68,6 +68,12 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "CREATE INDEX IF NOT EXISTS tasks_tagged_idx ON tasks USING gin (tags jsonb_path_ops) WHERE tags IS NOT NULL",
         "DROP INDEX IF EXISTS tasks_tags_idx",
     ],
+    # 4: joint statistics of (name, state), so the planner knows when a name has (almost) no rows
+    # in a state. Without them, a dashboard filter like "failed tasks of send_email" when there are
+    # none walked every failed row through tasks_state_created_idx expecting a match soon (261 ms
+    # at 5 M rows); with them it intersects the two indexes (bitmap AND). Covers the most common
+    # (name, state) pairs, up to the statistics target (100 by default).
+    4: lambda: ["CREATE STATISTICS IF NOT EXISTS tasks_name_state_stats (mcv) ON name, state FROM tasks"],
 }
 
 

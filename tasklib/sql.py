@@ -296,6 +296,12 @@ SELECT clock.read_at, g.* FROM clock LEFT JOIN (
 ) g ON true
 """
 
+#: Finished rows in [since, until), counted up to %(cap)s (is the rest of the day small enough to read at once?).
+COUNT_FINISHED_BETWEEN = """
+SELECT count(*) FROM (
+    SELECT 1 FROM tasks WHERE completed_at >= %(since)s AND completed_at < %(until)s LIMIT %(cap)s) AS c
+"""
+
 ACTIVE_BY_NAME = """
 SELECT name, state, count(*) FROM (
     SELECT name, state FROM tasks WHERE state = 'pending' LIMIT %(cap)s) AS p GROUP BY 1, 2

@@ -147,3 +147,22 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, runs[0]).fetchall())  # type: ignore[operator]
         uses, never = expected[name]
         assert uses in plan and not any(word in plan for word in never), (name, plan)
+
+
+def test_list_filter_with_an_empty_name_state_pair_reads_only_that_name(tl: tasklib.Config) -> None:
+    """Dashboard: "failed tasks of a name that never failed" must not walk every failed row (the
+    joint (name, state) statistics of schema 4 tell the planner the pair is empty)."""
+    with psycopg.connect(tl.database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tasks (id, name, kwargs, state, completed_at, started_at, worker_id)"
+            " SELECT gen_random_uuid(), 'app.job_' || (g % 20), '{}',"
+            " CASE WHEN g % 20 < 10 AND g % 4 = 0 THEN 'failed' ELSE 'completed' END, now(), now(), 'w'"
+            " FROM generate_series(1, 60000) AS g"
+        )
+        conn.execute("ANALYZE tasks")
+        where, params = sql.filter_clause(state="failed", name="app.job_15")
+        plan = "\n".join(
+            r[0] for r in conn.execute("EXPLAIN " + sql.PAGE_NEWEST.format(where=where), {**params, "limit": 51}).fetchall()
+        )
+    # Walking failed rows newest first, hoping to meet that name, reads every failed row.
+    assert "Index Scan using tasks_state_created_idx" not in plan, plan
