@@ -36,19 +36,30 @@ class StatementSampler:
         self.url = url
         self.longest_ms = 0.0
         self.longest_query = ""
+        self.samples: list[tuple[float, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self._stop.is_set():
+                now = time.time()
                 for ms, query in conn.execute(
                     "SELECT extract(epoch FROM clock_timestamp() - query_start) * 1000, left(query, 80)"
                     " FROM pg_stat_activity WHERE application_name LIKE 'tasklib-worker %' AND state = 'active'"
                 ):
+                    text = " ".join(query.split())
+                    self.samples.append((now, _kind(text)))
                     if ms is not None and float(ms) > self.longest_ms:
-                        self.longest_ms, self.longest_query = float(ms), " ".join(query.split())
+                        self.longest_ms, self.longest_query = float(ms), text
                 time.sleep(0.02)
+
+    def busy(self, start: float, end: float) -> dict[str, float]:
+        """Share of samples in [start, end) in which a worker statement of each kind was active:
+        where the workers' database time goes (1.0 = one statement of that kind always active)."""
+        ticks = max(1, round((end - start) / 0.02))
+        counts = collections.Counter(kind for at, kind in self.samples if start <= at < end)
+        return {kind: round(n / ticks, 3) for kind, n in counts.most_common()}
 
     def __enter__(self) -> StatementSampler:
         self._thread.start()
@@ -57,6 +68,19 @@ class StatementSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+def _kind(query: str) -> str:
+    for prefix, kind in (
+        ("WITH claimed", "claim"),
+        ("UPDATE tasks AS t SET locked_until", "heartbeat"),
+        ("SELECT id, worker_id, started_at, locked_until", "expired-claims"),
+        ("UPDATE tasks AS t SET state = 'pending'", "release"),
+        ("LISTEN", "listen"),
+    ):
+        if query.startswith(prefix):
+            return kind
+    return "finish" if query.startswith("UPDATE tasks AS t SET state") else query[:30]
 
 
 @contextmanager
@@ -205,17 +229,21 @@ def held_snapshot(
                 marks[name] = clock.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
 
             time.sleep(2.0)  # warm-up
+            wall = {"clean_start": time.time()}
             mark("clean_start")
             time.sleep(clean)
             holder = psycopg.connect(url)
             holder.execute("SELECT txid_current()")  # idle in transaction from here on
             mark("held_start")
+            wall["held_start"] = time.time()
             time.sleep(held)
             holder.rollback()
             holder.close()
             mark("held_end")
+            wall["held_end"] = time.time()
             time.sleep(after)
             mark("after_end")
+            wall["after_end"] = time.time()
         stop.set()
         producer.join(10)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -246,6 +274,9 @@ def held_snapshot(
         "held_last_10s_per_s": rate(marks["held_end"] - 10 * _SECOND, marks["held_end"]),
         "longest_statement_ms": round(sampler.longest_ms, 1),
         "longest_statement": sampler.longest_query,
+        "busy_clean": sampler.busy(wall["clean_start"], wall["held_start"]),
+        "busy_held": sampler.busy(wall["held_start"], wall["held_end"]),
+        "busy_after": sampler.busy(wall["held_end"], wall["after_end"]),
         "per_second": [(s.isoformat(), c) for s, c in per_second],
         "marks": {k: v.isoformat() for k, v in marks.items()},
     }

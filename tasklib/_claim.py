@@ -7,52 +7,76 @@ pile up at the front of the index, exactly where every claim starts, and each cl
 every one of them. With a floor the claim starts just below the oldest task it could still be
 missing, so its cost follows the tasks it takes, not the tasks taken before it.
 
+How it moves (never down):
+
+* after a **short** claim (fewer rows than asked for), which took everything claimable up to its
+  own ``now()``: to just below that ``now()``;
+* after a **full** claim: to just below the ``scheduled_at`` of the first row it took in queue
+  order (highest priority, oldest). Everything claimable before that row in the index is gone:
+  the claim walked past it. Rows of *lower* priorities may remain below the new floor; they are
+  claimed only once the higher ones run out anyway, and a sweep finds them then.
+
 Why it is safe: every path that makes a task pending stamps it with the database's ``now()`` (or a
-later time), so after a claim that took everything claimable up to its own ``now()``, anything it
-could still miss carries a later ``scheduled_at``. What the rule cannot see (a row whose inserting
-transaction committed more than ``FLOOR_MARGIN_SECONDS`` after it began, a row another session had
-locked) is picked up by a sweep: a claim with no floor, made at least once per sweep interval.
+later time), so anything a floored claim can miss is either a lower priority's backlog, a row whose
+inserting transaction committed more than ``FLOOR_MARGIN_SECONDS`` after it began, or a row another
+session had locked. A **sweep** (a claim with no floor) finds those: once per sweep interval, which
+starts at the poll interval and doubles, up to ``MAX_SWEEP_FACTOR`` times it, while sweeps find
+nothing a floored claim would not have (under a held snapshot a sweep walks every dead entry, so
+sweeping less often is what keeps its cost bounded), and drops back to the poll interval as soon as
+one does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 #: Rows may commit this long after their transaction began and still be seen without a sweep.
 FLOOR_MARGIN_SECONDS = 1.0
 #: The floor of a sweep: lower than any ``scheduled_at`` a task can have.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+#: Sweeps that find nothing new space out up to this many poll intervals.
+MAX_SWEEP_FACTOR = 8
 
 
 class ClaimFloor:
     """Tracks the floor for one worker's claims. ``floor_for_next`` then ``observe`` per claim."""
 
     def __init__(self, sweep_every_seconds: float, margin_seconds: float = FLOOR_MARGIN_SECONDS) -> None:
+        self.base_sweep_every = sweep_every_seconds
         self.sweep_every = sweep_every_seconds
         self.margin = timedelta(seconds=margin_seconds)
         self.floor: datetime | None = None  # None: nothing known yet, the next claim sweeps
         self._last_sweep = float("-inf")
+        self._sweeping_below: datetime | None = None  # the floor a sweep in flight looks under
 
     def floor_for_next(self, now: float) -> datetime:
         """The floor for the claim about to be made (``now`` is the worker's monotonic clock)."""
+        self._sweeping_below = None
         if self.floor is None or now - self._last_sweep >= self.sweep_every:
             self._last_sweep = now
+            self._sweeping_below = self.floor
             return EARLIEST
         return self.floor
 
-    def observe(self, claimed_at: datetime, claimed: int, limit: int) -> None:
-        """Learn from a finished claim: ``claimed_at`` is the database's ``now()`` for it.
-
-        A claim that took fewer rows than it asked for took everything claimable between its floor
-        and ``claimed_at``, so the floor can move up to just below ``claimed_at``. A full claim
-        teaches nothing new: tasks may remain anywhere above the floor.
-        """
-        if claimed >= limit:
-            return
-        candidate = claimed_at - self.margin
+    def observe(self, claimed_at: datetime, limit: int, claimed: Sequence[tuple[int, datetime]] = ()) -> None:
+        """Learn from a finished claim: ``claimed_at`` is the database's ``now()`` for it, ``claimed``
+        the (priority, scheduled_at) of each row it took."""
+        if self._sweeping_below is not None:
+            stragglers = any(scheduled < self._sweeping_below for _, scheduled in claimed)
+            self.sweep_every = (
+                self.base_sweep_every if stragglers else min(self.sweep_every * 2, self.base_sweep_every * MAX_SWEEP_FACTOR)
+            )
+            self._sweeping_below = None
+        if len(claimed) < limit:
+            candidate = claimed_at - self.margin
+        else:
+            _, head = min((-priority, scheduled) for priority, scheduled in claimed)
+            candidate = head - self.margin
         if self.floor is None or candidate > self.floor:
             self.floor = candidate
 
     def forget(self) -> None:
-        """After a reconnect or an error: the next claim sweeps."""
+        """After a reconnect or an error: the next claim sweeps, and sweeps come at the poll interval."""
         self.floor = None
+        self.sweep_every = self.base_sweep_every

@@ -244,11 +244,11 @@ def list_tasks(state: TaskState | str | None = None, name: str | None = None, li
     """
     if not isinstance(limit, int) or not 1 <= limit <= _MAX_LIST_LIMIT:
         raise ValidationError(f"limit must be an integer from 1 to {_MAX_LIST_LIMIT}")
-    where, params = sql.filter_clause(
+    query, params = sql.page_query(
         state=None if state is None else parse_state(state).value,
         names=None if name is None else tuple(resolve_names(name)),
     )
-    rows = database().rows(sql.PAGE_NEWEST.format(where=where), {**params, "limit": limit})
+    rows = database().rows(query, {**params, "limit": limit})
     return [row_to_task(r) for r in rows]
 
 

@@ -23,16 +23,19 @@ class TaskFilter:
     finished_from: datetime | None = None
     finished_to: datetime | None = None
 
+    def filters(self) -> dict[str, Any]:
+        """As ``sql.filter_clause`` / ``sql.page_query`` keywords."""
+        return {
+            "state": self.state.value if self.state else None,
+            "name": self.name,
+            "tag": self.tag,
+            "text": self.text,
+            "created_from": self.created_from,
+            "created_to": self.created_to,
+            "finished_from": self.finished_from,
+            "finished_to": self.finished_to,
+        }
+
     def clause(self, **extra: Any) -> tuple[str, dict[str, object]]:
         """``WHERE …`` and its parameters; ``extra`` adds ``sql.filter_clause``'s own keys (states, cursor)."""
-        return sql.filter_clause(
-            state=self.state.value if self.state else None,
-            name=self.name,
-            tag=self.tag,
-            text=self.text,
-            created_from=self.created_from,
-            created_to=self.created_to,
-            finished_from=self.finished_from,
-            finished_to=self.finished_to,
-            **extra,
-        )
+        return sql.filter_clause(**self.filters(), **extra)

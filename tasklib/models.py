@@ -59,7 +59,10 @@ class Task(SQLModel, table=True):
         # Listing: newest first, optionally within one state or one name (dashboard and list_tasks).
         Index("tasks_created_idx", text("created_at DESC"), text("id DESC")),
         Index("tasks_state_created_idx", "state", text("created_at DESC"), text("id DESC")),
-        Index("tasks_name_created_idx", "name", text("created_at DESC"), text("id DESC")),
+        # By name, then state: "failed tasks of send_email" is one range even when there are none
+        # (with separate name and state indexes the planner walked every failed row hoping to meet
+        # one); a name alone reads each state's range newest first and merges them (sql.page_query).
+        Index("tasks_name_state_created_idx", "name", "state", text("created_at DESC"), text("id DESC")),
         # Throughput charts and "recently finished": by completion time.
         Index("tasks_completed_idx", "completed_at", postgresql_where=text("completed_at IS NOT NULL")),
         # Tag filters (tags @> '{"batch": "x"}'). Partial: untagged rows (most) never touch it, so the

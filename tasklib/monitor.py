@@ -4,6 +4,8 @@ counts are capped or estimated, lists are keyset pages, the last day's outcomes 
 from __future__ import annotations
 
 import base64
+import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -94,9 +96,14 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 class Monitor:
     """Read models over one database (the dashboard passes its own, with a statement timeout)."""
 
+    #: Tabs polling the overview within this many seconds of each other share one computation.
+    OVERVIEW_SHARE_SECONDS = 0.5
+
     def __init__(self, db: Database) -> None:
         self.db = db
         self.recent = RecentOutcomes()
+        self._overview_lock = threading.Lock()
+        self._overview: tuple[float, Overview] | None = None
 
     def _value(self, query: str, params: dict[str, Any] | None = None) -> Any:
         return self.db.value(query, params)
@@ -123,6 +130,17 @@ class Monitor:
         return [counts[s] for s in TaskState]
 
     def overview(self) -> Overview:
+        """The overview, computed at most once per OVERVIEW_SHARE_SECONDS however many tabs poll it
+        (requests that arrive while it is being computed wait for that result)."""
+        with self._overview_lock:
+            if self._overview is not None and time.monotonic() - self._overview[0] < self.OVERVIEW_SHARE_SECONDS:
+                return self._overview[1]
+            started = time.monotonic()
+            overview = self._compute_overview()
+            self._overview = (started, overview)
+            return overview
+
+    def _compute_overview(self) -> Overview:
         self.recent.refresh(self.db)
         by_name: dict[str, dict[str, Any]] = {
             t.name: {"name": t.name, "completed": t.completed, "failed": t.failed, "avg_seconds": t.avg_seconds}
@@ -166,10 +184,8 @@ class Monitor:
         cursor = decode_cursor(after or before) if (after or before) else None  # type: ignore[arg-type]
         forward = before is None
         descending = (not oldest_first) if forward else oldest_first
-        where, params = flt.clause(cursor=cursor, cursor_op="<" if descending else ">")
-        params["limit"] = limit + 1
-        query = (sql.PAGE_NEWEST if descending else sql.PAGE_OLDEST).format(where=where)
-        rows = [row_to_task(r) for r in self.db.rows(query, params)]
+        query, params = sql.page_query(descending=descending, cursor=cursor, **flt.filters())
+        rows = [row_to_task(r) for r in self.db.rows(query, {**params, "limit": limit + 1})]
         more = len(rows) > limit
         rows = rows[:limit]
         if not forward:

@@ -8,12 +8,15 @@ The insert statements cast every parameter so they run unchanged on psycopg 3 an
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
+
+from tasklib.states import TaskState
 
 #: The ``tasks`` columns in table order. Spelled out (and checked against the SQLModel class by a unit
 #: test) so that processes that only run SQL, like the worker, need not import SQLAlchemy.
@@ -318,9 +321,6 @@ OLDEST_DUE_PENDING = """
 SELECT min(scheduled_at) FROM tasks WHERE state = 'pending' AND scheduled_at <= now()
 """
 
-#: Keyset page of a filtered list. {where} comes from ``filter_clause``; the cursor is (created_at, id).
-PAGE_NEWEST = f"SELECT {COLUMNS} FROM tasks {{where}} ORDER BY created_at DESC, id DESC LIMIT %(limit)s"
-PAGE_OLDEST = f"SELECT {COLUMNS} FROM tasks {{where}} ORDER BY created_at ASC, id ASC LIMIT %(limit)s"
 
 #: Due pending tasks that would be claimed before this one (capped).
 AHEAD_OF = """
@@ -340,8 +340,17 @@ GROUP BY 1 ORDER BY 1
 """
 
 #: Has any worker started a task of this name recently? (newest rows of that name first)
+#: Has any worker started a task of this name recently? A running one, or one among the newest 50
+#: finished of each outcome (bounded: each is a short walk of tasks_name_state_created_idx).
 NAME_RECENTLY_STARTED = """
-SELECT EXISTS (SELECT 1 FROM tasks WHERE name = %(name)s AND started_at >= now() - make_interval(secs => %(window)s))
+SELECT EXISTS (SELECT 1 FROM tasks WHERE name = %(name)s AND state = 'running')
+    OR EXISTS (
+        SELECT 1 FROM (
+            (SELECT started_at FROM tasks WHERE name = %(name)s AND state = 'completed' ORDER BY created_at DESC LIMIT 50)
+            UNION ALL
+            (SELECT started_at FROM tasks WHERE name = %(name)s AND state = 'failed' ORDER BY created_at DESC LIMIT 50)
+        ) AS newest
+        WHERE started_at >= now() - make_interval(secs => %(window)s))
 """
 
 RUNNING_BY_WORKER = """
@@ -409,3 +418,36 @@ def filter_clause(
         clauses.append(f"(created_at, id) {op} (%(c_at)s, %(c_id)s)")
         params["c_at"], params["c_id"] = cursor
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def page_query(
+    *, descending: bool = True, cursor: tuple[object, object] | None = None, **filters: Any
+) -> tuple[str, dict[str, object]]:
+    """One keyset page (``%(limit)s`` rows in created order, after ``cursor``) of the tasks matching
+    ``filters`` (``filter_clause``'s keywords).
+
+    With a name filter the page is read per (name, state) pair from tasks_name_state_created_idx,
+    each range newest first with its own LIMIT, and the pieces merged: at most names x 5 short
+    index walks, however many rows that name has in other states.
+    """
+    order = "created_at DESC, id DESC" if descending else "created_at ASC, id ASC"
+    op = "<" if descending else ">"
+    names = [filters.pop("name")] if filters.get("name") is not None else list(filters.pop("names", None) or [])
+    filters.pop("name", None)
+    if not names:
+        where, params = filter_clause(cursor=cursor, cursor_op=op, **filters)
+        return f"SELECT {COLUMNS} FROM tasks {where} ORDER BY {order} LIMIT %(limit)s", params
+    state = filters.pop("state", None)
+    states = [state] if state is not None else list(filters.pop("states", None) or TaskState)
+    filters.pop("states", None)
+    where, params = filter_clause(cursor=cursor, cursor_op=op, **filters)
+    branches = []
+    for i, (name, state_value) in enumerate(itertools.product(names, states)):
+        params[f"b{i}_name"], params[f"b{i}_state"] = name, str(state_value)
+        pair = f"name = %(b{i}_name)s AND state = %(b{i}_state)s"
+        branch_where = f"{where} AND {pair}" if where else f"WHERE {pair}"
+        branches.append(f"SELECT {COLUMNS} FROM tasks {branch_where} ORDER BY {order} LIMIT %(limit)s")
+    if len(branches) == 1:
+        return branches[0], params
+    union = " UNION ALL ".join(f"({b})" for b in branches)
+    return f"SELECT * FROM ({union}) AS page ORDER BY {order} LIMIT %(limit)s", params

@@ -240,7 +240,7 @@ class TaskWorker:
             row_factory=dict_row,
         )
         jobs = [Job.from_row(row) for row in rows if row["id"] is not None]
-        self._floor.observe(rows[0]["claimed_at"], len(jobs), limit)
+        self._floor.observe(rows[0]["claimed_at"], limit, [(job.priority, job.scheduled_at) for job in jobs])
         return jobs
 
     async def _claim_loop(self) -> None:

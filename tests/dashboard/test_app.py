@@ -15,6 +15,7 @@ from litestar.testing import TestClient
 
 import tasklib
 from dashboard.app import create_app
+from tasklib.monitor import Monitor
 from tests.factory import make_task
 from tests.integration import jobs
 
@@ -227,6 +228,7 @@ def test_poll_is_204_until_any_connection_changes_something(client: TestClient, 
             ),
         ):
             other.execute(change)
+            time.sleep(Monitor.OVERVIEW_SHARE_SECONDS)  # tabs polling within this share one overview
             response = client.get(f"{partial}?v={version}")
             if partial.endswith("workers") and not shown_on_workers:  # not on this page: still 204
                 assert response.status_code == 204, change

@@ -149,20 +149,41 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         assert uses in plan and not any(word in plan for word in never), (name, plan)
 
 
-def test_list_filter_with_an_empty_name_state_pair_reads_only_that_name(tl: tasklib.Config) -> None:
-    """Dashboard: "failed tasks of a name that never failed" must not walk every failed row (the
-    joint (name, state) statistics of schema 4 tell the planner the pair is empty)."""
+def test_name_filters_read_one_range_per_state_and_keep_the_order(tl: tasklib.Config) -> None:
+    """Dashboard lists filtered by name: "failed tasks of a name that never failed" must not walk
+    every failed row, and a name alone must not sort all of that name's rows. The merged page must
+    be the same rows, in the same order, as the plain query."""
     with psycopg.connect(tl.database_url, autocommit=True) as conn:
         conn.execute(
-            "INSERT INTO tasks (id, name, kwargs, state, completed_at, started_at, worker_id)"
+            "INSERT INTO tasks (id, name, kwargs, state, created_at, completed_at, started_at, worker_id)"
             " SELECT gen_random_uuid(), 'app.job_' || (g % 20), '{}',"
-            " CASE WHEN g % 20 < 10 AND g % 4 = 0 THEN 'failed' ELSE 'completed' END, now(), now(), 'w'"
+            " CASE WHEN g % 20 < 10 AND g % 4 = 0 THEN 'failed' WHEN g % 7 = 0 THEN 'cancelled' ELSE 'completed' END,"
+            " now() - g * interval '1 second', now(), now(), 'w'"
             " FROM generate_series(1, 60000) AS g"
         )
         conn.execute("ANALYZE tasks")
-        where, params = sql.filter_clause(state="failed", name="app.job_15")
-        plan = "\n".join(
-            r[0] for r in conn.execute("EXPLAIN " + sql.PAGE_NEWEST.format(where=where), {**params, "limit": 51}).fetchall()
-        )
-    # Walking failed rows newest first, hoping to meet that name, reads every failed row.
-    assert "Index Scan using tasks_state_created_idx" not in plan, plan
+
+        def plan(**filters: Any) -> str:
+            query, params = sql.page_query(**filters)
+            return "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
+
+        empty_pair = plan(state="failed", name="app.job_15")
+        assert "tasks_name_state_created_idx" in empty_pair and "tasks_state_created_idx" not in empty_pair, empty_pair
+        by_name = plan(name="app.job_3")
+        assert "Seq Scan" not in by_name and "Bitmap" not in by_name, by_name
+        assert "Merge Append" in by_name, by_name  # short ordered walks per state, merged: no sort of every row
+
+        cursor = None
+        for _ in range(3):
+            query, params = sql.page_query(name="app.job_3", cursor=cursor)
+            merged = [r[0] for r in conn.execute(query, {**params, "limit": 51}).fetchall()]
+            where, plain_params = sql.filter_clause(name="app.job_3", cursor=cursor)
+            plain = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT id, created_at FROM tasks {where} ORDER BY created_at DESC, id DESC LIMIT 51", plain_params
+                ).fetchall()
+            ]
+            assert merged == plain and len(merged) == 51
+            last = conn.execute("SELECT created_at, id FROM tasks WHERE id = %s", [merged[-1]]).fetchone()
+            cursor = (last[0], last[1])

@@ -229,6 +229,33 @@ def test_fifo_within_a_priority(tl, tmp_path: Path) -> None:
     assert [line[1] for line in read_log(log) if line[0] == "start"] == expected
 
 
+def test_what_the_claim_floor_passes_over_is_still_claimed(tl, tmp_path: Path) -> None:
+    """Under a steady stream of high-priority tasks the floor follows their head; an older backlog
+    of lower priority and a task whose transaction committed long after it began (both below the
+    floor) still run, soon after, and every task runs exactly once."""
+    log = tmp_path / "runs.log"
+    low = [{"key": f"low{i}"} for i in range(200)]
+    tasklib.submit_many_sync(jobs.mark, low, priority=-5)
+    late_tx = psycopg.connect(tl.database_url)
+    with workers(tl.database_url, log, 1, "--concurrency", "2", "--poll-interval", "0.2"):
+        tasklib.submit_task_in(late_tx, jobs.mark, key="late")  # scheduled_at = this transaction's start
+        deadline = time.monotonic() + 3
+        i = 0
+        while time.monotonic() < deadline:  # a stream that keeps claims full
+            tasklib.submit_many_sync(jobs.mark, [{"key": f"high{i}-{j}"} for j in range(100)], priority=5)
+            i += 1
+            time.sleep(0.02)
+        late_tx.commit()  # 3 s after its scheduled_at: below any floor by now
+        late_tx.close()
+        total = 200 + 1 + i * 100
+        assert wait_for(lambda: all_done(tl.database_url, total), timeout=30), states(tl.database_url)
+    starts = collections.Counter(line[1] for line in read_log(log) if line[0] == "start")
+    assert len(starts) == total and set(starts.values()) == {1}
+    order = [line[1] for line in read_log(log) if line[0] == "start"]
+    first_low = min(order.index(k["key"]) for k in low)
+    assert first_low > order.index("high0-0")  # priority still decides the order
+
+
 def test_notify_wakes_an_idle_worker_faster_than_polling(tl, tmp_path: Path) -> None:
     log = tmp_path / "runs.log"
     with workers(tl.database_url, log, 1, "--poll-interval", "10"):

@@ -20,31 +20,62 @@ CONFIG = tasklib.Config(database_url="postgresql://u@h/db")
 # -- claim floor ---------------------------------------------------------------------------------
 
 
+def rows(*scheduled: datetime, priority: int = 0) -> list[tuple[int, datetime]]:
+    return [(priority, at) for at in scheduled]
+
+
 def test_first_claim_sweeps_and_a_short_claim_raises_the_floor() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     assert floor.floor_for_next(0.0) == EARLIEST
-    floor.observe(T0, claimed=10, limit=256)  # took everything due: nothing older is left
+    floor.observe(T0, 256, rows(T0 - timedelta(seconds=9)))  # took everything due: nothing older is left
     assert floor.floor_for_next(0.1) == T0 - timedelta(seconds=1)
-    floor.observe(T0 + timedelta(seconds=5), claimed=3, limit=256)
+    floor.observe(T0 + timedelta(seconds=5), 256, rows(T0, T0))
     assert floor.floor_for_next(0.2) == T0 + timedelta(seconds=4)
 
 
-def test_a_full_claim_keeps_the_floor() -> None:
+def test_a_full_claim_raises_the_floor_to_its_first_row_in_queue_order() -> None:
+    """A steady backlog never gives a short claim; without this the floor would stay where the queue
+    last ran dry, and under a held snapshot every claim would walk every task claimed since."""
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
-    floor.observe(T0, claimed=0, limit=256)
+    floor.observe(T0, 4)
     floor.floor_for_next(0.1)
-    floor.observe(T0 + timedelta(seconds=30), claimed=256, limit=256)  # more may remain above the floor
-    assert floor.floor_for_next(0.2) == T0 - timedelta(seconds=1)
+    later = T0 + timedelta(seconds=30)
+    # Returned in any order; the head is the highest priority's oldest row (here priority 5 at +31 s,
+    # not the older priority-0 row: lower priorities below the floor are the sweep's).
+    claimed = [(0, later), (5, later + timedelta(seconds=2)), (5, later + timedelta(seconds=1)), (0, later)]
+    floor.observe(later + timedelta(seconds=5), 4, claimed)
+    assert floor.floor == later  # +31 s minus the 1 s margin
+
+
+def test_sweeps_space_out_while_they_find_nothing_and_come_back_when_they_do() -> None:
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
+    floor.floor_for_next(0.0)
+    floor.observe(T0, 10)  # empty queue
+    clock = 0.0
+    intervals = []
+    for _ in range(6):  # each sweep finds only rows a floored claim would have found too
+        last = clock
+        while floor.floor_for_next(clock) != EARLIEST:
+            clock += 0.25
+        intervals.append(clock - last)
+        floor.observe(T0, 10, rows(T0))
+    assert intervals == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # doubling up to MAX_SWEEP_FACTOR intervals
+    while floor.floor_for_next(clock) != EARLIEST:
+        clock += 0.25
+    floor.observe(T0, 10, rows(T0 - timedelta(minutes=5)))  # a straggler below the floor
+    assert floor.sweep_every == 1.0
+    floor.forget()
+    assert floor.floor_for_next(clock + 0.01) == EARLIEST
 
 
 def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
-    floor.observe(T0, claimed=0, limit=10)
+    floor.observe(T0, 10)
     assert floor.floor_for_next(0.5) != EARLIEST
     assert floor.floor_for_next(1.0) == EARLIEST  # stragglers below the floor are found within 1 s
-    floor.observe(T0, claimed=0, limit=10)
+    floor.observe(T0, 10)
     assert floor.floor_for_next(1.5) != EARLIEST
     floor.forget()
     assert floor.floor_for_next(1.6) == EARLIEST
@@ -53,9 +84,11 @@ def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
 def test_the_floor_never_moves_down() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
-    floor.observe(T0 + timedelta(seconds=10), claimed=0, limit=10)
+    floor.observe(T0 + timedelta(seconds=10), 10)
     floor.floor_for_next(0.1)
-    floor.observe(T0, claimed=0, limit=10)  # an older clock reading (cannot raise, must not lower)
+    floor.observe(T0, 10)  # an older clock reading (cannot raise, must not lower)
+    assert floor.floor == T0 + timedelta(seconds=9)
+    floor.observe(T0, 2, rows(T0, T0))  # a full claim of older rows cannot lower it either
     assert floor.floor == T0 + timedelta(seconds=9)
 
 
