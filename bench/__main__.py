@@ -272,6 +272,9 @@ def print_dashboard(r: dict[str, Any]) -> None:
         cells = [f"{s['pages'][label]['p50_ms']:.1f} / {s['pages'][label]['p95_ms']:.1f}" for s in shapes]
         print(f"{label:<36} " + " ".join(f"{c:>26}" for c in cells))
     print(f"{'first overview after start':<36} " + " ".join(f"{s['first_overview_ms']:>23.0f} ms" for s in shapes))
+    loads = [s["overview_while_loading"] for s in shapes]
+    cells = [f"{x['refreshes']} x, p95 {x['p95_ms']:.0f} ms" for x in loads]
+    print(f"{'overview while the day loads':<36} " + " ".join(f"{c:>26}" for c in cells))
     load = d["polling_load"]
     print(
         f"\npolling load: {load['tabs']} tabs, {load['workers']} draining {load['tasks']:,} tasks"
