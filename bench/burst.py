@@ -44,12 +44,16 @@ class StatementSampler:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self._stop.is_set():
                 now = time.time()
-                for ms, query in conn.execute(
-                    "SELECT extract(epoch FROM clock_timestamp() - query_start) * 1000, left(query, 80)"
-                    " FROM pg_stat_activity WHERE application_name LIKE 'tasklib-worker %' AND state = 'active'"
+                for ms, query, autovacuum in conn.execute(
+                    "SELECT extract(epoch FROM clock_timestamp() - query_start) * 1000, left(query, 80),"
+                    " backend_type = 'autovacuum worker'"
+                    " FROM pg_stat_activity WHERE state = 'active' AND (application_name LIKE 'tasklib-worker %'"
+                    " OR backend_type = 'autovacuum worker')"
                 ):
                     text = " ".join(query.split())
-                    self.samples.append((now, _kind(text)))
+                    self.samples.append((now, "autovacuum" if autovacuum else _kind(text)))
+                    if autovacuum:
+                        continue  # cleanup is reported in busy(), not as a worker statement
                     if ms is not None and float(ms) > self.longest_ms:
                         self.longest_ms, self.longest_query = float(ms), text
                 time.sleep(0.02)
