@@ -22,7 +22,9 @@ from tasklib.db import CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS, connect_kwa
 log = logging.getLogger("tasklib.worker")
 
 Role = Literal["claim", "write"]
-MAX_BACKOFF_SECONDS = 10.0
+#: Longest wait between reconnect attempts: a worker resumes within about a second of the database
+#: coming back (an attempt against a server that is down costs next to nothing).
+MAX_BACKOFF_SECONDS = 1.0
 _OPTIONS: dict[Role, str] = {"claim": CLAIM_PLANNER_OPTIONS, "write": WRITE_PLANNER_OPTIONS}
 
 

@@ -1,5 +1,9 @@
 """Liveness: renew the locks this worker holds (heartbeat) and rescue claims whose worker is gone.
 
+Each round heartbeats before it rescues, and a rescue never takes this worker's own claims: after
+an outage longer than the lock timeout, the worker first renews what it still runs, and what it
+finished meanwhile is written by its writer, instead of being rescued and run again.
+
 A rescue is a failed attempt like any other: ``outcome.decide`` chooses retry (with backoff) or
 failure, exactly as for an exception, and ``RESCUE_MANY`` applies that only to claims whose lock is
 still expired and still held by the worker that lost it.
@@ -13,6 +17,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -47,6 +52,14 @@ def rescue_decisions(rows: Iterable[dict[str, Any]], config: Config) -> list[tup
     return decisions
 
 
+def foreign_claims(rows: Iterable[dict[str, Any]], worker_id: str, since: datetime | None) -> list[dict[str, Any]]:
+    """The expired claims a rescue may take: not this worker's own since it started (``since``, the
+    database's clock at its first claim). Those are alive: running in its children, or finished with
+    the outcome waiting in its writer for the database to come back; rescuing them would run them
+    twice. A previous process with the same ``worker_id`` (a fixed id) is rescued as any other."""
+    return [r for r in rows if r["worker_id"] != worker_id or since is None or r["started_at"] < since]
+
+
 class LockKeeper:
     """Runs ``loop()`` in the background: heartbeats every ``heartbeat_interval``, rescues every ``poll_interval``."""
 
@@ -68,6 +81,8 @@ class LockKeeper:
         self._on_rescued = on_rescued
         self.poll_interval = poll_interval
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
+        #: The database's clock at this worker's first claim (set by the worker).
+        self.since: datetime | None = None
 
     async def loop(self) -> None:
         last_beat = 0.0
@@ -100,7 +115,8 @@ class LockKeeper:
         """Fail or retry (by policy) the claims of workers that stopped renewing their locks."""
         total = 0
         while True:
-            expired = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
+            found = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
+            expired = foreign_claims(found, self.worker_id, self.since)
             if not expired:
                 break
             by_worker: dict[str, list[tuple[Any, Any, Any]]] = defaultdict(list)
@@ -115,7 +131,7 @@ class LockKeeper:
                         log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
                 rescued |= done
             total += len(rescued)
-            if len(expired) < RESCUE_BATCH or not rescued:
+            if len(found) < RESCUE_BATCH or not rescued:
                 break  # all done, or another worker is rescuing the same rows
         if total:
             self._on_rescued()

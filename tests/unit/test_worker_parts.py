@@ -9,7 +9,7 @@ from typing import Any
 import tasklib
 from tasklib._claim import EARLIEST, ClaimFloor
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
-from tasklib._lockkeeper import rescue_decisions
+from tasklib._lockkeeper import foreign_claims, rescue_decisions
 from tasklib._pool import Child, Job, KillReason
 from tasklib.states import TaskState
 
@@ -105,6 +105,18 @@ def test_rescue_goes_through_the_retry_policy_with_backoff() -> None:
     assert fail.state is TaskState.FAILED and fail.retry_count == 3
     assert (worker, started) == ("w", T0)  # applied only to that claim
     assert "WorkerLost: worker w stopped renewing its lock" in (fail.error or "")
+
+
+def test_a_rescue_never_takes_this_workers_own_claims() -> None:
+    """After an outage longer than the lock timeout, the worker's own expired claims are running in
+    its children or finished with outcomes waiting to be written: not lost."""
+    rows = [
+        {"id": 1, "worker_id": "me", "started_at": T0 + timedelta(seconds=5)},  # this process's claim
+        {"id": 2, "worker_id": "me", "started_at": T0 - timedelta(hours=1)},  # a previous process, same id
+        {"id": 3, "worker_id": "other", "started_at": T0 + timedelta(seconds=5)},
+    ]
+    assert [r["id"] for r in foreign_claims(rows, "me", since=T0)] == [2, 3]
+    assert [r["id"] for r in foreign_claims(rows, "me", since=None)] == [1, 2, 3]  # before its first claim
 
 
 # -- dispatcher against a fake pool -----------------------------------------------------------------
