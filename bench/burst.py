@@ -44,14 +44,17 @@ class StatementSampler:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self._stop.is_set():
                 now = time.time()
-                for ms, query, autovacuum in conn.execute(
+                for ms, query, autovacuum, waiting in conn.execute(
                     "SELECT extract(epoch FROM clock_timestamp() - query_start) * 1000, left(query, 80),"
-                    " backend_type = 'autovacuum worker'"
+                    " backend_type = 'autovacuum worker', wait_event_type || ':' || wait_event"
                     " FROM pg_stat_activity WHERE state = 'active' AND (application_name LIKE 'tasklib-worker %'"
                     " OR backend_type = 'autovacuum worker')"
                 ):
                     text = " ".join(query.split())
-                    self.samples.append((now, "autovacuum" if autovacuum else _kind(text)))
+                    kind = "autovacuum" if autovacuum else _kind(text)
+                    self.samples.append((now, kind))
+                    if waiting:
+                        self.samples.append((now, f"{kind} waiting on {waiting}"))
                     if autovacuum:
                         continue  # cleanup is reported in busy(), not as a worker statement
                     if ms is not None and float(ms) > self.longest_ms:

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -52,12 +51,12 @@ def rescue_decisions(rows: Iterable[dict[str, Any]], config: Config) -> list[tup
     return decisions
 
 
-def foreign_claims(rows: Iterable[dict[str, Any]], worker_id: str, since: datetime | None) -> list[dict[str, Any]]:
-    """The expired claims a rescue may take: not this worker's own since it started (``since``, the
-    database's clock at its first claim). Those are alive: running in its children, or finished with
-    the outcome waiting in its writer for the database to come back; rescuing them would run them
-    twice. A previous process with the same ``worker_id`` (a fixed id) is rescued as any other."""
-    return [r for r in rows if r["worker_id"] != worker_id or since is None or r["started_at"] < since]
+def foreign_claims(rows: Iterable[dict[str, Any]], worker_id: str, known: set[uuid.UUID]) -> list[dict[str, Any]]:
+    """The expired claims a rescue may take: all but this worker's own that it knows it holds
+    (``known``: running or queued in its children, or finished with the outcome waiting in its
+    writer). Rescuing those would run them twice. Its own claims it does not know of (a claim whose
+    reply was lost with the connection) are rescued like anyone's: they never ran."""
+    return [r for r in rows if r["worker_id"] != worker_id or r["id"] not in known]
 
 
 class LockKeeper:
@@ -69,6 +68,7 @@ class LockKeeper:
         worker_id: str,
         connections: WorkerConnections,
         held: Callable[[], set[uuid.UUID]],
+        unwritten: Callable[[], set[uuid.UUID]],
         on_lost: Callable[[set[uuid.UUID]], None],
         on_rescued: Callable[[], None],
         poll_interval: float,
@@ -77,12 +77,11 @@ class LockKeeper:
         self.worker_id = worker_id
         self._connections = connections
         self._held = held
+        self._unwritten = unwritten
         self._on_lost = on_lost
         self._on_rescued = on_rescued
         self.poll_interval = poll_interval
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
-        #: The database's clock at this worker's first claim (set by the worker).
-        self.since: datetime | None = None
 
     async def loop(self) -> None:
         last_beat = 0.0
@@ -116,7 +115,7 @@ class LockKeeper:
         total = 0
         while True:
             found = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
-            expired = foreign_claims(found, self.worker_id, self.since)
+            expired = foreign_claims(found, self.worker_id, self._held() | self._unwritten())
             if not expired:
                 break
             by_worker: dict[str, list[tuple[Any, Any, Any]]] = defaultdict(list)

@@ -35,6 +35,7 @@ class OutcomeWriter:
         self._worker_id = worker_id
         self._finishes: list[tuple[Job, Action]] = []
         self._releases: list[Job] = []
+        self._writing: list[Job] = []  # the batch whose statement is in flight
         self._wanted = asyncio.Event()
 
     def finish(self, job: Job, action: Action) -> None:
@@ -47,6 +48,10 @@ class OutcomeWriter:
         """Hand a claimed task back without counting an attempt (it never ran, or was stopped at shutdown)."""
         self._releases.append(job)
         self._wanted.set()
+
+    def unwritten_ids(self) -> set[Any]:
+        """Tasks whose outcome or release this writer holds (buffered or being written)."""
+        return {job.id for job, _ in self._finishes} | {job.id for job in self._releases} | {j.id for j in self._writing}
 
     @property
     def pending(self) -> bool:
@@ -72,18 +77,24 @@ class OutcomeWriter:
             # At most BATCH_LIMIT rows a statement, even when results piled up behind a slow write:
             # one huge UPDATE would hold its row locks (and the connection) for that much longer.
             batch, self._finishes = self._finishes[:BATCH_LIMIT], self._finishes[BATCH_LIMIT:]
+            self._writing = [job for job, _ in batch]
             try:
                 await self._write(batch)
             except psycopg.Error:
                 self._finishes[:0] = batch  # keep them for the next try: a result is never dropped
                 raise
+            finally:
+                self._writing = []
         if self._releases:
             released, self._releases = self._releases, []
+            self._writing = released
             try:
                 await self._execute(sql.RELEASE_MANY, {"ids": [j.id for j in released], "worker_id": self._worker_id})
             except psycopg.Error:
                 self._releases[:0] = released
                 raise
+            finally:
+                self._writing = []
 
     async def close(self, timeout: float = 30) -> None:
         """At exit: write what is buffered, retrying through a short outage."""

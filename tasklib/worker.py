@@ -78,7 +78,6 @@ class TaskWorker:
         self._names: list[str] = []
         self._app_name = f"tasklib-worker {self.worker_id}"[:63]
         self._connections: WorkerConnections | None = None
-        self._keeper: LockKeeper | None = None
         self._floor = ClaimFloor(sweep_every_seconds=poll_interval_seconds)
         self._writer = OutcomeWriter(self._execute, self.worker_id)
         self._dispatcher = Dispatcher(config, concurrency, self._writer, self._wake.set)
@@ -122,11 +121,12 @@ class TaskWorker:
             len(self._names),
             redact_url(url),
         )
-        self._keeper = keeper = LockKeeper(
+        keeper = LockKeeper(
             self.config,
             self.worker_id,
             self._connections,
             held=dispatcher.held_ids,
+            unwritten=self._writer.unwritten_ids,
             on_lost=dispatcher.stop_lost,
             on_rescued=self._wake.set,
             poll_interval=self.poll_interval,
@@ -242,8 +242,6 @@ class TaskWorker:
         )
         jobs = [Job.from_row(row) for row in rows if row["id"] is not None]
         self._floor.observe(rows[0]["claimed_at"], limit, [(job.priority, job.scheduled_at) for job in jobs])
-        if self._keeper is not None and self._keeper.since is None:
-            self._keeper.since = rows[0]["claimed_at"]
         return jobs
 
     async def _claim_loop(self) -> None:

@@ -107,16 +107,17 @@ def test_rescue_goes_through_the_retry_policy_with_backoff() -> None:
     assert "WorkerLost: worker w stopped renewing its lock" in (fail.error or "")
 
 
-def test_a_rescue_never_takes_this_workers_own_claims() -> None:
+def test_a_rescue_never_takes_the_claims_this_worker_knows_it_holds() -> None:
     """After an outage longer than the lock timeout, the worker's own expired claims are running in
-    its children or finished with outcomes waiting to be written: not lost."""
+    its children or finished with outcomes waiting to be written: not lost. A claim of its own it
+    never heard back about (the reply was lost with the connection) is rescued: it never ran."""
     rows = [
-        {"id": 1, "worker_id": "me", "started_at": T0 + timedelta(seconds=5)},  # this process's claim
-        {"id": 2, "worker_id": "me", "started_at": T0 - timedelta(hours=1)},  # a previous process, same id
-        {"id": 3, "worker_id": "other", "started_at": T0 + timedelta(seconds=5)},
+        {"id": 1, "worker_id": "me"},  # running in a child, or its outcome is in the writer
+        {"id": 2, "worker_id": "me"},  # claimed, but the claim's reply never arrived
+        {"id": 3, "worker_id": "other"},
     ]
-    assert [r["id"] for r in foreign_claims(rows, "me", since=T0)] == [2, 3]
-    assert [r["id"] for r in foreign_claims(rows, "me", since=None)] == [1, 2, 3]  # before its first claim
+    assert [r["id"] for r in foreign_claims(rows, "me", known={1})] == [2, 3]
+    assert [r["id"] for r in foreign_claims(rows, "other", known={1, 3})] == [1, 2]  # its own ids only
 
 
 # -- dispatcher against a fake pool -----------------------------------------------------------------
