@@ -17,9 +17,11 @@ How it moves (never down):
   claimed only once the higher ones run out anyway, and a sweep finds them then.
 
 Why it is safe: every path that makes a task pending stamps it with the database's ``now()`` (or a
-later time), so anything a floored claim can miss is either a lower priority's backlog, a row whose
-inserting transaction committed more than ``FLOOR_MARGIN_SECONDS`` after it began, or a row another
-session had locked. A **sweep** (a claim with no floor) finds those: once per sweep interval, which
+later time), so anything a floored claim can miss is either a lower priority's backlog, a row
+committed more than ``FLOOR_MARGIN_SECONDS`` after its statement began, or a row another session
+had locked. A submit's NOTIFY, delivered at commit, carries the ``scheduled_at`` it wrote, and the
+worker lowers its floor to it (``lower_to``): a transactional submit that commits seconds later is
+claimed at once. A **sweep** (a claim with no floor) finds those: once per sweep interval, which
 starts at the poll interval and doubles, up to ``MAX_SWEEP_FACTOR`` times it, while sweeps find
 nothing a floored claim would not have (under a held snapshot a sweep walks every dead entry, so
 sweeping less often is what keeps its cost bounded), and drops back to the poll interval as soon as
@@ -31,7 +33,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-#: Rows may commit this long after their transaction began and still be seen without a sweep.
+#: Rows may commit this long after their statement began and still be seen without a sweep. A
+#: submit whose transaction commits later says so: its NOTIFY carries its ``scheduled_at``
+#: (``lower_to``). (0.1 s was tried: no measurable gain under a held snapshot, more reliance on
+#: notifications, so the margin stays wide.)
 FLOOR_MARGIN_SECONDS = 1.0
 #: The floor of a sweep: lower than any ``scheduled_at`` a task can have.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
@@ -49,10 +54,13 @@ class ClaimFloor:
         self.floor: datetime | None = None  # None: nothing known yet, the next claim sweeps
         self._last_sweep = float("-inf")
         self._sweeping_below: datetime | None = None  # the floor a sweep in flight looks under
+        self._lowered = 0  # how many times a notification lowered the floor
+        self._lowered_before_claim = 0
 
     def floor_for_next(self, now: float) -> datetime:
         """The floor for the claim about to be made (``now`` is the worker's monotonic clock)."""
         self._sweeping_below = None
+        self._lowered_before_claim = self._lowered
         if self.floor is None or now - self._last_sweep >= self.sweep_every:
             self._last_sweep = now
             self._sweeping_below = self.floor
@@ -73,8 +81,18 @@ class ClaimFloor:
         else:
             _, head = min((-priority, scheduled) for priority, scheduled in claimed)
             candidate = head - self.margin
+        if self._lowered != self._lowered_before_claim:
+            return  # a late commit lowered the floor while this claim ran: it may not have seen that row
         if self.floor is None or candidate > self.floor:
             self.floor = candidate
+
+    def lower_to(self, scheduled_at: datetime) -> None:
+        """A submit committed a task with this ``scheduled_at`` (from its NOTIFY): make sure the next
+        claim reaches it, however late its transaction committed."""
+        candidate = scheduled_at - self.margin
+        if self.floor is not None and candidate < self.floor:
+            self.floor = candidate
+            self._lowered += 1
 
     def forget(self) -> None:
         """After a reconnect or an error: the next claim sweeps, and sweeps come at the poll interval."""

@@ -78,10 +78,19 @@ class WorkerConnections:
             self._conns[role] = None
 
 
+def _submitted_at(payload: str) -> float | None:
+    """The epoch seconds at the end of a submit's payload ("<name> <epoch>"), if any."""
+    _, _, clock = payload.rpartition(" ")
+    try:
+        return float(clock)
+    except ValueError:
+        return None
+
+
 async def listen(
     url: str,
     application_name: str,
-    on_submit: Callable[[], None],
+    on_submit: Callable[[float | None], None],
     on_cancel: Callable[[uuid.UUID], None],
 ) -> None:
     """LISTEN until cancelled, reconnecting with backoff: submits call ``on_submit``, cancels ``on_cancel``.
@@ -95,10 +104,10 @@ async def listen(
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_SUBMIT}")
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_CANCEL}")
                 backoff = 0.1
-                on_submit()
+                on_submit(None)
                 async for note in conn.notifies():
                     if note.channel != sql.NOTIFY_CHANNEL_CANCEL:
-                        on_submit()
+                        on_submit(_submitted_at(note.payload))
                         continue
                     try:
                         task_id = uuid.UUID(note.payload)

@@ -59,6 +59,10 @@ TABLE_EXISTS = "SELECT to_regclass('tasks') IS NOT NULL"
 
 # Submit (-> pending) --------------------------------------------------------------------------
 
+#: A submit's NOTIFY payload is "<task name> <scheduled_at as epoch seconds>": delivered at commit,
+#: it tells workers how far back the task they could not see yet lies (``tasklib._claim``).
+_NOTIFY_CLOCK = "CAST(extract(epoch FROM now()) AS text)"
+
 #: INSERT one task (-> pending) and wake idle workers; NOTIFY is delivered only on commit.
 INSERT_TASK = f"""
 WITH ins AS (
@@ -70,7 +74,7 @@ WITH ins AS (
             CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb))
     RETURNING name
 )
-SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name) FROM ins
+SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name || ' ' || {_NOTIFY_CLOCK}) FROM ins
 """
 
 #: INSERT many tasks (-> pending) in one round trip; one NOTIFY per statement. The arguments arrive as
@@ -87,7 +91,8 @@ WITH ins AS (
     JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
     RETURNING 1
 )
-SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text)) WHERE EXISTS (SELECT 1 FROM ins)
+SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text) || ' ' || {_NOTIFY_CLOCK})
+WHERE EXISTS (SELECT 1 FROM ins)
 """
 
 # Read -----------------------------------------------------------------------------------------

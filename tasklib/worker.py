@@ -19,6 +19,7 @@ import signal
 import socket
 import time
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -211,7 +212,9 @@ class TaskWorker:
             )
         self._stop()
 
-    def _on_submit(self) -> None:
+    def _on_submit(self, submitted_at: float | None) -> None:
+        if submitted_at is not None:
+            self._floor.lower_to(datetime.fromtimestamp(submitted_at, UTC))
         if not self._stopping:
             self._wake.set()
 

@@ -237,7 +237,7 @@ def test_what_the_claim_floor_passes_over_is_still_claimed(tl, tmp_path: Path) -
     low = [{"key": f"low{i}"} for i in range(200)]
     tasklib.submit_many_sync(jobs.mark, low, priority=-5)
     late_tx = psycopg.connect(tl.database_url)
-    with workers(tl.database_url, log, 1, "--concurrency", "2", "--poll-interval", "0.2"):
+    with workers(tl.database_url, log, 1, "--concurrency", "2", "--poll-interval", "1.0"):
         tasklib.submit_task_in(late_tx, jobs.mark, key="late")  # scheduled_at = this transaction's start
         deadline = time.monotonic() + 3
         i = 0
@@ -246,11 +246,15 @@ def test_what_the_claim_floor_passes_over_is_still_claimed(tl, tmp_path: Path) -
             i += 1
             time.sleep(0.02)
         late_tx.commit()  # 3 s after its scheduled_at: below any floor by now
+        committed = time.time()
         late_tx.close()
         total = 200 + 1 + i * 100
         assert wait_for(lambda: all_done(tl.database_url, total), timeout=30), states(tl.database_url)
     starts = collections.Counter(line[1] for line in read_log(log) if line[0] == "start")
     assert len(starts) == total and set(starts.values()) == {1}
+    # Its NOTIFY (at commit) carries its scheduled_at and lowers the floor: no waiting for a sweep.
+    late_start = next(float(line[3]) for line in read_log(log) if line[:2] == ["start", "late"])
+    assert late_start - committed < 1.0, late_start - committed
     order = [line[1] for line in read_log(log) if line[0] == "start"]
     first_low = min(order.index(k["key"]) for k in low)
     assert first_low > order.index("high0-0")  # priority still decides the order

@@ -69,6 +69,21 @@ def test_sweeps_space_out_while_they_find_nothing_and_come_back_when_they_do() -
     assert floor.floor_for_next(clock + 0.01) == EARLIEST
 
 
+def test_a_late_commits_notification_lowers_the_floor_and_no_claim_in_flight_undoes_it() -> None:
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=0.1)
+    floor.floor_for_next(0.0)
+    floor.observe(T0, 10)  # drained at T0: floor T0 - 0.1 s
+    assert floor.floor_for_next(0.1) == T0 - timedelta(seconds=0.1)  # a claim starts...
+    floor.lower_to(T0 - timedelta(seconds=3))  # ...while a submit that began 3 s ago commits
+    floor.observe(T0 + timedelta(seconds=1), 10)  # that claim ends short, without having seen it
+    assert floor.floor == T0 - timedelta(seconds=3.1)  # still low enough for the next claim
+    assert floor.floor_for_next(0.2) == T0 - timedelta(seconds=3.1)
+    floor.observe(T0 + timedelta(seconds=2), 10)  # a claim made after the notification saw the row
+    assert floor.floor == T0 + timedelta(seconds=1.9)
+    floor.lower_to(T0 + timedelta(seconds=5))  # a notification above the floor changes nothing
+    assert floor.floor == T0 + timedelta(seconds=1.9)
+
+
 def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
