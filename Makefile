@@ -1,15 +1,21 @@
-# Every target bootstraps .venv from pyproject.toml first, so each works on a fresh clone.
+# Every target bootstraps .venv first, so each works on a fresh clone: with uv (if it is on PATH)
+# exactly the versions in uv.lock, otherwise venv + pip from pyproject.toml's ranges.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8080
+UV ?= $(shell command -v uv 2>/dev/null)
 
 .PHONY: install test test-unit test-integration test-e2e lint format check bench demo browser clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(wildcard uv.lock)
+ifneq ($(UV),)
+	$(UV) sync --locked --extra dev --extra embedded --python $(PYTHON)
+else
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev,embedded]'
+endif
 	touch $@
 
 install: $(VENV)/.installed
