@@ -115,6 +115,8 @@ class LockKeeper:
         total = 0
         while True:
             found = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
+            if not found:
+                break
             expired = foreign_claims(found, self.worker_id, self._held() | self._unwritten())
             if not expired:
                 break

@@ -21,12 +21,12 @@ def render(monitor: Monitor) -> str:
     for totals in monitor.recent.by_name():
         for outcome in ("completed", "failed", "cancelled"):
             lines.append(f'tasklib_tasks{{state="{outcome}",name="{_label(totals.name)}"}} {getattr(totals, outcome)}')
-    now = monitor.now()
+    now = monitor.recent.read_at or monitor.now()  # the refresh above just read the database's clock
     oldest = monitor.oldest_due_pending()
     age = (now - oldest).total_seconds() if oldest else 0.0
     workers = monitor.workers()
     lines += [
-        "# HELP tasklib_finished_window_seconds How much of the last 24 h tasklib_finished_last_day covers.",
+        "# HELP tasklib_finished_window_seconds How much of the last 24 h the finished counts of tasklib_tasks cover.",
         "# TYPE tasklib_finished_window_seconds gauge",
         f"tasklib_finished_window_seconds {monitor.recent.covers.total_seconds():.0f}",
         "# HELP tasklib_oldest_pending_age_seconds Age of the longest-waiting due pending task.",

@@ -78,15 +78,16 @@ class RecentOutcomes:
             return
         try:
             buckets = dict(self._buckets)
-            first = self._head is None
-            if self._head is None:  # first refresh: the last SLICE, then older slices one per refresh
+            first = self._head is None or self._tail is None
+            if first:  # the last SLICE now, then older slices one per refresh
                 self._tail = self._head = _minute(db.value(sql.NOW)) - SLICE
+            assert self._head is not None and self._tail is not None
             read_at, rows = self._read(db, self._head, None)
             self._replace(buckets, self._head, rows)
             if first:
                 self._span = _next_span(SLICE, _count(rows))
             start = _minute(read_at - WINDOW)
-            if self._tail is not None and self._tail > start:
+            if self._tail > start:
                 # All that is left, if it is small (a capped count on the index is cheap); else a slice.
                 left = db.value(sql.COUNT_FINISHED_BETWEEN, {"since": start, "until": self._tail, "cap": BACKFILL_ROWS + 1})
                 older = start if left <= BACKFILL_ROWS else max(_minute(self._tail - self._span), start)
@@ -101,7 +102,7 @@ class RecentOutcomes:
         finally:
             self._lock.release()
 
-    def _read(self, db: Database, since: datetime | None, until: datetime | None) -> tuple[datetime, list[Any]]:
+    def _read(self, db: Database, since: datetime, until: datetime | None) -> tuple[datetime, list[Any]]:
         rows = db.rows(sql.OUTCOMES_SINCE, {"since": since, "until": until})
         return rows[0]["read_at"], [r for r in rows if r["minute"] is not None]
 

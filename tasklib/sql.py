@@ -426,10 +426,17 @@ def filter_clause(
 
 
 def page_query(
-    *, descending: bool = True, cursor: tuple[object, object] | None = None, **filters: Any
+    *,
+    descending: bool = True,
+    cursor: tuple[object, object] | None = None,
+    name: str | None = None,
+    names: Iterable[str] | None = None,
+    state: str | None = None,
+    states: Iterable[str] | None = None,
+    **filters: Any,
 ) -> tuple[str, dict[str, object]]:
     """One keyset page (``%(limit)s`` rows in created order, after ``cursor``) of the tasks matching
-    ``filters`` (``filter_clause``'s keywords).
+    the filters (``filter_clause``'s keywords).
 
     With a name filter the page is read per (name, state) pair from tasks_name_state_created_idx,
     each range newest first with its own LIMIT, and the pieces merged: at most names x 5 short
@@ -437,18 +444,17 @@ def page_query(
     """
     order = "created_at DESC, id DESC" if descending else "created_at ASC, id ASC"
     op = "<" if descending else ">"
-    names = [filters.pop("name")] if filters.get("name") is not None else list(filters.pop("names", None) or [])
-    filters.pop("name", None)
-    if not names:
-        where, params = filter_clause(cursor=cursor, cursor_op=op, **filters)
+    wanted = [name] if name is not None else list(names or [])
+    if not wanted:
+        where, params = filter_clause(
+            cursor=cursor, cursor_op=op, state=state, states=None if states is None else tuple(states), **filters
+        )
         return f"SELECT {COLUMNS} FROM tasks {where} ORDER BY {order} LIMIT %(limit)s", params
-    state = filters.pop("state", None)
-    states = [state] if state is not None else list(filters.pop("states", None) or TaskState)
-    filters.pop("states", None)
     where, params = filter_clause(cursor=cursor, cursor_op=op, **filters)
     branches = []
-    for i, (name, state_value) in enumerate(itertools.product(names, states)):
-        params[f"b{i}_name"], params[f"b{i}_state"] = name, str(state_value)
+    pair_states = [state] if state is not None else list(states or TaskState)
+    for i, (pair_name, pair_state) in enumerate(itertools.product(wanted, pair_states)):
+        params[f"b{i}_name"], params[f"b{i}_state"] = pair_name, str(pair_state)
         pair = f"name = %(b{i}_name)s AND state = %(b{i}_state)s"
         branch_where = f"{where} AND {pair}" if where else f"WHERE {pair}"
         branches.append(f"SELECT {COLUMNS} FROM tasks {branch_where} ORDER BY {order} LIMIT %(limit)s")
