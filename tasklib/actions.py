@@ -14,7 +14,7 @@ from typing import Any
 
 from tasklib import sql
 from tasklib.db import Database
-from tasklib.errors import InvalidTransition, TaskNotFound, ValidationError
+from tasklib.errors import InvalidTransition, TaskNotFound, UniqueKeyTaken, ValidationError
 from tasklib.filters import TaskFilter
 from tasklib.models import Task
 
@@ -61,8 +61,17 @@ def cancel(db: Database, task_id: uuid.UUID | str) -> Task:
 
 
 def retry(db: Database, task_id: uuid.UUID | str) -> Task:
-    """failed/cancelled -> pending, due now."""
-    return _transition(db, sql.RETRY_TASK, task_id, "retry", "retried", "failed or cancelled")
+    """failed/cancelled -> pending, due now; refused while another task holds its ``unique_key``."""
+    try:
+        return _transition(db, sql.RETRY_TASK, task_id, "retry", "retried", "failed or cancelled")
+    except InvalidTransition as exc:
+        task = get(db, task_id)
+        if task is None or task.unique_key is None or task.state not in ("failed", "cancelled"):
+            raise
+        raise UniqueKeyTaken(
+            f"cannot retry task {task.id}: another pending or running task holds its unique_key {task.unique_key!r}",
+            current_state=str(task.state),
+        ) from exc
 
 
 #: Which states each bulk action changes.

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypedDict, Unpack
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from typing import Any, TypedDict, TypeVar, Unpack
 
 import psycopg
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from tasklib import actions, sql
 from tasklib.actions import row_to_task
@@ -26,6 +26,12 @@ from tasklib.states import TaskState
 
 _MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
 _MAX_LIST_LIMIT = 10_000
+_MAX_KEY_LENGTH = 500
+#: How often a keyed submit is run again when the key's holder committed after the statement's
+#: snapshot (it saw the conflict but not the row). Once is almost always enough; a caller's
+#: REPEATABLE READ transaction never sees it, hence a bound and a clear error.
+_KEY_ATTEMPTS = 5
+T = TypeVar("T")
 
 _lock = threading.Lock()
 _config: Config | None = None
@@ -67,7 +73,7 @@ def database() -> Database:
 class SubmitOptions(BaseModel):
     """The options every submit function takes, validated like the arguments. Their names are
     reserved: a task cannot have parameters called ``delay_seconds``, ``max_retries``,
-    ``timeout_seconds``, ``priority`` or ``tags``."""
+    ``timeout_seconds``, ``priority``, ``tags`` or ``unique_key``."""
 
     model_config = ConfigDict(extra="forbid", strict=False)
 
@@ -76,6 +82,14 @@ class SubmitOptions(BaseModel):
     timeout_seconds: int | None = Field(None, ge=1)
     priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
     tags: dict[str, pydantic.JsonValue] | None = None
+    #: While a task with this key is pending or running, submitting another creates nothing and
+    #: returns that task's id. Enforced by a unique index, so concurrent submitters cannot race.
+    unique_key: str | None = Field(None, min_length=1, max_length=_MAX_KEY_LENGTH)
+
+    @field_validator("unique_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        return None if value is None else check_unique_key(value)
 
     @classmethod
     def of(cls, options: Mapping[str, Any]) -> SubmitOptions:
@@ -100,6 +114,18 @@ class SubmitArgs(TypedDict, total=False):
     timeout_seconds: int | None
     priority: int
     tags: dict[str, Any] | None
+    unique_key: str | None
+
+
+def check_unique_key(key: str) -> str:
+    """``key`` if a user may submit it, else ValueError (slot keys are the scheduler's own)."""
+    if not isinstance(key, str) or not 1 <= len(key) <= _MAX_KEY_LENGTH:
+        raise ValueError(f"unique_key must be a string of 1 to {_MAX_KEY_LENGTH} characters")
+    if key.startswith(sql.SLOT_KEY_PREFIX):
+        raise ValueError(f"unique_key may not start with {sql.SLOT_KEY_PREFIX!r}: recurring tasks use those keys")
+    if "\x00" in key:
+        raise ValueError("unique_key contains a NUL character, which PostgreSQL's text refuses")
+    return key
 
 
 def _insert_params(
@@ -127,14 +153,64 @@ def _insert_params(
         "timeout": timeout,
         "priority": opts.priority,
         "tags": tags_json,
+        "unique_key": opts.unique_key,
     }
 
 
-async def _awrite(statement: str, params: Mapping[str, Any]) -> None:
+# A keyed submit may need a second statement (who holds the key?) or a second attempt (the holder
+# committed after the first one's snapshot). The steps are written once, as generators that yield
+# (statement, params) and receive the rows, and driven on a sync pool, an async pool or the
+# caller's own transaction.
+Steps = Generator[tuple[str, dict[str, Any]], list[Any], T]
+
+
+def _drive(steps: Steps[T], run: Callable[[str, dict[str, Any]], list[Any]]) -> T:
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(run(*step))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+async def _adrive(steps: Steps[T], run: Callable[[str, dict[str, Any]], Awaitable[list[Any]]]) -> T:
+    try:
+        step = next(steps)
+        while True:
+            step = steps.send(await run(*step))
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+
+
+def _sync_run(statement: str, params: dict[str, Any]) -> list[Any]:
+    return database().rows(statement, params, as_dict=False)
+
+
+async def _async_run(statement: str, params: dict[str, Any]) -> list[Any]:
     pool = await database().apool()
     with translated_errors():
         async with pool.connection() as conn:
-            await conn.execute(statement, params)  # type: ignore[arg-type]
+            cursor = await conn.execute(statement, params)  # type: ignore[arg-type]
+            return await cursor.fetchall() if cursor.description else []
+
+
+def _submit_steps(params: dict[str, Any]) -> Steps[uuid.UUID]:
+    """Insert one task; with a unique key, the id of whichever task holds the key afterwards."""
+    if params["unique_key"] is None:
+        yield sql.INSERT_TASK, params
+        return uuid.UUID(params["id"])
+    for _ in range(_KEY_ATTEMPTS):
+        rows = yield sql.INSERT_TASK_UNIQUE, params
+        if rows:
+            return uuid.UUID(str(rows[0][0]))
+    raise DatabaseError(_key_unseen(params["unique_key"]))
+
+
+def _key_unseen(key: str) -> str:
+    return (
+        f"unique_key {key!r} is held by a task this transaction cannot see (committed after its snapshot: "
+        "is the transaction REPEATABLE READ or SERIALIZABLE?); submit it in a READ COMMITTED transaction"
+    )
 
 
 def _one(func: Callable[..., Any] | str, call: Mapping[str, Any]) -> dict[str, Any]:
@@ -146,18 +222,15 @@ async def submit_task(func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.
     """Validate the arguments and enqueue a task; returns its id. Raises ValidationError on bad input.
 
     ``kwargs`` are the task's arguments plus any of :class:`SubmitOptions` (``delay_seconds``,
-    ``max_retries``, ``timeout_seconds``, ``priority``, ``tags``).
+    ``max_retries``, ``timeout_seconds``, ``priority``, ``tags``, ``unique_key``). With a
+    ``unique_key`` that a pending or running task holds, nothing is written and that task's id is returned.
     """
-    params = _one(func, kwargs)
-    await _awrite(sql.INSERT_TASK, params)
-    return uuid.UUID(params["id"])
+    return await _adrive(_submit_steps(_one(func, kwargs)), _async_run)
 
 
 def submit_task_sync(func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.UUID:
     """``submit_task`` for sync code (Flask, Django, scripts): same validation, same result."""
-    params = _one(func, kwargs)
-    database().rows(sql.INSERT_TASK, params)
-    return uuid.UUID(params["id"])
+    return _drive(_submit_steps(_one(func, kwargs)), _sync_run)
 
 
 def _dbapi_cursor(tx: Any) -> Any:
@@ -179,48 +252,91 @@ def submit_task_in(tx: Any, func: Callable[..., Any] | str, /, **kwargs: Any) ->
 
     ``tx`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``, or a psycopg connection. Workers are
     woken when it commits (NOTIFY is transactional). Uses the config's defaults if ``init`` was called.
+    With a ``unique_key``, a concurrent submit of the same key waits until this transaction ends.
     """
     params = _one(func, kwargs)
     cursor = _dbapi_cursor(tx)
+
+    def run(statement: str, values: dict[str, Any]) -> list[Any]:
+        cursor.execute(statement, values)
+        return list(cursor.fetchall()) if cursor.description else []
+
     try:
-        cursor.execute(sql.INSERT_TASK, params)
+        return _drive(_submit_steps(params), run)
     finally:
         cursor.close()
-    return uuid.UUID(params["id"])
 
 
-def _many_params(
-    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], opts: SubmitOptions
-) -> tuple[list[str], dict[str, Any]]:
-    """Validate every call, then build the one-statement INSERT's parameters. Returns (ids, params)."""
+def _many_steps(
+    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], options: Mapping[str, Any]
+) -> Steps[list[uuid.UUID]]:
+    """Validate every call, then insert them all in one statement. Each item may carry its own
+    ``unique_key``; an item whose key is held gets the holder's id (the first item of a repeated key wins)."""
+    opts = SubmitOptions.of(options)
+    if opts.unique_key is not None:
+        raise ValidationError("submit_many takes unique_key per item (in each kwargs dict), not for the whole batch")
+    items = [dict(kwargs) for kwargs in kwargs_list]
+    keys = [_item_key(index, item.pop("unique_key", None)) for index, item in enumerate(items)]
     definition = definition_for(func)
-    encoded = definition.validate_many([dict(kwargs) for kwargs in kwargs_list])
+    encoded = definition.validate_many(items)
     params = _insert_params(func, opts, {}, validate=False)
+    del params["id"], params["unique_key"]
     ids = [str(uuid.uuid4()) for _ in encoded]
-    params.update(ids="{" + ",".join(ids) + "}", kwargs="[" + ",".join(encoded) + "]")
-    del params["id"]
-    return ids, params
+    if not ids:
+        return []
+    if all(key is None for key in keys):
+        yield sql.INSERT_MANY, {**params, "ids": "{" + ",".join(ids) + "}", "kwargs": "[" + ",".join(encoded) + "]"}
+        return [uuid.UUID(i) for i in ids]
+    result = list(ids)
+    todo = list(range(len(ids)))
+    for _ in range(_KEY_ATTEMPTS):
+        batch = {
+            **params,
+            "ids": "{" + ",".join(ids[i] for i in todo) + "}",
+            "kwargs": "[" + ",".join(encoded[i] for i in todo) + "]",
+            "keys": [keys[i] for i in todo],
+        }
+        inserted = {str(row[0]) for row in (yield sql.INSERT_MANY_UNIQUE, batch)}
+        refused = [i for i in todo if ids[i] not in inserted]
+        if not refused:
+            break
+        wanted = sorted({keys[i] for i in refused if keys[i] is not None})
+        holders = {key: str(held) for key, held in (yield sql.KEY_HOLDERS, {"keys": wanted})}
+        for i in refused:
+            if keys[i] in holders:
+                result[i] = holders[keys[i]]  # type: ignore[index]
+        todo = [i for i in refused if keys[i] not in holders]
+        if not todo:
+            break
+    else:
+        raise DatabaseError(_key_unseen(str(keys[todo[0]])))
+    return [uuid.UUID(i) for i in result]
+
+
+def _item_key(index: int, key: Any) -> str | None:
+    if key is None:
+        return None
+    try:
+        return check_unique_key(key)
+    except ValueError as exc:
+        problem = {"field": "unique_key", "message": str(exc), "item": index}
+        raise ValidationError(f"item {index}: {exc}", [problem]) from None
 
 
 async def submit_many(
     func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], /, **options: Unpack[SubmitArgs]
 ) -> list[uuid.UUID]:
     """Enqueue one task per kwargs dict in a single statement, all with the same ``options``. All are
-    validated first; any error rejects the whole batch and nothing is written."""
-    ids, params = _many_params(func, kwargs_list, SubmitOptions.of(options))
-    if ids:
-        await _awrite(sql.INSERT_MANY, params)
-    return [uuid.UUID(i) for i in ids]
+    validated first; any error rejects the whole batch and nothing is written. A kwargs dict may hold
+    a ``unique_key`` for its own task (see :func:`submit_task`)."""
+    return await _adrive(_many_steps(func, kwargs_list, options), _async_run)
 
 
 def submit_many_sync(
     func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], /, **options: Unpack[SubmitArgs]
 ) -> list[uuid.UUID]:
     """``submit_many`` for sync code."""
-    ids, params = _many_params(func, kwargs_list, SubmitOptions.of(options))
-    if ids:
-        database().rows(sql.INSERT_MANY, params)
-    return [uuid.UUID(i) for i in ids]
+    return _drive(_many_steps(func, kwargs_list, options), _sync_run)
 
 
 def get_task(task_id: uuid.UUID | str) -> Task | None:

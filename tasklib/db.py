@@ -36,7 +36,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from tasklib.config import redact_url
-from tasklib.errors import DatabaseError
+from tasklib.errors import DatabaseError, UniqueKeyTaken
 
 APPLICATION_NAME = "tasklib"
 #: How long a caller waits for a pooled connection before a DatabaseError (the default 30 s would
@@ -49,6 +49,11 @@ def translated_errors() -> Iterator[None]:
     """The one place psycopg's errors become TaskLib's: callers see ``DatabaseError`` only."""
     try:
         yield
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != "tasks_unique_key_idx":
+            raise DatabaseError(f"PostgreSQL refused the statement: {exc}") from exc
+        # Two retried tasks with one key in the same bulk retry, or a submit that won the race.
+        raise UniqueKeyTaken(f"another pending or running task holds that unique_key: {exc.diag.message_detail}") from exc
     except psycopg.errors.QueryCanceled as exc:
         raise DatabaseError(f"the statement took too long and was cancelled (statement_timeout): {exc}") from exc
     except psycopg.Error as exc:

@@ -60,5 +60,9 @@ class InvalidTransition(TaskLibError):
         self.current_state = current_state
 
 
+class UniqueKeyTaken(InvalidTransition):
+    """Another pending or running task holds this task's ``unique_key``."""
+
+
 class DatabaseError(TaskLibError):
     """PostgreSQL could not be reached or refused a statement."""

@@ -10,6 +10,7 @@ from sqlalchemy import CheckConstraint, Column, DateTime, Index, Integer, String
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
+from tasklib.sql import SLOT_KEY_PREFIX, UNIQUE_KEY_HELD
 from tasklib.states import TaskState
 
 PRIORITY_MIN = -32768
@@ -65,6 +66,16 @@ class Task(SQLModel, table=True):
         Index("tasks_name_state_created_idx", "name", "state", text("created_at DESC"), text("id DESC")),
         # Throughput charts and "recently finished": by completion time.
         Index("tasks_completed_idx", "completed_at", postgresql_where=text("completed_at IS NOT NULL")),
+        # Unique tasks (schema 5): at most one row holds a key (see UNIQUE_KEY_HELD). Submits insert
+        # with ON CONFLICT DO NOTHING, so the database, not a read-then-write, decides the race.
+        Index("tasks_unique_key_idx", "unique_key", unique=True, postgresql_where=text(UNIQUE_KEY_HELD)),
+        # Recurring-task slots by task and due time: the Schedules page reads the newest few per task.
+        Index(
+            "tasks_slot_idx",
+            "name",
+            text("scheduled_at DESC"),
+            postgresql_where=text(f"unique_key LIKE '{SLOT_KEY_PREFIX}%'"),
+        ),
         # Tag filters (tags @> '{"batch": "x"}'). Partial: untagged rows (most) never touch it, so the
         # two updates every task goes through do not feed a GIN pending list that some unlucky
         # statement must then flush.
@@ -96,3 +107,5 @@ class Task(SQLModel, table=True):
     timeout_seconds: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     priority: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     tags: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    #: Set by ``submit_task(..., unique_key=...)`` and by recurring-task slots; NULL for most tasks.
+    unique_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))

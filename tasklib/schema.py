@@ -14,8 +14,9 @@ import psycopg
 from psycopg import sql as psql
 
 from tasklib import sql
+from tasklib.sql import SLOT_KEY_PREFIX, UNIQUE_KEY_HELD
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 #: Storage settings for a queue table (schema 3). Every task is written three times (pending,
 #: running, finished) and none of those updates can be HOT (state is indexed), so the table makes
@@ -72,6 +73,16 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
     4: lambda: [
         "CREATE INDEX IF NOT EXISTS tasks_name_state_created_idx ON tasks (name, state, created_at DESC, id DESC)",
         "DROP INDEX IF EXISTS tasks_name_created_idx",
+    ],
+    # 5: unique tasks and recurring-task slots. Adding a nullable column without a default only
+    # changes the catalogue (no table rewrite); the two indexes are partial and start empty, but
+    # building them still reads the table once under a write lock (CONCURRENTLY by hand first on a
+    # very large table, as for 2).
+    5: lambda: [
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS unique_key text",
+        f"CREATE UNIQUE INDEX IF NOT EXISTS tasks_unique_key_idx ON tasks (unique_key) WHERE {UNIQUE_KEY_HELD}",
+        "CREATE INDEX IF NOT EXISTS tasks_slot_idx ON tasks (name, scheduled_at DESC) "
+        f"WHERE unique_key LIKE '{SLOT_KEY_PREFIX}%'",
     ],
 }
 

@@ -40,7 +40,15 @@ TASK_COLUMNS: tuple[str, ...] = (
     "timeout_seconds",
     "priority",
     "tags",
+    "unique_key",
 )
+
+#: Unique keys that start with this belong to recurring-task slots (``tasklib.schedules``). A slot's
+#: key stays taken after its run finishes, so a slot can never run twice; a user's key is free again
+#: as soon as its task has finished.
+SLOT_KEY_PREFIX = "tasklib.slot:"
+#: Rows whose ``unique_key`` is taken: a user key while its task is pending or running, a slot key always.
+UNIQUE_KEY_HELD = f"unique_key IS NOT NULL AND (state IN ('pending', 'running') OR unique_key LIKE '{SLOT_KEY_PREFIX}%')"
 
 NOTIFY_CHANNEL_SUBMIT = "tasklib_submit"
 NOTIFY_CHANNEL_CANCEL = "tasklib_cancel"
@@ -93,6 +101,60 @@ WITH ins AS (
 )
 SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text) || ' ' || {_NOTIFY_CLOCK})
 WHERE EXISTS (SELECT 1 FROM ins)
+"""
+
+#: ``UNIQUE_KEY_HELD`` inside statements that take parameters (where ``%`` must be doubled).
+_KEY_HELD = UNIQUE_KEY_HELD.replace("%", "%%")
+
+#: INSERT one task that carries a unique key (-> pending), or find the task holding that key.
+#: ``ON CONFLICT DO NOTHING`` makes the unique index decide a race between submitters, including
+#: a holder that is still inside an uncommitted transaction (the insert waits for it). Returns the
+#: new row's id, else the holder's; no row at all means the holder committed after this statement's
+#: snapshot was taken, and the caller runs the statement again (``tasklib.api``).
+INSERT_UNIQUE = f"""
+WITH ins AS (
+    INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
+                       created_at, timeout_seconds, priority, tags, unique_key)
+    VALUES (CAST(%(id)s AS uuid), CAST(%(name)s AS varchar), '[]', CAST(%(kwargs)s AS jsonb), 'pending', 0,
+            CAST(%(max_retries)s AS integer),
+            {{scheduled_at}}, now(),
+            CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
+            CAST(%(unique_key)s AS text))
+    ON CONFLICT DO NOTHING
+    RETURNING id, name
+)
+SELECT CAST(id AS text), pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name || ' ' || {_NOTIFY_CLOCK}) FROM ins
+UNION ALL
+SELECT CAST(id AS text), NULL FROM tasks
+WHERE unique_key = CAST(%(unique_key)s AS text) AND {_KEY_HELD} AND NOT EXISTS (SELECT 1 FROM ins)
+"""
+INSERT_TASK_UNIQUE = INSERT_UNIQUE.format(scheduled_at="now() + make_interval(secs => CAST(%(delay)s AS double precision))")
+
+#: INSERT many tasks, each with its own unique key or none, in one statement; returns the rows it
+#: inserted. Keys already held (or repeated within the batch, where the first item wins) insert
+#: nothing; the caller looks their holders up with KEY_HOLDERS.
+INSERT_MANY_UNIQUE = f"""
+WITH ins AS (
+    INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
+                       created_at, timeout_seconds, priority, tags, unique_key)
+    SELECT i.id, CAST(%(name)s AS varchar), '[]', k.kwargs, 'pending', 0, CAST(%(max_retries)s AS integer),
+           now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
+           CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb), u.key
+    FROM unnest(CAST(%(ids)s AS uuid[])) WITH ORDINALITY AS i(id, n)
+    JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
+    JOIN unnest(CAST(%(keys)s AS text[])) WITH ORDINALITY AS u(key, n) USING (n)
+    ORDER BY n
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT CAST(id AS text),
+       (SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text) || ' ' || {_NOTIFY_CLOCK}))
+FROM ins
+"""
+
+#: The ids of the tasks holding these unique keys.
+KEY_HOLDERS = f"""
+SELECT unique_key, CAST(id AS text) FROM tasks WHERE unique_key = ANY(CAST(%(keys)s AS text[])) AND {_KEY_HELD}
 """
 
 # Read -----------------------------------------------------------------------------------------
@@ -240,12 +302,17 @@ WITH c AS (
 SELECT c.id, pg_notify('{NOTIFY_CHANNEL_CANCEL}', c.id::text) FROM c
 """
 
+#: A failed or cancelled task may go back to pending only if no other task holds its unique key
+#: (the unique index would refuse it; this keeps a bulk retry from failing as a whole because of one).
+_KEY_FREE = """(unique_key IS NULL OR NOT EXISTS (
+    SELECT 1 FROM tasks AS holder WHERE holder.unique_key = tasks.unique_key AND holder.state IN ('pending', 'running')))"""
+
 #: failed | cancelled -> pending, due now. The retry count is kept: it records attempts made.
 RETRY_TASK = f"""
 WITH r AS (
     UPDATE tasks SET state = 'pending', scheduled_at = now(), next_retry_at = NULL, completed_at = NULL,
                      locked_until = NULL
-    WHERE id = %(id)s AND state IN ('failed', 'cancelled')
+    WHERE id = %(id)s AND state IN ('failed', 'cancelled') AND {_KEY_FREE}
     RETURNING id, name
 )
 SELECT r.id, pg_notify('{NOTIFY_CHANNEL_SUBMIT}', r.name) FROM r
@@ -257,7 +324,7 @@ WITH r AS (
     UPDATE tasks SET state = 'pending', scheduled_at = now(), next_retry_at = NULL, completed_at = NULL,
                      locked_until = NULL
     WHERE id IN (SELECT id FROM tasks {{where}} LIMIT %(cap)s FOR UPDATE SKIP LOCKED)
-      AND state IN ('failed', 'cancelled')
+      AND state IN ('failed', 'cancelled') AND {_KEY_FREE}
     RETURNING id, name
 )
 SELECT count(*), (SELECT count(pg_notify('{NOTIFY_CHANNEL_SUBMIT}', n)) FROM (SELECT DISTINCT name AS n FROM r) d)
