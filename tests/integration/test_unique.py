@@ -6,6 +6,8 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -38,7 +40,8 @@ def test_a_held_key_returns_the_holder_and_a_finished_one_is_free_again(tl: task
         conn.execute("UPDATE tasks SET state = 'running', worker_id = 'w', locked_until = now() WHERE id = %s", [first])
     assert tasklib.submit_task_sync(jobs.mark, key="d", unique_key="invoice:42") == first
     with psycopg.connect(database_url) as conn:  # ... and finishes: the key is free
-        conn.execute("UPDATE tasks SET state = 'completed', locked_until = NULL, completed_at = now() WHERE id = %s", [first])
+        finish = "UPDATE tasks SET state = 'completed', locked_until = NULL, completed_at = now() WHERE id = %s"
+        conn.execute(finish, [first])
     fresh = tasklib.submit_task_sync(jobs.mark, key="e", unique_key="invoice:42")
     assert fresh != first
     assert rows_with_key(database_url, "invoice:42") == [(str(first), "completed"), (str(fresh), "pending")]
@@ -81,21 +84,23 @@ def test_bad_keys_are_refused_before_anything_is_written(tl: tasklib.Config, key
     assert sum(tasklib.count_by_state().values()) == 0
 
 
+def _submit_in_thread(key: str, result: list[uuid.UUID]) -> threading.Thread:
+    async def submit() -> None:
+        result.append(await tasklib.submit_task(jobs.mark, key="outside", unique_key=key))
+
+    thread = threading.Thread(target=lambda: asyncio.run(submit()))
+    thread.start()
+    return thread
+
+
 def test_a_transactional_holder_makes_others_wait_then_answers_with_its_id(tl: tasklib.Config, database_url: str) -> None:
     """An uncommitted holder: a second submit waits for it, then returns its id (commit) or inserts (rollback)."""
     for outcome in ("commit", "rollback"):
         key = f"tx-{outcome}"
+        result: list[uuid.UUID] = []
         with psycopg.connect(database_url) as tx:
             held = tasklib.submit_task_in(tx, jobs.mark, key="in-tx", unique_key=key)
-
-            async def second() -> uuid.UUID:
-                return await tasklib.submit_task(jobs.mark, key="outside", unique_key=key)
-
-            result: list[uuid.UUID] = []
-            import threading
-
-            thread = threading.Thread(target=lambda: result.append(asyncio.run(second())))
-            thread.start()
+            thread = _submit_in_thread(key, result)
             thread.join(0.5)
             assert thread.is_alive(), "the second submit must wait for the open transaction"
             tx.commit() if outcome == "commit" else tx.rollback()
@@ -146,8 +151,6 @@ def test_twenty_concurrent_submitters_make_one_row(tl: tasklib.Config, database_
         )
         for form in forms
     ]
-    import time
-
     time.sleep(3)  # every process imported and connected
     barrier.touch()
     outputs = [p.communicate(timeout=60) for p in procs]
