@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from tasklib.config import Config
+from tasklib.config import Config, Retention
 from tasklib.errors import (
     ConfigError,
     DatabaseError,
@@ -18,6 +18,7 @@ from tasklib.errors import (
     TaskLibError,
     TaskNotFound,
     TaskNotRegistered,
+    UniqueKeyTaken,
     ValidationError,
 )
 from tasklib.registry import get_registered_tasks, task
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
         get_task,
         init,
         list_tasks,
+        prune,
         retry_task,
         submit_many,
         submit_many_sync,
@@ -52,6 +54,7 @@ _LAZY = {
             "get_task",
             "init",
             "list_tasks",
+            "prune",
             "retry_task",
             "submit_many",
             "submit_many_sync",
@@ -81,12 +84,14 @@ __all__ = [
     "DatabaseError",
     "InvalidTransition",
     "NotInitialized",
+    "Retention",
     "Task",
     "TaskLibError",
     "TaskNotFound",
     "TaskNotRegistered",
     "TaskState",
     "TaskWorker",
+    "UniqueKeyTaken",
     "ValidationError",
     "cancel_task",
     "count_by_state",
@@ -95,6 +100,7 @@ __all__ = [
     "get_task",
     "init",
     "list_tasks",
+    "prune",
     "retry_task",
     "submit_many",
     "submit_many_sync",

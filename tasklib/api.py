@@ -8,15 +8,16 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
+from datetime import timedelta
 from typing import Any, TypedDict, TypeVar, Unpack
 
 import psycopg
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasklib import actions, sql
+from tasklib import actions, retention, sql
 from tasklib.actions import row_to_task
-from tasklib.config import Config
+from tasklib.config import Config, Retention
 from tasklib.db import Database, translated_errors
 from tasklib.errors import DatabaseError, NotInitialized, ValidationError, problems_of, summary_of
 from tasklib.models import PRIORITY_MAX, PRIORITY_MIN, Task
@@ -376,6 +377,27 @@ def cancel_task(task_id: uuid.UUID | str) -> Task:
 def retry_task(task_id: uuid.UUID | str) -> Task:
     """failed/cancelled -> pending, due now. Returns the updated task."""
     return actions.retry(database(), task_id)
+
+
+def prune(
+    completed_older_than: timedelta | float | str | None = None,
+    failed_older_than: timedelta | float | str | None = None,
+    cancelled_older_than: timedelta | float | str | None = None,
+) -> int:
+    """Delete finished tasks whose completion is older than the period given for their state;
+    returns how many rows were removed. Pending and running tasks are never touched; a state
+    without a period is kept. Periods are ``timedelta``, seconds, or text (``7d``, ``12h``, ``30m``).
+
+    Deletes in batches of at most ``retention.BATCH_ROWS`` rows, each its own transaction.
+    """
+    try:
+        policy = Retention(completed=completed_older_than, failed=failed_older_than, cancelled=cancelled_older_than)
+    except pydantic.ValidationError as exc:
+        problems = problems_of(exc)
+        raise ValidationError(f"invalid prune periods: {summary_of(problems)}", problems) from None
+    with translated_errors(), database().pool().connection() as conn:
+        removed = retention.prune_with(retention.connection_runner(conn), policy.periods())
+    return sum(removed.values())
 
 
 def count_by_state() -> dict[str, int]:

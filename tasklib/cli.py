@@ -11,7 +11,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from tasklib.config import ENV_DATABASE_URL, Config, redact_url
+from tasklib.config import ENV_DATABASE_URL, FINISHED, Config, Retention, parse_duration, redact_url
 
 ENV_DASHBOARD_AUTH = "TASKLIB_DASHBOARD_AUTH"
 
@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="delay before the first retry of a failed task, doubled for each later one (default: 5)",
     )
+    worker.add_argument(
+        "--retention",
+        default=None,
+        metavar="POLICY",
+        help="delete old finished tasks periodically, e.g. completed=7d,failed=30d,cancelled=7d,every=1h "
+        "(default: keep everything)",
+    )
     worker.add_argument("--worker-id", default=None, help="name shown in the dashboard (default: host:pid:random)")
     _add_database(worker)
 
@@ -122,6 +129,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="allow a non-loopback address without --auth (not recommended)"
     )
     _add_database(dash)
+
+    prune = sub.add_parser(
+        "prune",
+        help="delete old finished tasks, then exit",
+        description="Delete finished tasks older than the given periods (pending and running ones are never touched). "
+        "Periods: 90s, 30m, 12h, 7d, 2w.",
+    )
+    for state in FINISHED:
+        prune.add_argument(
+            f"--{state}-older-than", default=None, metavar="PERIOD", help=f"delete {state} tasks older than this"
+        )
+    _add_database(prune)
 
     init = sub.add_parser("init-db", help="create or upgrade the tasks table, then exit")
     _add_database(init)
@@ -152,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         auth = args.auth or os.environ.get(ENV_DASHBOARD_AUTH)
         return serve(_config(args), host=args.host, port=args.port, auth=auth, insecure=args.insecure)
+    if args.command == "prune":
+        return _prune(args)
     if args.command == "init-db":
         import tasklib
 
@@ -164,6 +185,45 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return embedded.cli(args.action)
     return 2
+
+
+def _prune(args: argparse.Namespace) -> int:
+    import tasklib
+
+    periods = {f"{state}_older_than": getattr(args, f"{state}_older_than") for state in FINISHED}
+    if not any(periods.values()):
+        raise SystemExit(
+            "tasklib prune: give at least one of --completed-older-than, --failed-older-than, --cancelled-older-than"
+        )
+    tasklib.init(_config(args))
+    try:
+        removed = tasklib.prune(**periods)
+    except tasklib.ValidationError as exc:
+        raise SystemExit(f"tasklib prune: {exc}") from None
+    print(f"removed {removed} finished task(s)")
+    return 0
+
+
+def parse_retention(text: str) -> Retention:
+    """``completed=7d,failed=30d,every=1h`` -> Retention (SystemExit naming the problem otherwise)."""
+    values: dict[str, object] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key not in (*FINISHED, "every"):
+            raise SystemExit(
+                f"tasklib: --retention: expected state=period pairs (completed, failed, cancelled, every), got {part!r}"
+            )
+        if key == "every":
+            try:
+                values["every_seconds"] = parse_duration(value).total_seconds()
+            except ValueError as exc:
+                raise SystemExit(f"tasklib: --retention: every: {exc}") from None
+        else:
+            values[key] = value
+    try:
+        return Retention(**values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise SystemExit(f"tasklib: --retention: {exc}") from None
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -181,6 +241,8 @@ def _worker(args: argparse.Namespace) -> int:
         extra["base_retry_delay_seconds"] = args.retry_delay
     if args.worker_id:
         extra["worker_id"] = args.worker_id
+    if args.retention:
+        extra["retention"] = parse_retention(args.retention)
     worker = TaskWorker(
         _config(args, **extra),
         concurrency=args.concurrency,

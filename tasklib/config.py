@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+import re
+from datetime import timedelta
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from tasklib.errors import ConfigError, problems_of, summary_of
 
@@ -42,6 +44,59 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[-1]}"))
 
 
+#: The finished states, in the order retention prunes them.
+FINISHED = ("completed", "failed", "cancelled")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """``timedelta``, seconds (int/float) or text like ``90s``, ``30m``, ``12h``, ``7d``, ``2w``."""
+    if isinstance(value, timedelta):
+        result = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        result = timedelta(seconds=value)
+    elif isinstance(value, str) and (match := _DURATION.match(value.lower())):
+        result = timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    else:
+        raise ValueError(f"expected a duration such as 7d, 12h, 30m or 90s, or a number of seconds; got {value!r}")
+    if result <= timedelta(0):
+        raise ValueError("a retention period must be positive")
+    return result
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Retention(BaseModel):
+    """How long finished tasks are kept, per state; a state left as ``None`` is kept forever.
+
+    ``Config(retention=Retention(completed="7d", failed="30d"))``: each worker tries to prune every
+    ``every_seconds``; an advisory lock lets one of them at a time do it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    completed: Duration | None = None
+    failed: Duration | None = None
+    cancelled: Duration | None = None
+    every_seconds: float = Field(3600.0, ge=1)
+
+    @model_validator(mode="after")
+    def _something_to_prune(self) -> Retention:
+        if not self.periods():
+            raise ValueError("retention names no state: give completed, failed and/or cancelled a period")
+        return self
+
+    def periods(self) -> dict[str, timedelta]:
+        """``{state: keep-for}`` for the states this policy prunes."""
+        return {state: period for state in FINISHED if (period := getattr(self, state)) is not None}
+
+    def describe(self) -> dict[str, float]:
+        """The policy as JSON (seconds per state), as automatic rounds record it."""
+        return {state: period.total_seconds() for state, period in self.periods().items()}
+
+
 class Config(BaseModel):
     """TaskLib settings. Only ``database_url`` matters to most users; the rest have seed defaults."""
 
@@ -60,6 +115,8 @@ class Config(BaseModel):
     retry_jitter: bool = False
     #: On shutdown, how long running tasks may finish before they are stopped and released.
     shutdown_grace_seconds: float = Field(30.0, ge=0)
+    #: Opt-in automatic deletion of old finished tasks by the workers (off: kept indefinitely).
+    retention: Retention | None = None
 
     def __init__(self, **values: Any) -> None:
         try:

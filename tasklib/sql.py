@@ -344,6 +344,45 @@ SELECT count(*) FROM c
 
 COUNT_MATCHING = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT %(cap)s) AS capped"
 
+# Retention (tasklib.retention) ---------------------------------------------------------------
+
+#: completed | failed | cancelled -> deleted: one batch of one finished state, oldest completion
+#: first, from %(after)s on (a keyset: the next batch starts where this one ended). Walks
+#: tasks_completed_idx; rows a concurrent retry has locked are skipped, and the DELETE checks the
+#: state again, so a row retried meanwhile (now pending) is never deleted.
+PRUNE_BATCH = """
+WITH doomed AS (
+    SELECT id FROM tasks
+    WHERE completed_at >= coalesce(%(after)s, '-infinity'::timestamptz) AND completed_at < %(before)s
+      AND state = %(state)s
+    ORDER BY completed_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), gone AS (
+    DELETE FROM tasks AS t USING doomed WHERE t.id = doomed.id AND t.state = %(state)s
+    RETURNING t.completed_at
+)
+SELECT count(*), max(completed_at) FROM gone
+"""
+
+#: One worker at a time runs automatic retention: a session-level lock on the round's own connection.
+RETENTION_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('tasklib.retention'))"
+RETENTION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tasklib.retention'))"
+
+#: The record of one automatic retention round: a row that is already completed (it never waits in
+#: the queue or runs in a child), carrying the policy as kwargs and the rows removed as result.
+INSERT_RETENTION_RECORD = """
+INSERT INTO tasks (id, name, kwargs, state, result, max_retries, scheduled_at, started_at, completed_at, worker_id)
+VALUES (gen_random_uuid(), %(name)s, CAST(%(policy)s AS jsonb), 'completed', CAST(%(result)s AS jsonb), 0,
+        %(started_at)s, %(started_at)s, now(), %(worker_id)s)
+"""
+
+#: The newest retention record (the overview shows the policy in force and its last outcome).
+LAST_RETENTION_RECORD = """
+SELECT kwargs, result, completed_at, worker_id FROM tasks
+WHERE name = %(name)s AND state = 'completed' ORDER BY created_at DESC, id DESC LIMIT 1
+"""
+
 # Monitoring (dashboard, metrics) --------------------------------------------------------------
 # Written for a large table: counts are capped or estimated, lists are keyset-paginated, and the
 # last day's outcomes are kept incrementally by tasklib.recent, which reads only new minutes.

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -32,10 +33,11 @@ from tasklib._dispatcher import Dispatcher
 from tasklib._lockkeeper import LockKeeper
 from tasklib._pool import ChildPool, Job, KillReason
 from tasklib._writer import OutcomeWriter
-from tasklib.config import Config, redact_url
+from tasklib.config import Config, Retention, redact_url
 from tasklib.db import connect_kwargs
 from tasklib.errors import DatabaseError
 from tasklib.registry import registered_definitions
+from tasklib.retention import automatic_round
 from tasklib.schema import ensure_schema
 
 log = logging.getLogger("tasklib.worker")
@@ -138,6 +140,8 @@ class TaskWorker:
             asyncio.create_task(self._writer.run(), name="tasklib-write"),
             asyncio.create_task(self._watchdog(), name="tasklib-watchdog"),
         ]
+        if self.config.retention is not None:
+            background.append(asyncio.create_task(self._retention_loop(url), name="tasklib-retention"))
         try:
             await self._claim_loop()
             await self._drain()
@@ -290,6 +294,25 @@ class TaskWorker:
                 child.kill(KillReason.SHUTDOWN)
             while dispatcher.running_children():
                 await asyncio.sleep(0.02)
+
+    async def _retention_loop(self, url: str) -> None:
+        """Every ``retention.every_seconds`` (the first a few seconds after start, spread over workers
+        started together), try one retention round; the advisory lock lets one worker at a time prune."""
+        policy = self.config.retention
+        assert policy is not None
+        await asyncio.sleep(random.uniform(1.0, min(5.0, policy.every_seconds)))
+        while True:
+            try:
+                removed = await asyncio.to_thread(self._retention_round, url, policy)
+                if removed:
+                    log.info("retention removed %d finished task(s): %s", sum(removed.values()), removed)
+            except (psycopg.Error, DatabaseError) as exc:
+                log.warning("retention round failed (%s); next in %.0fs", brief(exc), policy.every_seconds)
+            await asyncio.sleep(policy.every_seconds)
+
+    def _retention_round(self, url: str, policy: Retention) -> dict[str, int] | None:
+        with psycopg.connect(url, connect_timeout=10, **connect_kwargs(f"tasklib-retention {self.worker_id}"[:63])) as conn:
+            return automatic_round(conn, policy, self.worker_id)
 
     async def _watchdog(self) -> None:
         while True:

@@ -1,0 +1,91 @@
+"""Retention: delete old finished tasks in short batches, by hand (``prune``) or from the workers.
+
+The original design keeps every result forever, so nothing is deleted unless asked: ``prune`` (and
+``tasklib prune``) on demand, or ``Config(retention=...)``, which makes workers prune periodically.
+Rows are deleted oldest completion first, at most ``BATCH_ROWS`` per statement, each statement its
+own transaction: no long lock, and no long snapshot holding back the cleanup of a busy queue table.
+Pending and running rows are never touched (every batch names the finished state it deletes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+
+from tasklib import sql
+from tasklib.config import Retention
+
+log = logging.getLogger("tasklib.retention")
+
+#: Rows one DELETE removes at most (the issue's bound is 10,000; 5,000 keeps each statement at a few
+#: tens of milliseconds on a busy table, so its locks and snapshot are short).
+BATCH_ROWS = 5_000
+#: Name of the record each automatic round leaves in the table (what the dashboard shows).
+RECORD_NAME = "tasklib.retention"
+
+
+def prune_with(
+    run: Callable[[str, dict[str, Any]], list[Any]], periods: dict[str, timedelta], pause: float = 0.0
+) -> dict[str, int]:
+    """Delete finished rows older than each state's period; return ``{state: rows removed}``.
+
+    ``run`` executes one statement in its own transaction. Each state is walked by completion time
+    from its oldest row, every batch starting where the last one ended (a keyset), so rows of other
+    states are stepped over once, not once per batch. ``pause`` sleeps that fraction of each
+    batch's time between batches, leaving the database to the workers.
+    """
+    removed = {state: 0 for state in periods}
+    now = run(sql.NOW, {})[0][0]
+    for state, period in periods.items():
+        after: datetime | None = None
+        while True:
+            started = time.monotonic()
+            count, last = run(
+                sql.PRUNE_BATCH, {"state": state, "before": now - period, "after": after, "limit": BATCH_ROWS}
+            )[0]
+            removed[state] += int(count)
+            if count < BATCH_ROWS or last is None:
+                break
+            after = last
+            if pause:
+                time.sleep((time.monotonic() - started) * pause)
+    return removed
+
+
+def connection_runner(conn: psycopg.Connection[Any]) -> Callable[[str, dict[str, Any]], list[Any]]:
+    """A ``run`` for ``prune_with`` on an autocommit connection."""
+
+    def run(statement: str, params: dict[str, Any]) -> list[Any]:
+        return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+    return run
+
+
+def automatic_round(conn: psycopg.Connection[Any], policy: Retention, worker_id: str) -> dict[str, int] | None:
+    """One worker's periodic round: prune under the cluster-wide advisory lock and record the round
+    as a completed ``tasklib.retention`` row (the dashboard shows the policy and outcome from it).
+    Returns None when another worker holds the lock (it is pruning now)."""
+    if not conn.execute(sql.RETENTION_TRY_LOCK).fetchone()[0]:  # type: ignore[index]
+        return None
+    try:
+        started = conn.execute(sql.NOW).fetchone()[0]  # type: ignore[index]
+        removed = prune_with(connection_runner(conn), policy.periods(), pause=1.0)
+        conn.execute(
+            sql.INSERT_RETENTION_RECORD,
+            {
+                "name": RECORD_NAME,
+                "policy": json.dumps(policy.describe()),
+                "result": json.dumps({"removed": removed, "total": sum(removed.values())}),
+                "started_at": started,
+                "worker_id": worker_id,
+            },
+        )
+        return removed
+    finally:
+        conn.execute(sql.RETENTION_UNLOCK)
