@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 UV ?= $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-unit test-integration test-e2e lint format check bench demo browser clean
+.PHONY: install test test-unit test-integration test-e2e lint format check bench demo browser systools clean
 
 $(VENV)/.installed: pyproject.toml $(wildcard uv.lock)
 ifneq ($(UV),)
@@ -27,14 +27,22 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "e2e needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
+# Debian's libfaketime lets the schedule tests run workers whose clocks are off by seconds.
+systools:
+	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >/dev/null; }; \
+	  else echo "libfaketime missing: the clock-skew test will skip (sudo apt-get install libfaketime)" >&2; fi; }
+
 ## The whole suite: unit, integration (real PostgreSQL) and e2e (real Chromium).
-test: install browser
+test: install browser systools
 	$(PY) -m pytest tests e2e
 
 test-unit: install
 	$(PY) -m pytest tests/unit
 
-test-integration: install
+test-integration: install systools
 	$(PY) -m pytest tests/integration tests/dashboard
 
 test-e2e: install browser

@@ -21,11 +21,15 @@ from tasklib.db import CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS, connect_kwa
 
 log = logging.getLogger("tasklib.worker")
 
-Role = Literal["claim", "write"]
+Role = Literal["claim", "write", "schedule"]
 #: Longest wait between reconnect attempts: a worker resumes within about a second of the database
 #: coming back (an attempt against a server that is down costs next to nothing).
 MAX_BACKOFF_SECONDS = 1.0
-_OPTIONS: dict[Role, str] = {"claim": CLAIM_PLANNER_OPTIONS, "write": WRITE_PLANNER_OPTIONS}
+_OPTIONS: dict[Role, str] = {
+    "claim": CLAIM_PLANNER_OPTIONS,
+    "write": WRITE_PLANNER_OPTIONS,
+    "schedule": WRITE_PLANNER_OPTIONS,
+}
 
 
 def brief(exc: BaseException) -> str:
@@ -41,7 +45,8 @@ class WorkerConnections:
         self.url = url
         # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
         self.application_name = application_name
-        self._conns: dict[Role, psycopg.AsyncConnection[Any] | None] = {"claim": None, "write": None}
+        # "schedule" is opened only by workers with recurring tasks (``tasklib._scheduler``).
+        self._conns: dict[Role, psycopg.AsyncConnection[Any] | None] = {"claim": None, "write": None, "schedule": None}
 
     async def connection(self, role: Role) -> psycopg.AsyncConnection[Any]:
         conn = self._conns[role]

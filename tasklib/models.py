@@ -10,8 +10,8 @@ from sqlalchemy import CheckConstraint, Column, DateTime, Index, Integer, String
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlmodel import Field, SQLModel
 
-from tasklib.sql import SLOT_KEY_PREFIX, UNIQUE_KEY_HELD
-from tasklib.states import TaskState
+from tasklib.sql import UNIQUE_KEY_HELD
+from tasklib.states import SLOT_KEY_PREFIX, TaskState
 
 PRIORITY_MIN = -32768
 PRIORITY_MAX = 32767

@@ -7,15 +7,19 @@ import json
 import os
 import sys
 import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NotRequired, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, NotRequired, ParamSpec, TypeVar, overload
 
 import pydantic
 import pydantic_core
 from typing_extensions import TypedDict
 
 from tasklib.errors import TaskNotRegistered, ValidationError, problems_of, summary_of
+
+if TYPE_CHECKING:
+    from tasklib.schedules import Schedule
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -59,6 +63,8 @@ class TaskDefinition:
     _adapter: pydantic.TypeAdapter[Any] = field(repr=False, default=None)  # type: ignore[assignment]
     _args_type: Any = field(repr=False, default=None, compare=False)  # the TypedDict _adapter validates
     _list_adapter: pydantic.TypeAdapter[Any] | None = field(repr=False, default=None, compare=False)
+    #: When the task recurs (``cron=`` / ``every=``), else None.
+    schedule: Schedule | None = None
 
     def validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Validate call arguments; return their JSON form. Raise ValidationError naming each field."""
@@ -178,7 +184,15 @@ def _build_adapter(func: Callable[..., Any]) -> tuple[Any, pydantic.TypeAdapter[
 def task(func: Callable[P, R], /) -> Callable[P, R]: ...
 @overload
 def task(
-    *, max_retries: int | None = None, timeout_seconds: int | None = None, name: str | None = None
+    *,
+    max_retries: int | None = None,
+    timeout_seconds: int | None = None,
+    name: str | None = None,
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str | None = None,
+    schedule_kwargs: Mapping[str, Any] | None = None,
+    catch_up: bool = False,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -189,24 +203,41 @@ def task(
     max_retries: int | None = None,
     timeout_seconds: int | None = None,
     name: str | None = None,
+    cron: str | None = None,
+    every: float | timedelta | None = None,
+    timezone: str | None = None,
+    schedule_kwargs: Mapping[str, Any] | None = None,
+    catch_up: bool = False,
 ) -> Any:
     """Register a sync function as a task. The function stays directly callable.
 
-    Its name is ``module.qualname`` unless ``name=`` is given.
+    Its name is ``module.qualname`` unless ``name=`` is given. ``cron=`` (5 fields, or 6 with
+    seconds) or ``every=`` (seconds or a timedelta) makes it recurring: every worker that has it
+    registered schedules its slots, one row per slot (``tasklib.schedules``), each run getting
+    ``schedule_kwargs``, validated here like a submit's arguments.
     """
     if max_retries is not None and max_retries < 0:
         raise ValueError("max_retries must be >= 0")
     if timeout_seconds is not None and timeout_seconds < 1:
         raise ValueError("timeout_seconds must be >= 1")
+    schedule = None
+    if cron is not None or every is not None:
+        from tasklib.schedules import Schedule
+
+        schedule = Schedule.build(cron, every, timezone, catch_up)
+    elif timezone is not None or schedule_kwargs is not None or catch_up:
+        raise ValueError("timezone, schedule_kwargs and catch_up need a schedule: give cron= or every=")
 
     def register(fn: Callable[P, R]) -> Callable[P, R]:
         if inspect.iscoroutinefunction(fn):
             raise TypeError(f"task {fn.__qualname__}: TaskLib runs sync functions; this one is async")
         task_name = name or f"{module_name_of(fn)}.{fn.__qualname__}"
         args_type, adapter, accepts_extra, names = _build_adapter(fn)
-        _REGISTRY[task_name] = TaskDefinition(
-            task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter, args_type
-        )
+        definition = TaskDefinition(task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter, args_type)
+        if schedule is not None:
+            kwargs = definition.validate(dict(schedule_kwargs or {}))  # ValidationError now, not at 3 a.m.
+            definition = replace(definition, schedule=schedule.with_kwargs(kwargs))
+        _REGISTRY[task_name] = definition
         fn.__tasklib_name__ = task_name  # type: ignore[attr-defined]
         return fn
 

@@ -14,7 +14,8 @@ import psycopg
 from psycopg import sql as psql
 
 from tasklib import sql
-from tasklib.sql import SLOT_KEY_PREFIX, UNIQUE_KEY_HELD
+from tasklib.sql import UNIQUE_KEY_HELD
+from tasklib.states import SLOT_KEY_PREFIX
 
 SCHEMA_VERSION = 5
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from tasklib.states import TaskState
+from tasklib.states import SLOT_KEY_PREFIX, TaskState
 
 #: The ``tasks`` columns in table order. Spelled out (and checked against the SQLModel class by a unit
 #: test) so that processes that only run SQL, like the worker, need not import SQLAlchemy.
@@ -43,10 +43,6 @@ TASK_COLUMNS: tuple[str, ...] = (
     "unique_key",
 )
 
-#: Unique keys that start with this belong to recurring-task slots (``tasklib.schedules``). A slot's
-#: key stays taken after its run finishes, so a slot can never run twice; a user's key is free again
-#: as soon as its task has finished.
-SLOT_KEY_PREFIX = "tasklib.slot:"
 #: Rows whose ``unique_key`` is taken: a user key while its task is pending or running, a slot key always.
 UNIQUE_KEY_HELD = f"unique_key IS NOT NULL AND (state IN ('pending', 'running') OR unique_key LIKE '{SLOT_KEY_PREFIX}%')"
 
@@ -129,6 +125,9 @@ SELECT CAST(id AS text), NULL FROM tasks
 WHERE unique_key = CAST(%(unique_key)s AS text) AND {_KEY_HELD} AND NOT EXISTS (SELECT 1 FROM ins)
 """
 INSERT_TASK_UNIQUE = INSERT_UNIQUE.format(scheduled_at="now() + make_interval(secs => CAST(%(delay)s AS double precision))")
+#: INSERT the row of one recurring-task slot, due at the slot's time (``tasklib._scheduler``); a
+#: slot that already has a row (any state) inserts nothing.
+INSERT_SLOT = INSERT_UNIQUE.format(scheduled_at="CAST(%(at)s AS timestamptz)")
 
 #: INSERT many tasks, each with its own unique key or none, in one statement; returns the rows it
 #: inserted. Keys already held (or repeated within the batch, where the first item wins) insert

@@ -35,6 +35,12 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
 }
 
 
+#: Unique keys that start with this belong to recurring-task slots (``tasklib.schedules``). A slot's
+#: key stays taken after its run finishes, so a slot can never run twice; a user's key is free again
+#: as soon as its task has finished.
+SLOT_KEY_PREFIX = "tasklib.slot:"
+
+
 def can_transition(source: TaskState | str, target: TaskState | str) -> bool:
     """Whether the state machine allows ``source -> target``."""
     return (TaskState(source), TaskState(target)) in TRANSITIONS

@@ -32,6 +32,7 @@ from tasklib._connections import MAX_BACKOFF_SECONDS, WorkerConnections, brief, 
 from tasklib._dispatcher import Dispatcher
 from tasklib._lockkeeper import LockKeeper
 from tasklib._pool import ChildPool, Job, KillReason
+from tasklib._scheduler import Scheduler
 from tasklib._writer import OutcomeWriter
 from tasklib.config import Config, Retention, redact_url
 from tasklib.db import connect_kwargs
@@ -140,6 +141,9 @@ class TaskWorker:
             asyncio.create_task(self._writer.run(), name="tasklib-write"),
             asyncio.create_task(self._watchdog(), name="tasklib-watchdog"),
         ]
+        scheduler = Scheduler(definitions, self.config, self._schedule_run, self._wake.set)
+        if scheduler.definitions:
+            background.append(asyncio.create_task(scheduler.loop(), name="tasklib-schedule"))
         if self.config.retention is not None:
             background.append(asyncio.create_task(self._retention_loop(url), name="tasklib-retention"))
         try:
@@ -228,6 +232,10 @@ class TaskWorker:
     async def _execute(self, statement: str, params: dict[str, Any]) -> list[Any]:
         assert self._connections is not None
         return await self._connections.execute(statement, params)
+
+    async def _schedule_run(self, statement: str, params: dict[str, Any]) -> list[Any]:
+        assert self._connections is not None
+        return await self._connections.execute(statement, params, role="schedule")
 
     # -- claiming -----------------------------------------------------------------------------
 
