@@ -19,9 +19,10 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, Template
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
+from pydantic import BaseModel, Field
 
 from dashboard import rendering
-from dashboard.context import detail_context, list_context, overview_context, workers_context
+from dashboard.context import detail_context, list_context, overview_context, schedules_context, workers_context
 from dashboard.filters import parse_list_params
 from dashboard.security import BasicAuth, add_security_headers
 from tasklib import actions, metrics
@@ -119,7 +120,31 @@ def workers_partial(state: State, request: Request) -> Template | Response[None]
     return _poll(request, "_workers.html", workers_context(_monitor(state)))
 
 
+@get("/schedules", sync_to_thread=True)
+def schedules_page(state: State, request: Request) -> Template:
+    context = schedules_context(_monitor(state))
+    context["started"] = request.query_params.get("started")
+    return Template("schedules.html", context=context)
+
+
+@get("/partials/schedules", sync_to_thread=True)
+def schedules_partial(state: State, request: Request) -> Template | Response[None]:
+    return _poll(request, "_schedules.html", schedules_context(_monitor(state)))
+
+
 # -- actions (POST only, CSRF-checked by Litestar) -------------------------------------------
+
+
+class RunNowForm(BaseModel):
+    name: str = Field(min_length=1, max_length=1000)
+
+
+@post("/schedules/run", sync_to_thread=True, status_code=303)
+def run_schedule_action(
+    state: State, data: Annotated[RunNowForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
+) -> Redirect:
+    task_id = actions.run_schedule_now(_monitor(state).db, data.name)
+    return Redirect(f"/tasks/{task_id}", status_code=303)
 
 
 @post("/tasks/{task_id:str}/retry", sync_to_thread=True, status_code=303)
@@ -257,6 +282,9 @@ def create_app(
             task_partial,
             workers_page,
             workers_partial,
+            schedules_page,
+            schedules_partial,
+            run_schedule_action,
             retry_action,
             cancel_action,
             bulk_confirm,

@@ -58,3 +58,7 @@ def detail_context(monitor: Monitor, task_id: str) -> dict[str, Any]:
 
 def workers_context(monitor: Monitor) -> dict[str, Any]:
     return _versioned({"workers": monitor.workers(), "page": "workers"})
+
+
+def schedules_context(monitor: Monitor) -> dict[str, Any]:
+    return _versioned({"schedules": monitor.schedules(), "page": "schedules"})

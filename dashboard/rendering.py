@@ -57,6 +57,14 @@ def duration(start: datetime | None, end: datetime | None) -> str:
     return f"{seconds / 60:.1f} min"
 
 
+def period(seconds: float) -> str:
+    """A retention period in its largest whole unit: ``7 d``, ``12 h``, ``90 s``."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
+
+
 def setup(env: Any) -> None:
-    env.filters.update(reltime=reltime, exact=exact, pretty_json=pretty_json)
+    env.filters.update(reltime=reltime, exact=exact, pretty_json=pretty_json, period=period)
     env.globals.update(duration=duration, states=list(TaskState), now=lambda: datetime.now(UTC))

@@ -110,3 +110,26 @@ def test_overview_and_workers_pages(stack: Stack, page: Page) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{stack.url}/tasks")
     stack.shot(page, "tasks-phone")
+
+
+def test_schedules_page_and_run_now(stack: Stack, page: Page) -> None:
+    """A worker that imports a recurring task schedules it; the page shows the next run and the last
+    one live; Run now submits one extra run that the worker completes."""
+    from e2e.conftest import _spawn
+
+    worker = _spawn(["worker", "--app", "e2e.recurring", "--database-url", stack.database_url], stack.tmp / "recurring.log")
+    try:
+        page.goto(f"{stack.url}/schedules")
+        row = page.locator("#schedules tbody tr").filter(has_text="e2e.recurring.heartbeat")
+        expect(row).to_contain_text("Every 2 seconds", timeout=15_000)
+        expect(row).to_contain_text("completed", timeout=15_000)  # a slot ran, shown without a reload
+        expect(row).to_contain_text("in ")  # next run, in the future
+        stack.shot(page, "schedules")
+        row.get_by_role("button", name="Run now").click()
+        expect(page).to_have_url(re.compile(r"/tasks/[0-9a-f-]{36}$"))
+        expect(page.locator(".detail-head .badge")).to_have_text("completed", timeout=15_000)
+        expect(page.locator("main")).to_contain_text("manual")  # its tags say how it was started
+        stack.shot(page, "schedule-run-now")
+    finally:
+        worker.terminate()
+        worker.wait(15)

@@ -74,6 +74,15 @@ def retry(db: Database, task_id: uuid.UUID | str) -> Task:
         ) from exc
 
 
+def run_schedule_now(db: Database, name: str) -> uuid.UUID:
+    """Submit one extra run of a recurring task now, with its schedule's arguments (the dashboard's
+    "Run now"); the schedule itself is unchanged. TaskNotFound if the task has never been scheduled."""
+    rows = db.rows(sql.RUN_SCHEDULE_NOW, {"name": name})
+    if not rows:
+        raise TaskNotFound(f"no recurring task named {name[:200]!r} has been scheduled")
+    return uuid.UUID(str(rows[0]["id"]))
+
+
 #: Which states each bulk action changes.
 BULK_SOURCES: dict[str, tuple[str, ...]] = {"retry": ("failed", "cancelled"), "cancel": ("pending",)}
 

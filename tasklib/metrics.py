@@ -42,4 +42,22 @@ def render(monitor: Monitor) -> str:
         "# TYPE tasklib_workers_connected gauge",
         f"tasklib_workers_connected {sum(1 for w in workers if w.live)}",
     ]
+    schedules = monitor.schedules()
+    lines += [
+        "# HELP tasklib_schedule_delay_seconds How long after its slot the last run of each recurring task started.",
+        "# TYPE tasklib_schedule_delay_seconds gauge",
+    ]
+    for schedule in schedules:
+        if schedule.last_delay_seconds is not None:
+            lines.append(
+                f'tasklib_schedule_delay_seconds{{name="{_label(schedule.name)}"}} {schedule.last_delay_seconds:.3f}'
+            )
+    lines += [
+        "# HELP tasklib_schedule_next_run_timestamp_seconds When the next slot of each recurring task is due (Unix time).",
+        "# TYPE tasklib_schedule_next_run_timestamp_seconds gauge",
+    ]
+    for schedule in schedules:
+        if schedule.next_at is not None:
+            due = schedule.next_at.timestamp()
+            lines.append(f'tasklib_schedule_next_run_timestamp_seconds{{name="{_label(schedule.name)}"}} {due:.0f}')
     return "\n".join(lines) + "\n"

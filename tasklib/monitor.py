@@ -13,11 +13,14 @@ from typing import Any
 
 from tasklib import actions, sql
 from tasklib.actions import row_to_task
+from tasklib.config import FINISHED
 from tasklib.db import Database
 from tasklib.errors import DatabaseError, ValidationError
 from tasklib.filters import TaskFilter
 from tasklib.models import Task
 from tasklib.recent import RecentOutcomes
+from tasklib.retention import RECORD_NAME
+from tasklib.schedules import describe, slot_time
 from tasklib.states import TaskState
 
 COUNT_CAP = 10_000
@@ -56,6 +59,7 @@ class Overview:
     #: None when the per-name figures cover the whole last 24 h; while they load after a start, how
     #: many hours they cover so far.
     stats_cover_hours: float | None
+    retention: RetentionInfo | None
     now: datetime = field(compare=False, repr=False)
 
 
@@ -77,6 +81,44 @@ class WorkerInfo:
     @property
     def live(self) -> bool:
         return self.connected_since is not None
+
+
+@dataclass(frozen=True)
+class ScheduleInfo:
+    """A recurring task as its slot rows show it (the dashboard need not import the application)."""
+
+    name: str
+    written: str
+    timezone: str | None
+    words: str
+    next_id: uuid.UUID | None
+    next_at: datetime | None  # None: no worker that has this task registered is scheduling it
+    last_id: uuid.UUID | None
+    last_slot: datetime | None
+    last_state: str | None
+    last_started_at: datetime | None
+    last_completed_at: datetime | None
+
+    @property
+    def active(self) -> bool:
+        return self.next_at is not None
+
+    @property
+    def last_delay_seconds(self) -> float | None:
+        """How long after its slot the last run started (what /metrics reports)."""
+        if self.last_slot is None or self.last_started_at is None:
+            return None
+        return (self.last_started_at - self.last_slot).total_seconds()
+
+
+@dataclass(frozen=True)
+class RetentionInfo:
+    """The newest automatic retention round: the policy in force and what it removed."""
+
+    policy: dict[str, float]  # state -> seconds kept
+    removed: int
+    at: datetime
+    worker_id: str | None
 
 
 def encode_cursor(task: Task) -> str:
@@ -159,8 +201,41 @@ class Monitor:
             oldest_due_pending=self.oldest_due_pending(),
             chart=self.recent.per_minute(60),
             stats_cover_hours=None if self.recent.complete else round(self.recent.covers.total_seconds() / 3600, 1),
+            retention=self.retention(),
             now=self.recent.read_at or self.now(),
         )
+
+    def retention(self) -> RetentionInfo | None:
+        rows = self.db.rows(sql.LAST_RETENTION_RECORD, {"name": RECORD_NAME})
+        if not rows:
+            return None
+        row = rows[0]
+        result = row["result"] if isinstance(row["result"], dict) else {}
+        policy = {state: row["kwargs"][state] for state in FINISHED if state in row["kwargs"]}  # jsonb reorders keys
+        return RetentionInfo(policy, int(result.get("total", 0)), row["completed_at"], row["worker_id"])
+
+    def schedules(self) -> list[ScheduleInfo]:
+        result = []
+        for row in self.db.rows(sql.SCHEDULES, {}):
+            tags = row["tags"] if isinstance(row["tags"], dict) else {}
+            written = str(tags.get("schedule", "?"))
+            timezone = tags.get("timezone")
+            result.append(
+                ScheduleInfo(
+                    name=row["name"],
+                    written=written,
+                    timezone=timezone,
+                    words=describe(written, timezone),
+                    next_id=row["next_id"],
+                    next_at=row["next_at"],
+                    last_id=row["last_id"],
+                    last_slot=slot_time(row["last_key"]) if row["last_key"] else None,
+                    last_state=row["last_state"],
+                    last_started_at=row["last_started_at"],
+                    last_completed_at=row["last_completed_at"],
+                )
+            )
+        return result
 
     def task(self, task_id: uuid.UUID | str) -> Task | None:
         return actions.get(self.db, task_id)

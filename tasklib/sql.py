@@ -343,6 +343,57 @@ SELECT count(*) FROM c
 
 COUNT_MATCHING = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT %(cap)s) AS capped"
 
+# Schedules (recurring tasks) -------------------------------------------------------------------
+
+_SLOT = "unique_key LIKE '" + SLOT_KEY_PREFIX + "%%'"
+
+#: Every task that has slot rows, with its newest pending slot (the next run) and its newest slot
+#: that is not pending (the last run). Task names come from a loose index scan of tasks_slot_idx
+#: (one probe per name), and each lateral reads the first entries of that name's range: the cost
+#: follows the number of recurring tasks, not the slots they have accumulated.
+SCHEDULES = f"""
+WITH RECURSIVE names AS (
+    (SELECT name FROM tasks WHERE {_SLOT} ORDER BY name LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.name FROM tasks AS t WHERE {_SLOT.replace("unique_key", "t.unique_key")} AND t.name > names.name
+            ORDER BY t.name LIMIT 1)
+    FROM names WHERE names.name IS NOT NULL
+)
+SELECT n.name,
+       nxt.id AS next_id, nxt.scheduled_at AS next_at, coalesce(nxt.tags, lst.tags) AS tags,
+       lst.id AS last_id, lst.unique_key AS last_key, lst.state AS last_state, lst.started_at AS last_started_at,
+       lst.completed_at AS last_completed_at
+FROM names AS n
+LEFT JOIN LATERAL (
+    SELECT id, scheduled_at, tags FROM tasks
+    WHERE name = n.name AND {_SLOT} AND state = 'pending' ORDER BY scheduled_at DESC LIMIT 1
+) AS nxt ON true
+LEFT JOIN LATERAL (
+    SELECT id, unique_key, state, started_at, completed_at, tags FROM tasks
+    WHERE name = n.name AND {_SLOT} AND state <> 'pending' ORDER BY scheduled_at DESC LIMIT 1
+) AS lst ON true
+WHERE n.name IS NOT NULL
+ORDER BY n.name
+"""
+
+#: (none) -> pending: "Run now" for a recurring task: a copy of its newest slot row (same arguments,
+#: retries, timeout and schedule tags, plus ``run: manual``), due now and without a slot key, so it
+#: neither takes nor frees a slot. Returns the new id, or nothing when the task has no slot rows.
+RUN_SCHEDULE_NOW = f"""
+WITH src AS (
+    SELECT name, kwargs, max_retries, timeout_seconds, priority, tags FROM tasks
+    WHERE name = %(name)s AND {_SLOT} ORDER BY scheduled_at DESC LIMIT 1
+), ins AS (
+    INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at, created_at,
+                       timeout_seconds, priority, tags)
+    SELECT gen_random_uuid(), name, '[]', kwargs, 'pending', 0, max_retries, now(), now(), timeout_seconds, priority,
+           coalesce(tags, '{{}}') || '{{"run": "manual"}}'
+    FROM src
+    RETURNING id, name
+)
+SELECT id, pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name || ' ' || {_NOTIFY_CLOCK}) FROM ins
+"""
+
 # Retention (tasklib.retention) ---------------------------------------------------------------
 
 #: completed | failed | cancelled -> deleted: one batch of one finished state, oldest completion
