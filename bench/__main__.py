@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasklib  # noqa: E402
-from bench import baseline, burst, dashboard_bench  # noqa: E402
+from bench import baseline, burst, dashboard_bench, retention_bench  # noqa: E402
 from bench import tasks as btasks  # noqa: E402
 from bench.common import percentiles, prefill, tasklib_process, truncate  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
@@ -174,6 +174,8 @@ def main() -> int:
     parser.add_argument("--only-burst", action="store_true", help="run just the burst and held-snapshot measures")
     parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--only-dashboard", action="store_true", help="run just the dashboard measure")
+    parser.add_argument("--skip-retention", action="store_true", help="skip the prune-under-load measure")
+    parser.add_argument("--only-retention", action="store_true", help="run just the prune-under-load measure")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     started = time.time()
@@ -192,6 +194,11 @@ def main() -> int:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
             write(results, args.json, started)
             print_dashboard(results)
+            return 0
+        if args.only_retention:
+            results["retention"] = retention_bench.run(url, drain=args.tasks)
+            write(results, args.json, started)
+            print_retention(results)
             return 0
         n = args.tasks
         if not args.skip_burst:
@@ -215,11 +222,14 @@ def main() -> int:
         truncate(url)
         results["latency_baseline"] = baseline.pickup_latency(url, args.latency_count)
         results["latency"] = pickup_latency(url, args.latency_count)
+        if not args.skip_retention:
+            results["retention"] = retention_bench.run(url, drain=n)
         if not args.skip_dashboard:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
     write(results, args.json, started)
     print_table(results)
     print_burst(results)
+    print_retention(results)
     print_dashboard(results)
     print(f"\nJSON: {args.json}")
     return 0
@@ -258,6 +268,20 @@ def print_burst(r: dict[str, Any]) -> None:
         f"held {h['held_per_s']:,.0f}/s ({h['held_ratio']:.2f}), first 10 s after {h['after_first_10s_ratio']:.2f}, "
         f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms"
     )
+
+
+def print_retention(r: dict[str, Any]) -> None:
+    ret = r.get("retention")
+    if not ret:
+        return
+    print(f"\nprune {ret['finished_rows']:,} old completed rows while {ret['workers']} workers drain {ret['drain_tasks']:,}")
+    print(f"{'prune pacing':<28} {'drain ratio min':>16} {'median':>8} {'prune rows/s':>13} {'drain alone':>12}")
+    for key, label in (("pause_0", "full speed (tasklib.prune)"), ("pause_1", "paced 50 % (workers)")):
+        x = ret["summary"][key]
+        print(
+            f"{label:<28} {x['min_ratio']:>16.2f} {x['median_ratio']:>8.2f} {x['median_prune_rows_per_s']:>13,.0f}"
+            f" {x['median_plain_drain_per_s']:>10,.0f}/s"
+        )
 
 
 def print_dashboard(r: dict[str, Any]) -> None:

@@ -47,7 +47,9 @@ def create_statements() -> list[str]:
     statements = [str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))]
     for index in sorted(table.indexes, key=lambda ix: ix.name):
         statements.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect)))
-    return statements
+    # SQLAlchemy doubles % for its pyformat parameters, but these run without parameters: a partial
+    # index predicate must read exactly as the queries that rely on it (LIKE 'tasklib.slot:%').
+    return [statement.replace("%%", "%") for statement in statements]
 
 
 #: version -> a function returning the statements that bring the previous version up to it.

@@ -347,10 +347,12 @@ COUNT_MATCHING = "SELECT count(*) FROM (SELECT 1 FROM tasks {where} LIMIT %(cap)
 
 _SLOT = "unique_key LIKE '" + SLOT_KEY_PREFIX + "%%'"
 
-#: Every task that has slot rows, with its newest pending slot (the next run) and its newest slot
-#: that is not pending (the last run). Task names come from a loose index scan of tasks_slot_idx
-#: (one probe per name), and each lateral reads the first entries of that name's range: the cost
-#: follows the number of recurring tasks, not the slots they have accumulated.
+#: Every task that has slot rows, with its newest slot (the next run, when it is still pending: the
+#: scheduler always keeps the next slot queued) and its newest slot that is not pending (the last
+#: run). Task names come from a loose index scan of tasks_slot_idx (one probe per name), and each
+#: lateral reads the first entries of that name's range: the cost follows the number of recurring
+#: tasks, not the slots they have accumulated. No state test may pick tasks_pending_idx, which would
+#: walk every pending task of every name.
 SCHEDULES = f"""
 WITH RECURSIVE names AS (
     (SELECT name FROM tasks WHERE {_SLOT} ORDER BY name LIMIT 1)
@@ -360,17 +362,19 @@ WITH RECURSIVE names AS (
     FROM names WHERE names.name IS NOT NULL
 )
 SELECT n.name,
-       nxt.id AS next_id, nxt.scheduled_at AS next_at, coalesce(nxt.tags, lst.tags) AS tags,
+       CASE WHEN nxt.state = 'pending' THEN nxt.id END AS next_id,
+       CASE WHEN nxt.state = 'pending' THEN nxt.scheduled_at END AS next_at,
+       nxt.tags,
        lst.id AS last_id, lst.unique_key AS last_key, lst.state AS last_state, lst.started_at AS last_started_at,
        lst.completed_at AS last_completed_at
 FROM names AS n
+CROSS JOIN LATERAL (
+    SELECT id, state, scheduled_at, tags FROM tasks
+    WHERE name = n.name AND {_SLOT} ORDER BY scheduled_at DESC LIMIT 1
+) AS nxt
 LEFT JOIN LATERAL (
-    SELECT id, scheduled_at, tags FROM tasks
-    WHERE name = n.name AND {_SLOT} AND state = 'pending' ORDER BY scheduled_at DESC LIMIT 1
-) AS nxt ON true
-LEFT JOIN LATERAL (
-    SELECT id, unique_key, state, started_at, completed_at, tags FROM tasks
-    WHERE name = n.name AND {_SLOT} AND state <> 'pending' ORDER BY scheduled_at DESC LIMIT 1
+    SELECT id, unique_key, state, started_at, completed_at FROM tasks
+    WHERE name = n.name AND {_SLOT} AND state || '' <> 'pending' ORDER BY scheduled_at DESC LIMIT 1
 ) AS lst ON true
 WHERE n.name IS NOT NULL
 ORDER BY n.name
@@ -397,20 +401,24 @@ SELECT id, pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name || ' ' || {_NOTIFY_CLOCK}) 
 # Retention (tasklib.retention) ---------------------------------------------------------------
 
 #: completed | failed | cancelled -> deleted: one batch of one finished state, oldest completion
-#: first, from %(after)s on (a keyset: the next batch starts where this one ended). Walks
-#: tasks_completed_idx; rows a concurrent retry has locked are skipped, and the DELETE checks the
-#: state again, so a row retried meanwhile (now pending) is never deleted.
+#: first, from %(after)s on (a keyset: the next batch starts where this one ended). The batch is
+#: read from tasks_completed_idx and deleted by primary key (``id = ANY(ARRAY(...))``: a join to
+#: the batch was planned as a hash join over the whole table). Rows a concurrent retry has locked
+#: are skipped, and the DELETE checks the state again (kept out of index selection, as in
+#: ``_STILL_RUNNING``), so a row retried meanwhile (now pending) is never deleted.
 PRUNE_BATCH = """
-WITH doomed AS (
-    SELECT id FROM tasks
-    WHERE completed_at >= coalesce(%(after)s, '-infinity'::timestamptz) AND completed_at < %(before)s
-      AND state = %(state)s
-    ORDER BY completed_at
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-), gone AS (
-    DELETE FROM tasks AS t USING doomed WHERE t.id = doomed.id AND t.state = %(state)s
-    RETURNING t.completed_at
+WITH gone AS (
+    DELETE FROM tasks
+    WHERE id = ANY(ARRAY(
+        SELECT id FROM tasks
+        WHERE completed_at >= coalesce(%(after)s, '-infinity'::timestamptz) AND completed_at < %(before)s
+          AND state = %(state)s
+        ORDER BY completed_at
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ))
+      AND state || '' = %(state)s
+    RETURNING completed_at
 )
 SELECT count(*), max(completed_at) FROM gone
 """

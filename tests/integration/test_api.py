@@ -12,8 +12,9 @@ import psycopg
 import pytest
 
 import tasklib
-from tasklib.schema import SCHEMA_VERSION
+from tasklib.schema import SCHEMA_VERSION, ensure_schema
 from tests.integration import jobs
+from tests.pg import fresh_database
 from tests.workers import ROOT
 
 
@@ -301,3 +302,18 @@ def test_init_upgrades_a_version_1_table(database_url: str) -> None:
         kept = conn.execute("SELECT count(*) FROM tasks WHERE name = 'kept'").fetchone()[0]  # type: ignore[index]
     assert "tasks_locked_idx" in indexes and "tasks_running_lock_idx" not in indexes
     assert comment == f"tasklib schema {SCHEMA_VERSION}" and kept == 1
+    # the upgraded table has exactly the indexes and columns a new one gets (predicates included:
+    # queries rely on partial indexes only when their predicates read the same)
+    with fresh_database() as new_url:
+        with psycopg.connect(new_url, autocommit=True) as conn:
+            ensure_schema(conn)
+        assert _shape(new_url) == _shape(database_url)
+
+
+def _shape(url: str) -> tuple[set[str], list[tuple[str, str]]]:
+    with psycopg.connect(url) as conn:
+        indexes = {r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'tasks'")}
+        columns = conn.execute(
+            "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'tasks' ORDER BY 1"
+        ).fetchall()
+    return indexes, columns  # type: ignore[return-value]

@@ -26,6 +26,7 @@ from tasklib.outcome import Action
 from tasklib.states import TaskState
 
 NAME = "tests.integration.jobs.mark"
+SLOT_NAME = "tests.integration.recurring_jobs.tick"  # slot rows are counted apart from NAME's
 #: 50 ms for a few hundred rows is some 10-20x what each statement takes here; a plan that grows
 #: with the table (a sort of every pending row, a nested loop over running rows) takes seconds.
 BOUND_SECONDS = 0.05
@@ -72,6 +73,22 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
             sql.FINISH_MANY,
             [sql.outcome_params(((c[0], c[2], done) for c in b), "w") for b in batches],
         ),
+        # The scheduler's pass (its connection has the write options): a slot nobody inserted yet.
+        "slot insert": (WRITE_PLANNER_OPTIONS, sql.INSERT_SLOT, [_slot_params() for _ in runs]),
+    }
+
+
+def _slot_params() -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "name": SLOT_NAME,
+        "kwargs": "{}",
+        "max_retries": 3,
+        "at": datetime.now(UTC),
+        "timeout": None,
+        "priority": 0,
+        "tags": None,
+        "unique_key": f"tasklib.slot:{SLOT_NAME}:{uuid.uuid4().int}",
     }
 
 
@@ -116,7 +133,9 @@ def test_worker_statements_stay_linear_after_an_empty_table_fills(tl: tasklib.Co
             for name, (options, query, runs) in _statements(batches, dead).items():
                 if "expired" in name:
                     timings[f"{name} (dead worker)"] = _best_time(conns[options], query, runs, prepared)
-            states = dict(admin.execute("SELECT state, count(*) FROM tasks GROUP BY state").fetchall())
+            states = dict(
+                admin.execute("SELECT state, count(*) FROM tasks WHERE name = %s GROUP BY state", [NAME]).fetchall()
+            )
         finally:
             for conn in conns.values():
                 conn.close()
@@ -141,6 +160,7 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         "heartbeat 256": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "find expired locks": ("tasks_locked_idx", ("Seq Scan", "tasks_state_created_idx")),
         "rescue expired": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
+        "slot insert": ("tasks_unique_key_idx", ("Seq Scan",)),
     }
     for name, (options, query, runs) in _statements([running[:256]], [running[:10]]).items():
         with psycopg.connect(url, **connect_kwargs("tasklib-worker test", options=options)) as conn:
@@ -187,3 +207,39 @@ def test_name_filters_read_one_range_per_state_and_keep_the_order(tl: tasklib.Co
             assert merged == plain and len(merged) == 51
             last = conn.execute("SELECT created_at, id FROM tasks WHERE id = %s", [merged[-1]]).fetchone()
             cursor = (last[0], last[1])
+
+
+def test_retention_and_schedule_reads_stay_on_their_indexes(tl: tasklib.Config) -> None:
+    """Prune walks tasks_completed_idx from its keyset (not the table); the Schedules page reads
+    tasks_slot_idx, one probe per recurring task, however many slots have accumulated."""
+    with psycopg.connect(tl.database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tasks (id, name, kwargs, state, created_at, scheduled_at, started_at, completed_at, unique_key)"
+            " SELECT gen_random_uuid(), 'app.job_' || (g % 3), '{}',"
+            "        CASE WHEN g % 5 = 0 THEN 'pending' ELSE 'completed' END,"
+            "        t, t, t, CASE WHEN g % 5 <> 0 THEN t END,"
+            "        CASE WHEN g % 2 = 0 THEN 'tasklib.slot:app.job_' || (g % 3) || ':' || g END"
+            " FROM (SELECT g, now() - g * interval '1 second' AS t FROM generate_series(1, 60000) AS g) AS s"
+        )
+        conn.execute("ANALYZE tasks")
+        prune = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN " + sql.PRUNE_BATCH,
+                {
+                    "state": "completed",
+                    "before": datetime.now(UTC),
+                    "after": datetime(2026, 1, 1, tzinfo=UTC),
+                    "limit": 5000,
+                },
+            ).fetchall()
+        )
+        assert "tasks_completed_idx" in prune and "Seq Scan" not in prune and "Sort" not in prune, prune
+        schedules = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.SCHEDULES, {}).fetchall())
+        # (the one sort is of the recurring tasks' names, a handful of rows)
+        assert "tasks_slot_idx" in schedules and "Seq Scan" not in schedules and "Sort Key: tasks" not in schedules
+        assert "tasks_pending_idx" not in schedules, schedules
+        started = time.perf_counter()
+        rows = conn.execute(sql.SCHEDULES, {}).fetchall()
+        assert [r[0] for r in rows] == ["app.job_0", "app.job_1", "app.job_2"]
+        assert time.perf_counter() - started < BOUND_SECONDS
