@@ -7,6 +7,12 @@ finished meanwhile is written by its writer, instead of being rescued and run ag
 A rescue is a failed attempt like any other: ``outcome.decide`` chooses retry (with backoff) or
 failure, exactly as for an exception, and ``RESCUE_MANY`` applies that only to claims whose lock is
 still expired and still held by the worker that lost it.
+
+Dead workers are found two ways. A killed process's connections close at once, so a worker that
+holds claims but has had no session open for ``VANISHED_AFTER_SECONDS`` (as this worker observed it
+throughout, with its own connection up) is gone: its claims are rescued without waiting for their
+locks, which default to ten minutes. A worker cut off by the network may keep its sessions open on
+the server for a long time; for that case lock expiry remains the fallback.
 """
 
 from __future__ import annotations
@@ -32,18 +38,47 @@ log = logging.getLogger("tasklib.worker")
 #: Expired claims handled per rescue statement (more are taken in the same round, one batch at a
 #: time): a few hundred rows keep each statement in the tens of milliseconds.
 RESCUE_BATCH = 256
+#: How long a worker holding claims must stay without any session before its claims are rescued.
+#: Long enough that a PostgreSQL restart (every session closes; live workers reconnect within about a
+#: second) or a worker's reconnect never counts as a death; short next to the default lock.
+VANISHED_AFTER_SECONDS = 5.0
 
 
-def rescue_decisions(rows: Iterable[dict[str, Any]], config: Config) -> list[tuple[Any, str, Any, Any]]:
-    """``(id, worker id, started_at, Action)`` for each expired claim (rows of EXPIRED_CLAIMS)."""
+class VanishedWorkers:
+    """Workers seen holding claims without a session, and since when (this worker's monotonic clock)."""
+
+    def __init__(self, after_seconds: float = VANISHED_AFTER_SECONDS) -> None:
+        self.after_seconds = after_seconds
+        self._since: dict[str, float] = {}
+
+    def observe(self, missing: Iterable[str], now: float) -> list[str]:
+        """Record one look at which workers have no session; return those gone long enough to rescue.
+        A worker seen connected again (absent from ``missing``) starts over."""
+        self._since = {worker: self._since.get(worker, now) for worker in missing}
+        return sorted(worker for worker, since in self._since.items() if now - since >= self.after_seconds)
+
+    def forget(self) -> None:
+        """Our own connection failed: what we saw before it says nothing about the others now."""
+        self._since.clear()
+
+
+def rescue_decisions(
+    rows: Iterable[dict[str, Any]], config: Config, vanished: bool = False
+) -> list[tuple[Any, str, Any, Any]]:
+    """``(id, worker id, started_at, Action)`` for each claim to rescue (rows of EXPIRED_CLAIMS, or
+    of CLAIMS_OF_WORKER for a worker whose sessions are gone)."""
     decisions = []
     for row in rows:
+        why = (
+            "has had no database session for several seconds (its process is gone)"
+            if vanished
+            else f"stopped renewing its lock, which expired at {row['locked_until'].isoformat()}"
+        )
         lost = Outcome(
             OutcomeKind.LOST,
             error=(
-                f"WorkerLost: worker {row['worker_id']} stopped renewing its lock, which expired at "
-                f"{row['locked_until'].isoformat()}; the attempt started at {row['started_at'].isoformat()} "
-                "is counted as failed."
+                f"WorkerLost: worker {row['worker_id']} {why}; the attempt started at "
+                f"{row['started_at'].isoformat()} is counted as failed."
             ),
         )
         action = decide(lost, row["retry_count"], row["max_retries"], config)
@@ -82,6 +117,7 @@ class LockKeeper:
         self._on_rescued = on_rescued
         self.poll_interval = poll_interval
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
+        self.vanished = VanishedWorkers()
 
     async def loop(self) -> None:
         last_beat = 0.0
@@ -93,7 +129,9 @@ class LockKeeper:
                     await self.heartbeat()
                     last_beat = now
                 await self.rescue()
+                await self.rescue_vanished()
             except psycopg.Error as exc:
+                self.vanished.forget()
                 log.warning("heartbeat/rescue failed (%s); will retry", brief(exc))
 
     async def heartbeat(self) -> None:
@@ -120,20 +158,46 @@ class LockKeeper:
             expired = foreign_claims(found, self.worker_id, self._held() | self._unwritten())
             if not expired:
                 break
-            by_worker: dict[str, list[tuple[Any, Any, Any]]] = defaultdict(list)
-            for task_id, worker_id, started_at, action in rescue_decisions(expired, self.config):
-                by_worker[worker_id].append((task_id, started_at, action))
-            rescued: set[Any] = set()
-            for worker_id, decisions in by_worker.items():  # usually one lost worker per round
-                rows = await self._connections.execute(sql.RESCUE_MANY, sql.outcome_params(decisions, worker_id))
-                done = {r[0] for r in rows}
-                for task_id, _started, action in decisions:
-                    if task_id in done:
-                        log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
-                rescued |= done
+            rescued = await self._apply(sql.RESCUE_MANY, rescue_decisions(expired, self.config))
             total += len(rescued)
             if len(found) < RESCUE_BATCH or not rescued:
                 break  # all done, or another worker is rescuing the same rows
         if total:
             self._on_rescued()
         return total
+
+    async def rescue_vanished(self) -> int:
+        """Fail or retry (by policy) the claims of workers whose sessions have stayed gone."""
+        rows = await self._connections.execute(sql.VANISHED_WORKERS, {})
+        missing = [r[0] for r in rows if r[0] != self.worker_id]
+        total = 0
+        for worker_id in self.vanished.observe(missing, time.monotonic()):
+            while True:
+                claims = await self._connections.execute(
+                    sql.CLAIMS_OF_WORKER, {"worker_id": worker_id, "limit": RESCUE_BATCH}, row_factory=dict_row
+                )
+                if not claims:
+                    break
+                log.warning("worker %s has no database session: rescuing %d task(s) it claimed", worker_id, len(claims))
+                rescued = await self._apply(sql.RESCUE_VANISHED, rescue_decisions(claims, self.config, vanished=True))
+                total += len(rescued)
+                if len(claims) < RESCUE_BATCH or not rescued:
+                    break
+        if total:
+            self._on_rescued()
+        return total
+
+    async def _apply(self, statement: str, decisions: list[tuple[Any, str, Any, Any]]) -> set[Any]:
+        """Run a rescue statement per lost worker; the ids it changed."""
+        by_worker: dict[str, list[tuple[Any, Any, Any]]] = defaultdict(list)
+        for task_id, worker_id, started_at, action in decisions:
+            by_worker[worker_id].append((task_id, started_at, action))
+        rescued: set[Any] = set()
+        for worker_id, batch in by_worker.items():  # usually one lost worker per round
+            rows = await self._connections.execute(statement, sql.outcome_params(batch, worker_id))
+            done = {r[0] for r in rows}
+            for task_id, _started, action in batch:
+                if task_id in done:
+                    log.warning("rescued task %s from worker %s: now %s", task_id, worker_id, action.state.value)
+            rescued |= done
+        return rescued

@@ -280,6 +280,37 @@ ORDER BY locked_until
 LIMIT %(limit)s
 """
 
+#: A running row's worker has a session open: one of its connections sets application_name to
+#: ``tasklib-worker <id>`` (PostgreSQL may cut a long name, so the name must be a prefix of it).
+_WORKER_CONNECTED = """EXISTS (
+    SELECT 1 FROM pg_stat_activity AS a
+    WHERE a.datname = current_database() AND a.application_name LIKE 'tasklib-worker _%%'
+      AND starts_with('tasklib-worker ' || {worker}, a.application_name))"""
+
+#: (read) Workers that hold unexpired claims but have no session open: a killed process's
+#: connections close at once, so the database itself knows it is gone. ``_lockkeeper`` rescues
+#: their claims once they have stayed gone for a while (a restart of PostgreSQL closes every
+#: session, and live workers reconnect within about a second). Reads tasks_locked_idx: only
+#: running tasks hold a lock.
+VANISHED_WORKERS = f"""
+SELECT worker_id FROM (
+    SELECT DISTINCT worker_id FROM tasks WHERE locked_until >= now() AND state || '' = 'running'
+) AS owners
+WHERE NOT {_WORKER_CONNECTED.format(worker="owners.worker_id")}
+"""
+
+#: (read) The running claims of one vanished worker (rows as EXPIRED_CLAIMS returns them).
+CLAIMS_OF_WORKER = """
+SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks
+WHERE locked_until IS NOT NULL AND state || '' = 'running' AND worker_id = %(worker_id)s
+ORDER BY locked_until
+LIMIT %(limit)s
+"""
+
+#: running -> pending | failed: RESCUE_MANY for a worker whose sessions are gone, whether or not
+#: its lock has expired; checked again in the statement, so a worker that reconnected keeps its claims.
+RESCUE_VANISHED = _APPLY_OUTCOMES.format(extra="AND NOT " + _WORKER_CONNECTED.format(worker="t.worker_id"))
+
 #: running -> pending: hand back tasks this worker claimed but will not finish (shutdown, prefetched
 #: but never started, or stopped after the grace period). No attempt is burned.
 RELEASE_MANY = f"""

@@ -94,7 +94,7 @@ def test_readme_commands_are_what_ci_and_make_run() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo: install\n\t\$\(PY\) -m examples\.demo", makefile, re.M)
-    assert re.search(r"^test: install browser\n\t\$\(PY\) -m pytest tests e2e$", makefile, re.M)
+    assert re.search(r"^test: install browser systools\n\t\$\(PY\) -m pytest tests e2e$", makefile, re.M)
 
 
 def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> None:

@@ -97,7 +97,9 @@ def test_prune_command(tl: tasklib.Config, database_url: str) -> None:
 
 def test_workers_prune_one_at_a_time_and_record_each_round(tl: tasklib.Config, database_url: str, tmp_path: Path) -> None:
     fill(database_url)
-    with workers(database_url, tmp_path / "log", 3, "--retention", "completed=1h,failed=1d,every=1s"):
+    # The running rows' worker "w" stays connected (else the workers would rescue its claims after 5 s).
+    live = psycopg.connect(database_url, application_name="tasklib-worker w")
+    with live, workers(database_url, tmp_path / "log", 3, "--retention", "completed=1h,failed=1d,every=1s"):
         assert wait_for(lambda: by_state(database_url).get("failed", 0) == 15, timeout=30)
         assert wait_for(lambda: len(records(database_url)) >= 4, timeout=30)
     after = by_state(database_url)

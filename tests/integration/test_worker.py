@@ -69,6 +69,44 @@ def test_kill_9_worker_group_mid_task_is_rescued_and_counted(tl, tmp_path: Path)
     assert [line[1] for line in read_log(log) if line[0] == "done"] == ["victim"]  # the killed run never finished
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return "\nState:\tZ" not in status.read()  # a zombie runs no code
+    except FileNotFoundError:
+        return False
+
+
+def test_kill_9_with_the_default_lock_is_rescued_in_seconds(tl, tmp_path: Path) -> None:
+    """Default 600 s lock: the killed worker's sessions close at once, so the other worker rescues its
+    claims within seconds instead of minutes; its children die with it, so the killed attempts never
+    finish (the only repeats are the tasks that were running at the kill)."""
+    log = tmp_path / "runs.log"
+    ids = tasklib.submit_many_sync(jobs.mark, [{"key": f"v{i}", "sleep": 4} for i in range(4)])
+    first = start_worker(tl.database_url, log, "--concurrency", "4", "--worker-id", "victim")
+    try:
+        assert wait_for(lambda: len([x for x in read_log(log) if x[0] == "start"]) == 4, timeout=20)
+        pids = [int(line[2]) for line in read_log(log) if line[0] == "start"]
+        with workers(tl.database_url, log, 1, "--worker-id", "rescuer"):
+            time.sleep(1)  # the rescuer is up and looking
+            os.kill(first.pid, signal.SIGKILL)  # the worker process alone: its children must follow it
+            killed_at = time.monotonic()
+            assert wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=3), "children outlived the worker"
+            rescued = wait_for(lambda: all(task_row(tl.database_url, i)["retry_count"] == 1 for i in ids), timeout=20)
+            took = time.monotonic() - killed_at
+            assert rescued and took < 10, f"rescued after {took:.1f} s"
+            assert wait_for(lambda: all_done(tl.database_url, 4), timeout=30)
+    finally:
+        stop(first, signal.SIGKILL)
+    rows = [task_row(tl.database_url, i) for i in ids]
+    assert all(r["worker_id"] == "rescuer" and r["retry_count"] == 1 for r in rows)
+    worker_logs = "".join(p.read_text() for p in tmp_path.glob("runs.*.out"))
+    assert "worker victim has no database session: rescuing 4 task(s)" in worker_logs
+    finished = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
+    assert finished == {f"v{i}": 1 for i in range(4)}  # only the rescued attempts finished
+    print(f"rescued {len(ids)} tasks {took:.1f} s after kill -9 (lock timeout 600 s)")
+
+
 def test_long_task_on_live_worker_is_not_stolen(tl, tmp_path: Path) -> None:
     log = tmp_path / "runs.log"
     task_id = tasklib.submit_task_sync(jobs.mark, key="long", sleep=6)

@@ -9,7 +9,7 @@ from typing import Any
 import tasklib
 from tasklib._claim import EARLIEST, ClaimFloor
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
-from tasklib._lockkeeper import foreign_claims, rescue_decisions
+from tasklib._lockkeeper import VanishedWorkers, foreign_claims, rescue_decisions
 from tasklib._pool import Child, Job, KillReason
 from tasklib.states import TaskState
 
@@ -255,3 +255,14 @@ def test_a_lost_task_is_killed_if_running_and_recalled_if_queued() -> None:
     assert queued.seq not in dispatcher.jobs  # cancelled and given back: dropped, never run
     dispatcher.stop_lost({running.id})
     assert child.kill_reason is KillReason.CANCEL
+
+
+def test_a_worker_counts_as_gone_only_after_staying_without_a_session() -> None:
+    seen = VanishedWorkers(after_seconds=5.0)
+    assert seen.observe(["a", "b"], now=100.0) == []
+    assert seen.observe(["a", "b"], now=104.9) == []
+    assert seen.observe(["a"], now=105.0) == ["a"]  # b reconnected: forgotten
+    assert seen.observe(["a", "b"], now=106.0) == ["a"]  # b starts over
+    assert seen.observe(["a", "b"], now=111.0) == ["a", "b"]
+    seen.forget()  # our own connection failed: start over for everyone
+    assert seen.observe(["a", "b"], now=112.0) == []
