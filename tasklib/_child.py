@@ -17,6 +17,7 @@ import ctypes
 import importlib
 import json
 import os
+import resource
 import signal
 import sys
 import threading
@@ -47,14 +48,60 @@ def _clean(text: str) -> str:
     return text.replace("\x00", "\\x00")
 
 
-def run_one(definitions: dict[str, Any], name: str, kwargs_json: str) -> tuple[str, str]:
+_MB = 1024 * 1024
+
+
+def _address_space() -> int:
+    """This process's mapped address space now, in bytes (VmSize)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class MemoryLimit:
+    """While a task runs, cap how far the child's address space may grow (RLIMIT_AS).
+
+    The cap is what the idle child maps plus the task's limit, so ``memory_limit_mb=256`` means
+    "this attempt may allocate 256 MB": past it, allocations fail and Python raises MemoryError in
+    the task. Address space, not resident memory: thread stacks and malloc arenas a task creates
+    count too. Linux only; elsewhere the limit is not applied.
+    """
+
+    def __init__(self, limit_mb: int | None) -> None:
+        self.limit_mb = limit_mb
+        self._previous: tuple[int, int] | None = None
+
+    def __enter__(self) -> MemoryLimit:
+        if self.limit_mb and sys.platform.startswith("linux"):
+            self._previous = resource.getrlimit(resource.RLIMIT_AS)
+            soft = _address_space() + self.limit_mb * _MB
+            hard = self._previous[1]
+            resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            resource.setrlimit(resource.RLIMIT_AS, self._previous)
+
+
+def run_one(
+    definitions: dict[str, Any], name: str, kwargs_json: str, default_memory_limit_mb: int | None = None
+) -> tuple[str, str]:
     """Run one task; returns (status, payload). Never raises."""
+    limit_mb = default_memory_limit_mb
     try:
         definition = definitions.get(name)
         if definition is None:
             raise LookupError(f"task {name!r} is not registered in the worker's child process")
         kwargs = definition.load(json.loads(kwargs_json))
-        result = definition.func(**kwargs)
+        limit_mb = definition.memory_limit_mb or default_memory_limit_mb
+        with MemoryLimit(limit_mb):
+            result = definition.func(**kwargs)
+    except MemoryError as exc:
+        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+        text = "".join(traceback.format_exception(type(exc), exc, tb))
+        if limit_mb:
+            text += f"MemoryError: the task exceeded its memory limit of {limit_mb} MB (memory_limit_mb)\n"
+        return "error", _clean(text)
     except BaseException as exc:
         # Drop this frame: users want their own code's traceback, not TaskLib's.
         tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
@@ -71,7 +118,7 @@ def run_one(definitions: dict[str, Any], name: str, kwargs_json: str) -> tuple[s
         return "error", f"ValueError: {exc}"
 
 
-def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
+def child_main(inbox: Any, outbox: Any, modules: list[str], default_memory_limit_mb: int | None = None) -> None:
     """Entry point of a child. ``inbox``/``outbox`` are multiprocessing pipe ends (kept alive here)."""
     read_fd, write_fd = inbox.fileno(), outbox.fileno()
     # Ctrl+C reaches the whole process group; the worker decides when task code stops, not the tty.
@@ -93,6 +140,13 @@ def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
             write_all(write_fd, data)
 
     def reader() -> None:
+        try:
+            read_loop()
+        except BaseException:  # (a MemoryError under a task's limit, say): a deaf child would hang
+            os._exit(70)  # its tasks; dying lets the worker see it and recover them
+        os._exit(0)  # the worker closed our pipe: time to go
+
+    def read_loop() -> None:
         for message in read_messages(read_fd):
             if message[0] == "run":
                 with work:
@@ -106,7 +160,6 @@ def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
                     queue.clear()
                     queue.extend(kept)
                 send(("recalled", recalled))
-        os._exit(0)  # the worker closed our pipe: time to go
 
     threading.Thread(target=reader, name="tasklib-child-reader", daemon=True).start()
     send(("ready", os.getpid()))
@@ -115,5 +168,5 @@ def child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
             while not queue:
                 work.wait()
             seq, name, kwargs_json = queue.popleft()
-        status, payload = run_one(definitions, name, kwargs_json)
+        status, payload = run_one(definitions, name, kwargs_json, default_memory_limit_mb)
         send((seq, status, payload))

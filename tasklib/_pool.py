@@ -123,9 +123,11 @@ class ChildPool:
         on_message: Callable[[Child, Any], None],
         on_death: Callable[[Child, str], None],
         preload_main: bool = False,
+        default_memory_limit_mb: int | None = None,
     ) -> None:
         self.size = size
         self.modules = modules
+        self.default_memory_limit_mb = default_memory_limit_mb
         self.children: list[Child] = []
         self._ctx = _context(modules, preload_main)
         self._on_message = on_message
@@ -146,7 +148,10 @@ class ChildPool:
         inbox_child, inbox_parent = self._ctx.Pipe(duplex=False)
         outbox_parent, outbox_child = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
-            target=child_main, args=(inbox_child, outbox_child, self.modules), name="tasklib-child", daemon=True
+            target=child_main,
+            args=(inbox_child, outbox_child, self.modules, self.default_memory_limit_mb),
+            name="tasklib-child",
+            daemon=True,
         )
         process.start()
         inbox_child.close()

@@ -105,6 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="delay before the first retry of a failed task, doubled for each later one (default: 5)",
     )
     worker.add_argument(
+        "--memory-limit",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="memory one task attempt may allocate in its child, for tasks without memory_limit_mb (default: unlimited)",
+    )
+    worker.add_argument(
         "--retention",
         default=None,
         metavar="POLICY",
@@ -243,6 +250,8 @@ def _worker(args: argparse.Namespace) -> int:
         extra["worker_id"] = args.worker_id
     if args.retention:
         extra["retention"] = parse_retention(args.retention)
+    if args.memory_limit is not None:
+        extra["default_memory_limit_mb"] = args.memory_limit
     worker = TaskWorker(
         _config(args, **extra),
         concurrency=args.concurrency,

@@ -109,6 +109,9 @@ class Config(BaseModel):
     retry_backoff_multiplier: float = Field(2.0, ge=1.0)
     lock_timeout_seconds: int = Field(600, ge=1)
     default_task_timeout_seconds: int | None = Field(None, ge=1)
+    #: Memory an attempt may allocate in its child, in MB, for tasks without ``memory_limit_mb``
+    #: (``None``: unlimited). Past it, allocations fail and the task fails with a MemoryError.
+    default_memory_limit_mb: int | None = Field(None, ge=16)
     worker_id: str | None = Field(None, min_length=1, max_length=200)
     #: Spread retries by up to ±25 % so a burst of failures does not retry in lockstep. Off by
     #: default so the documented 5 s / 10 s / 20 s schedule holds exactly.

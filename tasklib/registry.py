@@ -65,6 +65,8 @@ class TaskDefinition:
     _list_adapter: pydantic.TypeAdapter[Any] | None = field(repr=False, default=None, compare=False)
     #: When the task recurs (``cron=`` / ``every=``), else None.
     schedule: Schedule | None = None
+    #: How much memory an attempt may allocate in its child (MB), else the worker's default.
+    memory_limit_mb: int | None = None
 
     def validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Validate call arguments; return their JSON form. Raise ValidationError naming each field."""
@@ -193,6 +195,7 @@ def task(
     timezone: str | None = None,
     schedule_kwargs: Mapping[str, Any] | None = None,
     catch_up: bool = False,
+    memory_limit_mb: int | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -208,6 +211,7 @@ def task(
     timezone: str | None = None,
     schedule_kwargs: Mapping[str, Any] | None = None,
     catch_up: bool = False,
+    memory_limit_mb: int | None = None,
 ) -> Any:
     """Register a sync function as a task. The function stays directly callable.
 
@@ -220,6 +224,8 @@ def task(
         raise ValueError("max_retries must be >= 0")
     if timeout_seconds is not None and timeout_seconds < 1:
         raise ValueError("timeout_seconds must be >= 1")
+    if memory_limit_mb is not None and (isinstance(memory_limit_mb, bool) or memory_limit_mb < 16):
+        raise ValueError("memory_limit_mb must be at least 16")
     schedule = None
     if cron is not None or every is not None:
         from tasklib.schedules import Schedule
@@ -234,6 +240,8 @@ def task(
         task_name = name or f"{module_name_of(fn)}.{fn.__qualname__}"
         args_type, adapter, accepts_extra, names = _build_adapter(fn)
         definition = TaskDefinition(task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter, args_type)
+        if memory_limit_mb is not None:
+            definition = replace(definition, memory_limit_mb=int(memory_limit_mb))
         if schedule is not None:
             kwargs = definition.validate(dict(schedule_kwargs or {}))  # ValidationError now, not at 3 a.m.
             definition = replace(definition, schedule=schedule.with_kwargs(kwargs))

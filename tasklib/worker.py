@@ -115,6 +115,7 @@ class TaskWorker:
             dispatcher.on_message,
             dispatcher.on_death,
             preload_main="__main__" in modules,
+            default_memory_limit_mb=self.config.default_memory_limit_mb,
         )
         dispatcher.pool = pool
         pool.start()
