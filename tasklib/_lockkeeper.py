@@ -42,6 +42,11 @@ RESCUE_BATCH = 256
 #: Long enough that a PostgreSQL restart (every session closes; live workers reconnect within about a
 #: second) or a worker's reconnect never counts as a death; short next to the default lock.
 VANISHED_AFTER_SECONDS = 5.0
+#: After this worker's own connection failed, how long it rescues nothing once it is back. An
+#: outage that cut everyone (a PostgreSQL restart) also stopped every other worker's heartbeats, so
+#: their locks may have expired meanwhile; they reconnect within about a second and renew their
+#: claims and write the outcomes they held. Rescuing first would run those tasks again.
+RECONNECT_GRACE_SECONDS = 5.0
 
 
 class VanishedWorkers:
@@ -118,6 +123,7 @@ class LockKeeper:
         self.poll_interval = poll_interval
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
         self.vanished = VanishedWorkers()
+        self._quiet_until = 0.0  # monotonic time before which this worker rescues nothing
 
     async def loop(self) -> None:
         last_beat = 0.0
@@ -132,6 +138,7 @@ class LockKeeper:
                 await self.rescue_vanished()
             except psycopg.Error as exc:
                 self.vanished.forget()
+                self._quiet_until = time.monotonic() + RECONNECT_GRACE_SECONDS
                 log.warning("heartbeat/rescue failed (%s); will retry", brief(exc))
 
     async def heartbeat(self) -> None:
@@ -150,6 +157,8 @@ class LockKeeper:
 
     async def rescue(self) -> int:
         """Fail or retry (by policy) the claims of workers that stopped renewing their locks."""
+        if time.monotonic() < self._quiet_until:
+            return 0
         total = 0
         while True:
             found = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
@@ -168,6 +177,8 @@ class LockKeeper:
 
     async def rescue_vanished(self) -> int:
         """Fail or retry (by policy) the claims of workers whose sessions have stayed gone."""
+        if time.monotonic() < self._quiet_until:
+            return 0
         rows = await self._connections.execute(sql.VANISHED_WORKERS, {})
         missing = [r[0] for r in rows if r[0] != self.worker_id]
         total = 0
