@@ -236,6 +236,7 @@ def _unexpected(request: Request, exc: Exception) -> Response[Any]:
 #: Connections the dashboard's own pool may open (requests run on a thread pool; more would only
 #: queue inside PostgreSQL). The library's default pool is not touched.
 POOL_SIZE = 4
+POOL_TIMEOUT_SECONDS = 3.0
 
 
 def create_app(
@@ -261,6 +262,9 @@ def create_app(
         max_size=POOL_SIZE,
         application_name="tasklib-dashboard",
         statement_timeout_ms=statement_timeout_ms,
+        # A page waits at most this long for a connection (database down, connections used up)
+        # before answering 503: a person is looking at it.
+        pool_timeout_seconds=POOL_TIMEOUT_SECONDS,
     )
     if ensure_table:
         with db.connect("tasklib-dashboard") as conn, translated_errors():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, Literal
@@ -30,6 +31,27 @@ _OPTIONS: dict[Role, str] = {
     "write": WRITE_PLANNER_OPTIONS,
     "schedule": WRITE_PLANNER_OPTIONS,
 }
+
+
+class Outage:
+    """Logs a failing database operation once when it starts failing and once when it works again,
+    instead of at every retry (retries come up to a second apart, for as long as the outage lasts)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.since: float | None = None
+
+    def failed(self, exc: BaseException) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+            log.warning("%s failed (%s); retrying at most %.0fs apart", self.what, brief(exc), MAX_BACKOFF_SECONDS)
+        else:
+            log.debug("%s still failing (%s)", self.what, brief(exc))
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log.warning("%s works again after %.1fs", self.what, time.monotonic() - self.since)
+            self.since = None
 
 
 def brief(exc: BaseException) -> str:
@@ -103,12 +125,14 @@ async def listen(
     ``on_submit`` is also called after every (re)connect: anything submitted while nobody listened.
     """
     backoff = 0.1
+    outage = Outage("listening for submits")
     while True:
         try:
             async with await psycopg.AsyncConnection.connect(url, **connect_kwargs(application_name)) as conn:
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_SUBMIT}")
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_CANCEL}")
                 backoff = 0.1
+                outage.ok()
                 on_submit(None)
                 async for note in conn.notifies():
                     if note.channel != sql.NOTIFY_CHANNEL_CANCEL:
@@ -120,6 +144,6 @@ async def listen(
                         continue
                     on_cancel(task_id)
         except psycopg.Error as exc:
-            log.warning("listener connection lost (%s); reconnecting in %.1fs", brief(exc), backoff)
+            outage.failed(exc)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

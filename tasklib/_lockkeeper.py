@@ -29,7 +29,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tasklib import sql
-from tasklib._connections import WorkerConnections, brief
+from tasklib._connections import Outage, WorkerConnections
 from tasklib.config import Config
 from tasklib.outcome import Outcome, OutcomeKind, decide
 
@@ -127,6 +127,7 @@ class LockKeeper:
 
     async def loop(self) -> None:
         last_beat = 0.0
+        outage = Outage("heartbeat and rescue")
         while True:
             await asyncio.sleep(min(self.poll_interval, self.heartbeat_interval))
             try:
@@ -134,12 +135,15 @@ class LockKeeper:
                 if now - last_beat >= self.heartbeat_interval:
                     await self.heartbeat()
                     last_beat = now
+                if time.monotonic() < self._quiet_until:
+                    await self._connections.execute(sql.NOW, {})  # back yet? (rescues wait out the grace)
                 await self.rescue()
                 await self.rescue_vanished()
+                outage.ok()
             except psycopg.Error as exc:
                 self.vanished.forget()
                 self._quiet_until = time.monotonic() + RECONNECT_GRACE_SECONDS
-                log.warning("heartbeat/rescue failed (%s); will retry", brief(exc))
+                outage.failed(exc)
 
     async def heartbeat(self) -> None:
         """Extend our locks; tasks whose rows are no longer ours (cancelled, rescued) are stopped."""

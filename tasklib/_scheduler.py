@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 
 from tasklib import sql
-from tasklib._connections import MAX_BACKOFF_SECONDS, brief
+from tasklib._connections import MAX_BACKOFF_SECONDS, Outage
 from tasklib.config import Config
 from tasklib.registry import TaskDefinition
 from tasklib.schedules import slot_key
@@ -88,12 +88,14 @@ class Scheduler:
             return
         log.info("scheduling %d recurring task(s): %s", len(self.definitions), ", ".join(sorted(self.definitions)))
         backoff = 0.1
+        outage = Outage("scheduling recurring tasks")
         while True:
             try:
                 started = asyncio.get_running_loop().time()
                 now: datetime = (await self.run(sql.NOW, {}))[0][0]
                 soonest = await self.tick(now)
                 backoff = 0.1
+                outage.ok()
                 wait = (soonest - now).total_seconds() - (asyncio.get_running_loop().time() - started)
                 if wait + BOUNDARY_MARGIN_SECONDS <= MAX_SLEEP_SECONDS:
                     await asyncio.sleep(max(0.0, wait) + BOUNDARY_MARGIN_SECONDS)
@@ -102,7 +104,7 @@ class Scheduler:
                     await asyncio.sleep(MAX_SLEEP_SECONDS)
             except psycopg.Error as exc:
                 self._inserted.clear()  # after an outage, check every schedule again
-                log.warning("scheduling failed (%s); retrying in %.1fs", brief(exc), backoff)
+                outage.failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
             except Exception:  # a bug here must not silently end scheduling for this worker's lifetime

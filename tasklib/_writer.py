@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from tasklib import sql
-from tasklib._connections import MAX_BACKOFF_SECONDS, brief
+from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, brief
 from tasklib._pool import Job
 from tasklib.outcome import Action, decide_unstorable
 
@@ -59,6 +59,7 @@ class OutcomeWriter:
 
     async def run(self) -> None:
         backoff = 0.1
+        outage = Outage("recording results")
         while True:
             await self._wanted.wait()
             await asyncio.sleep(FLUSH_DELAY_SECONDS)  # let results that arrive together share a statement
@@ -66,8 +67,9 @@ class OutcomeWriter:
             try:
                 await self.write_pending()
                 backoff = 0.1
+                outage.ok()
             except psycopg.Error as exc:
-                log.warning("recording results failed (%s); retrying in %.1fs", brief(exc), backoff)
+                outage.failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 self._wanted.set()

@@ -104,9 +104,11 @@ class Database:
         *,
         application_name: str = APPLICATION_NAME,
         statement_timeout_ms: int | None = None,
+        pool_timeout_seconds: float = POOL_TIMEOUT_SECONDS,
     ) -> None:
         self.url = url
         self.max_size = max_size
+        self.pool_timeout = pool_timeout_seconds
         self._kwargs = connect_kwargs(application_name, statement_timeout_ms)
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
@@ -126,10 +128,10 @@ class Database:
                     kwargs=self._kwargs,
                     open=False,
                     name="tasklib",
-                    timeout=POOL_TIMEOUT_SECONDS,
+                    timeout=self.pool_timeout,
                 )
                 try:
-                    self._pool.open(wait=True, timeout=10)
+                    self._pool.open(wait=True, timeout=self.pool_timeout)
                 except Exception as exc:
                     self._pool = None
                     raise DatabaseError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
@@ -146,10 +148,10 @@ class Database:
                 kwargs=self._kwargs,
                 open=False,
                 name="tasklib-async",
-                timeout=POOL_TIMEOUT_SECONDS,
+                timeout=self.pool_timeout,
             )
             try:
-                await pool.open(wait=True, timeout=10)
+                await pool.open(wait=True, timeout=self.pool_timeout)
             except Exception as exc:
                 raise DatabaseError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
             self._apools[loop] = pool

@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 
 from tasklib import sql
 from tasklib._claim import ClaimFloor
-from tasklib._connections import MAX_BACKOFF_SECONDS, WorkerConnections, brief, listen
+from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, WorkerConnections, brief, listen
 from tasklib._dispatcher import Dispatcher
 from tasklib._lockkeeper import LockKeeper
 from tasklib._pool import ChildPool, Job, KillReason
@@ -262,6 +262,7 @@ class TaskWorker:
 
     async def _claim_loop(self) -> None:
         backoff = 0.1
+        outage = Outage("claiming tasks")
         while not self._stopping:
             wanted = self._dispatcher.wanted()
             claimed_full = False
@@ -269,9 +270,10 @@ class TaskWorker:
                 try:
                     jobs = await self._claim(wanted)
                     backoff = 0.1
+                    outage.ok()
                 except psycopg.Error as exc:
                     self._floor.forget()
-                    log.warning("claim failed (%s); retrying in %.1fs", brief(exc), backoff)
+                    outage.failed(exc)
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                     continue
