@@ -8,11 +8,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``target``; ``through(url)`` points a database URL at it."""
+    """Forwards ``listen_host``:<port> to ``target``; ``through(url)`` points a database URL at it."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, listen_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
-        self._server = socket.create_server(("127.0.0.1", 0))
+        self.listen_host = listen_host
+        self._server = socket.create_server((listen_host, 0))
         self.port = self._server.getsockname()[1]
         self._lock = threading.Lock()
         self._sockets: list[socket.socket] = []
@@ -26,7 +27,7 @@ class TcpProxy:
         parts = urlsplit(url)
         assert (parts.hostname, parts.port or 5432) == self.target, f"{url} is not the proxied server {self.target}"
         userinfo = parts.netloc.rpartition("@")[0]
-        return urlunsplit(parts._replace(netloc=f"{userinfo + '@' if userinfo else ''}127.0.0.1:{self.port}"))
+        return urlunsplit(parts._replace(netloc=f"{userinfo + '@' if userinfo else ''}{self.listen_host}:{self.port}"))
 
     def __enter__(self) -> TcpProxy:
         threading.Thread(target=self._accept, daemon=True).start()
