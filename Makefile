@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 UV ?= $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-unit test-integration test-e2e lint format check bench demo browser systools clean
+.PHONY: install test test-unit test-integration test-e2e lint format check bench soak demo browser systools clean
 
 $(VENV)/.installed: pyproject.toml $(wildcard uv.lock)
 ifneq ($(UV),)
@@ -60,6 +60,11 @@ check: lint test
 
 bench: install
 	$(PY) -m bench
+
+## The chaos suite's soak for 10 minutes (make test runs it for 2); SOAK_SECONDS=… to change.
+SOAK_SECONDS ?= 600
+soak: install
+	TASKLIB_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/chaos/test_soak.py -s -p no:cacheprovider
 
 ## Dashboard on :$(PORT), a worker and a stream of example tasks, on the embedded PostgreSQL.
 demo: install
