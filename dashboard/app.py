@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from typing import Annotated, Any
@@ -31,6 +32,8 @@ from tasklib.db import Database, translated_errors
 from tasklib.errors import DatabaseError, InvalidTransition, TaskLibError, TaskNotFound, ValidationError
 from tasklib.monitor import Monitor
 from tasklib.schema import ensure_schema
+
+log = logging.getLogger("tasklib.dashboard")
 
 STATEMENT_TIMEOUT_MS = 5000
 Limit = Annotated[int, Parameter(ge=1, le=500, description="rows per page")]
@@ -229,7 +232,7 @@ def _http_error(request: Request, exc: HTTPException) -> Response[Any]:
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[Any]:
-    request.logger.exception("dashboard error", exc_info=exc)
+    log.error("dashboard error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error_page(request, 500, "Internal error", "Something went wrong; the server log has the details.")
 
 
@@ -308,4 +311,7 @@ def create_app(
         middleware=[DefineMiddleware(BasicAuth, credentials=auth)] if auth else [],
         allowed_hosts=AllowedHostsConfig(allowed_hosts=allowed_hosts, www_redirect=False) if allowed_hosts else None,
         debug=False,
+        # Logging is the host's to configure (the `tasklib` command's, or the application's that
+        # mounts this app): Litestar's default would install its own handler on the root logger.
+        logging_config=None,
     )

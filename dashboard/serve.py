@@ -45,5 +45,6 @@ def serve(config: Config, *, host: str, port: int, auth: str | None, insecure: b
     hosts = loopback_hosts(port) if is_loopback(host) and not auth else None
     app = create_app(config, auth=auth, allowed_hosts=hosts)
     log.info("dashboard on http://%s:%d/ (database %s)", host, port, redact_url(config.resolved_database_url()))
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # log_config=None: uvicorn logs through the root logger, in the format `tasklib` set up.
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, log_config=None)
     return 0

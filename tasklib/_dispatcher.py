@@ -23,6 +23,8 @@ from tasklib.outcome import Outcome, OutcomeKind, decide
 from tasklib.states import TaskState
 
 log = logging.getLogger("tasklib.worker")
+#: How a decided outcome is named in structured logs (``--log-format json``).
+_OUTCOME_NAMES = {TaskState.COMPLETED: "completed", TaskState.FAILED: "failed", TaskState.PENDING: "retry"}
 
 # A child may be sent this many tasks at once when tasks are fast: it keeps the child busy while the
 # parent reads results, and costs one pipe write per batch instead of one per task.
@@ -127,7 +129,20 @@ class Dispatcher:
             self.pool.send(child, ("run", [(j.seq, j.name, j.kwargs_json) for j in batch]))
             if log.isEnabledFor(logging.INFO):
                 for j in batch:
-                    log.info("task started  %s %s (attempt %d) in child %d", j.name, j.id, j.retry_count + 1, child.pid)
+                    log.info(
+                        "task started  %s %s (attempt %d) in child %d",
+                        j.name,
+                        j.id,
+                        j.retry_count + 1,
+                        child.pid,
+                        extra={
+                            "event": "task.started",
+                            "task_id": str(j.id),
+                            "task_name": j.name,
+                            "attempt": j.retry_count + 1,
+                            "child_pid": child.pid,
+                        },
+                    )
 
     def release_queued(self) -> None:
         """At shutdown: hand back every job no child has been sent."""
@@ -192,7 +207,14 @@ class Dispatcher:
             )
         if child.kill_reason is not None or head.cancelled:
             return None  # cancelled or taken over (nothing to record), or stopped at shutdown (released)
-        log.error("child %d running %s %s died: %s", child.pid, head.name, head.id, reason)
+        log.error(
+            "child %d running %s %s died: %s",
+            child.pid,
+            head.name,
+            head.id,
+            reason,
+            extra={"event": "child.died", "task_id": str(head.id), "task_name": head.name, "child_pid": child.pid},
+        )
         return Outcome(
             OutcomeKind.CRASHED,
             error=(
@@ -211,7 +233,25 @@ class Dispatcher:
                 TaskState.FAILED: "failed",
                 TaskState.PENDING: f"failed, retry in {action.delay_seconds:.1f}s",
             }[action.state]
-            log.info("task %s %s %s in %.1f ms", what, job.name, job.id, duration * 1000)
+            outcome = {TaskState.COMPLETED: "completed", TaskState.FAILED: "failed", TaskState.PENDING: "retry"}[
+                action.state
+            ]
+            log.info(
+                "task %s %s %s in %.1f ms",
+                what,
+                job.name,
+                job.id,
+                duration * 1000,
+                extra={
+                    "event": f"task.{outcome}",
+                    "task_id": str(job.id),
+                    "task_name": job.name,
+                    "attempt": job.retry_count + 1,
+                    "duration_ms": round(duration * 1000, 3),
+                    "outcome": outcome,
+                    "retry_in_seconds": action.delay_seconds if action.state is TaskState.PENDING else None,
+                },
+            )
 
     # -- recall: queued jobs a child gives back ----------------------------------------------
 

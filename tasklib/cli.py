@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import logging
 import os
 import sys
 import traceback
@@ -14,6 +13,15 @@ from collections.abc import Sequence
 from tasklib.config import ENV_DATABASE_URL, FINISHED, Config, Retention, parse_duration, redact_url
 
 ENV_DASHBOARD_AUTH = "TASKLIB_DASHBOARD_AUTH"
+
+
+def _add_log_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="text lines (default) or one JSON object per line: time, level, event, task id, name, duration, outcome",
+    )
 
 
 def _add_database(parser: argparse.ArgumentParser) -> None:
@@ -119,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: keep everything)",
     )
     worker.add_argument("--worker-id", default=None, help="name shown in the dashboard (default: host:pid:random)")
+    _add_log_format(worker)
     _add_database(worker)
 
     dash = sub.add_parser(
@@ -135,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without --auth (not recommended)"
     )
+    _add_log_format(dash)
     _add_database(dash)
 
     prune = sub.add_parser(
@@ -167,10 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    from tasklib import logs
+
+    logs.configure(args.log_level, getattr(args, "log_format", None) or "text")
     if args.command == "worker":
         return _worker(args)
     if args.command == "dashboard":

@@ -125,6 +125,7 @@ class TaskWorker:
             self.concurrency,
             len(self._names),
             redact_url(url),
+            extra={"event": "worker.started", "worker_id": self.worker_id},
         )
         keeper = LockKeeper(
             self.config,
@@ -159,7 +160,12 @@ class TaskWorker:
             await self._connections.close()
             self._remove_signals(loop)
             self._stopped.set()
-            log.info("worker %s stopped after %d task(s)", self.worker_id, self.processed)
+            log.info(
+                "worker %s stopped after %d task(s)",
+                self.worker_id,
+                self.processed,
+                extra={"event": "worker.stopped", "worker_id": self.worker_id},
+            )
 
     async def shutdown(self, grace_seconds: float | None = None) -> None:
         """Stop claiming, let running tasks finish (up to the grace period), release the rest.

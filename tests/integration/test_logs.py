@@ -1,0 +1,56 @@
+"""--log-format json: every line the worker and the dashboard print is one JSON object."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import tasklib
+from tests.integration import jobs
+from tests.net import free_port, wait_healthy
+from tests.workers import ROOT, start_worker, stop, wait_for
+
+
+def _objects(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]  # fails on any non-JSON line
+
+
+def test_worker_logs_one_json_object_per_line(tl: tasklib.Config, tmp_path: Path) -> None:
+    ok = tasklib.submit_task_sync(jobs.mark, key="fine")
+    bad = tasklib.submit_task_sync(jobs.hard_exit, code=3, max_retries=0)
+    log = tmp_path / "runs.log"
+    proc = start_worker(tl.database_url, log, "--log-format", "json", "--worker-id", "json-worker")
+    try:
+        assert wait_for(lambda: all(tasklib.get_task(t).state in ("completed", "failed") for t in (ok, bad)), 30)  # type: ignore[union-attr]
+        time.sleep(0.3)
+    finally:
+        stop(proc)
+    lines = _objects("".join(p.read_text() for p in tmp_path.glob("runs.*.out")))
+    assert all({"time", "level", "logger", "event", "message"} <= set(line) for line in lines)
+    done = next(line for line in lines if line["event"] == "task.completed")
+    assert done["task_id"] == str(ok) and done["task_name"] == "tests.integration.jobs.mark"
+    assert done["outcome"] == "completed" and done["duration_ms"] >= 0 and done["attempt"] == 1
+    assert any(line["event"] == "task.started" and line["task_id"] == str(bad) for line in lines)
+    died = next(line for line in lines if line["event"] == "child.died")
+    assert died["task_id"] == str(bad) and died["level"] == "error"
+    assert any(line["event"] == "worker.started" and line["worker_id"] == "json-worker" for line in lines)
+    assert lines[0]["time"].endswith("+00:00")
+
+
+def test_dashboard_logs_json_too(tl: tasklib.Config, tmp_path: Path) -> None:
+    port = free_port()
+    out = tmp_path / "dash.out"
+    argv = [sys.executable, "-m", "tasklib.cli", "dashboard", "--port", str(port), "--log-format", "json"]
+    proc = subprocess.Popen(
+        [*argv, "--database-url", tl.database_url or ""], cwd=ROOT, stdout=out.open("wb"), stderr=subprocess.STDOUT
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}")
+    finally:
+        proc.terminate()
+        proc.wait(15)
+    lines = _objects(out.read_text())
+    assert any("dashboard on http://127.0.0.1" in line["message"] for line in lines), lines
