@@ -27,13 +27,18 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "e2e needs Chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
 
-# Debian's libfaketime lets the schedule tests run workers whose clocks are off by seconds.
+# Debian's libfaketime lets the schedule tests run workers whose clocks are off by seconds, and its
+# pgbouncer runs the pooling test. Installed when missing and root; elsewhere those tests skip.
 systools:
-	@ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || { \
+	@missing=""; \
+	ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || missing="$$missing libfaketime"; \
+	command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || missing="$$missing pgbouncer"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >/dev/null 2>&1 || \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libfaketime >/dev/null; }; \
-	  else echo "libfaketime missing: the clock-skew test will skip (sudo apt-get install libfaketime)" >&2; fi; }
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; }; \
+	  else echo "missing:$$missing (sudo apt-get install$$missing); the tests that need them skip" >&2; fi; \
+	fi
 
 ## The whole suite: unit, integration (real PostgreSQL) and e2e (real Chromium).
 test: install browser systools

@@ -18,7 +18,7 @@ import psycopg
 from psycopg.rows import RowFactory, tuple_row
 
 from tasklib import sql
-from tasklib.db import CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS, connect_kwargs
+from tasklib.db import CLAIM_PLANNER_SETTINGS, WRITE_PLANNER_SETTINGS, connect_kwargs, set_statement
 
 log = logging.getLogger("tasklib.worker")
 
@@ -27,9 +27,9 @@ Role = Literal["claim", "write", "schedule"]
 #: coming back (an attempt against a server that is down costs next to nothing).
 MAX_BACKOFF_SECONDS = 1.0
 _OPTIONS: dict[Role, str] = {
-    "claim": CLAIM_PLANNER_OPTIONS,
-    "write": WRITE_PLANNER_OPTIONS,
-    "schedule": WRITE_PLANNER_OPTIONS,
+    "claim": set_statement(CLAIM_PLANNER_SETTINGS),
+    "write": set_statement(WRITE_PLANNER_SETTINGS),
+    "schedule": set_statement(WRITE_PLANNER_SETTINGS),
 }
 
 
@@ -73,9 +73,9 @@ class WorkerConnections:
     async def connection(self, role: Role) -> psycopg.AsyncConnection[Any]:
         conn = self._conns[role]
         if conn is None or conn.closed or conn.broken:
-            conn = self._conns[role] = await psycopg.AsyncConnection.connect(
-                self.url, **connect_kwargs(self.application_name, options=_OPTIONS[role])
-            )
+            conn = await psycopg.AsyncConnection.connect(self.url, **connect_kwargs(self.application_name))
+            await conn.execute(_OPTIONS[role])
+            self._conns[role] = conn
         return conn
 
     async def execute(

@@ -63,17 +63,36 @@ def translated_errors() -> Iterator[None]:
 #: For the worker's claim connection (rule 3 above): the claim always walks tasks_pending_idx in
 #: order instead of bitmap-scanning and sorting every pending row (measured with stale statistics:
 #: 20,000 tasks drained at ~600/s instead of ~15,000/s).
-CLAIM_PLANNER_OPTIONS = "-c enable_sort=off -c enable_bitmapscan=off -c enable_seqscan=off"
+CLAIM_PLANNER_SETTINGS = {"enable_sort": "off", "enable_bitmapscan": "off", "enable_seqscan": "off"}
 #: For the worker's result connection: its statements touch a few hundred rows by primary key; a
 #: hash join over a sequential scan (what "the table is small" statistics suggest) would read the
 #: whole table on every batch. Plain index scans (no bitmaps) also mark dead index entries as they
 #: pass them, which keeps the partial index of running tasks from filling with finished ones.
-WRITE_PLANNER_OPTIONS = "-c enable_seqscan=off -c enable_bitmapscan=off -c enable_hashjoin=off -c enable_mergejoin=off"
+WRITE_PLANNER_SETTINGS = {
+    "enable_seqscan": "off",
+    "enable_bitmapscan": "off",
+    "enable_hashjoin": "off",
+    "enable_mergejoin": "off",
+}
 
 
-def connect_kwargs(
-    application_name: str = APPLICATION_NAME, statement_timeout_ms: int | None = None, options: str | None = None
-) -> dict[str, Any]:
+def startup_options(settings: dict[str, str]) -> str:
+    """``settings`` as libpq startup options (``-c name=value …``), for tools connecting directly."""
+    return " ".join(f"-c {name}={value}" for name, value in settings.items())
+
+
+def set_statement(settings: dict[str, str]) -> str:
+    """One statement applying ``settings`` to the session. TaskLib's connections set them this way,
+    after connecting, not as startup options: PgBouncer refuses startup options, and in session
+    pooling it resets what a session set when the client leaves (``DISCARD ALL``)."""
+    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings.items())
+
+
+CLAIM_PLANNER_OPTIONS = startup_options(CLAIM_PLANNER_SETTINGS)
+WRITE_PLANNER_OPTIONS = startup_options(WRITE_PLANNER_SETTINGS)
+
+
+def connect_kwargs(application_name: str = APPLICATION_NAME, options: str | None = None) -> dict[str, Any]:
     """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
     kwargs: dict[str, Any] = {
         "autocommit": True,
@@ -86,11 +105,8 @@ def connect_kwargs(
         "keepalives_interval": 10,
         "keepalives_count": 3,
     }
-    settings = [options] if options else []
-    if statement_timeout_ms:
-        settings.append(f"-c statement_timeout={int(statement_timeout_ms)}")
-    if settings:
-        kwargs["options"] = " ".join(settings)
+    if options:
+        kwargs["options"] = options
     return kwargs
 
 
@@ -109,7 +125,11 @@ class Database:
         self.url = url
         self.max_size = max_size
         self.pool_timeout = pool_timeout_seconds
-        self._kwargs = connect_kwargs(application_name, statement_timeout_ms)
+        self._kwargs = connect_kwargs(application_name)
+        #: Applied to each statement of ``rows()`` with ``SET LOCAL`` in its own transaction: a
+        #: session setting would not survive PgBouncer's transaction pooling (or would leak to
+        #: another client through it).
+        self.statement_timeout_ms = statement_timeout_ms
         self._lock = threading.Lock()
         self._pool: ConnectionPool | None = None
         # asyncio.run() makes a new loop each call; a pool is bound to the loop it was opened on.
@@ -161,8 +181,13 @@ class Database:
         """Run one statement on a pooled connection (committed on return) and fetch what it returns."""
         factory: Any = dict_row if as_dict else tuple_row
         with translated_errors(), self.pool().connection() as conn, conn.cursor(row_factory=factory) as cur:
-            cur.execute(query, params or {})  # type: ignore[arg-type]
-            return cur.fetchall() if cur.description else []
+            if not self.statement_timeout_ms:
+                cur.execute(query, params or {})  # type: ignore[arg-type]
+                return cur.fetchall() if cur.description else []
+            with conn.transaction():
+                cur.execute("SELECT set_config('statement_timeout', %s, true)", [str(int(self.statement_timeout_ms))])
+                cur.execute(query, params or {})  # type: ignore[arg-type]
+                return cur.fetchall() if cur.description else []
 
     def value(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row (statements that return exactly one row)."""
