@@ -144,10 +144,10 @@ class RunNowForm(BaseModel):
 
 @post("/schedules/run", sync_to_thread=True, status_code=303)
 def run_schedule_action(
-    state: State, data: Annotated[RunNowForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
+    state: State, request: Request, data: Annotated[RunNowForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Redirect:
     task_id = actions.run_schedule_now(_monitor(state).db, data.name)
-    return Redirect(f"/tasks/{task_id}", status_code=303)
+    return Redirect(f"{_root(request)}/tasks/{task_id}", status_code=303)
 
 
 @post("/tasks/{task_id:str}/retry", sync_to_thread=True, status_code=303)
@@ -163,9 +163,14 @@ def cancel_action(state: State, task_id: FromPath[str], request: Request) -> Red
 
 
 def _back(request: Request, default: str) -> str:
-    """Return to the page the button was on (same-origin paths only)."""
+    """Return to the page the button was on (same-origin paths within the dashboard only)."""
     target = request.query_params.get("next") or ""
-    return target if target.startswith("/") and not target.startswith("//") else default
+    return _root(request) + (target if target.startswith("/") and not target.startswith("//") else default)
+
+
+def _root(request: Request) -> str:
+    """The path the dashboard is mounted under ("" when it is served alone), for redirects."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
 
 
 @get("/bulk/{kind:str}", sync_to_thread=True)
@@ -180,7 +185,10 @@ def bulk_confirm(state: State, request: Request, kind: FromPath[str], limit: Lim
 
 @post("/bulk/{kind:str}/apply", sync_to_thread=True, status_code=303)
 def bulk_apply(
-    state: State, kind: FromPath[str], data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
+    state: State,
+    request: Request,
+    kind: FromPath[str],
+    data: Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)],
 ) -> Redirect:
     if kind not in actions.BULK_SOURCES:
         raise NotFoundException(f"no bulk action {kind!r}")
@@ -188,7 +196,7 @@ def bulk_apply(
     params = parse_list_params(limit=50, **query)
     apply = actions.retry_matching if kind == "retry" else actions.cancel_matching
     done = apply(_monitor(state).db, params.flt)
-    return Redirect(f"/tasks?{params.query(done=f'{kind}:{done}')}", status_code=303)
+    return Redirect(f"{_root(request)}/tasks?{params.query(done=f'{kind}:{done}')}", status_code=303)
 
 
 # -- machine endpoints --------------------------------------------------------------------------
@@ -211,7 +219,7 @@ _STATUS = {ValidationError: 400, TaskNotFound: 404, InvalidTransition: 409, Data
 
 
 def _error_page(request: Request, status: int, title: str, message: str) -> Response[Any]:
-    if request.url.path in ("/metrics", "/healthz"):
+    if request.url.path.endswith(("/metrics", "/healthz")):
         return Response(f"{title}: {message}\n", status_code=status, media_type=MediaType.TEXT)
     return Template("error.html", status_code=status, context={"status": status, "title": title, "message": message})
 

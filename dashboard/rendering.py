@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from jinja2 import pass_context
+
 import dashboard
 from tasklib.states import TaskState
 
@@ -65,6 +67,14 @@ def period(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+@pass_context
+def root(context: Any) -> str:
+    """The path the dashboard is mounted under ("" at the top; "/tasklib" inside an application
+    that mounts it there), from the ASGI ``root_path``: every link, form and poll starts with it."""
+    request = context.get("request")
+    return str(request.scope.get("root_path", "")).rstrip("/") if request is not None else ""
+
+
 def setup(env: Any) -> None:
     env.filters.update(reltime=reltime, exact=exact, pretty_json=pretty_json, period=period)
-    env.globals.update(duration=duration, states=list(TaskState), now=lambda: datetime.now(UTC))
+    env.globals.update(duration=duration, states=list(TaskState), now=lambda: datetime.now(UTC), root=root)

@@ -1,0 +1,55 @@
+"""The framework examples under examples/, each driven the way its users would."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+import tasklib
+from tests.workers import start_worker, stop, wait_for
+
+
+def test_fastapi_submits_from_a_handler_and_mounts_the_dashboard_under_a_prefix(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    monkeypatch.setenv("TASKLIB_DATABASE_URL", database_url)
+    import importlib
+
+    import examples.fastapi_app.main as main
+
+    main = importlib.reload(main)  # its Config reads the environment at import
+    worker = start_worker(database_url, tmp_path / "log", app="examples.fastapi_app.tasks")
+    try:
+        with TestClient(main.app) as client:
+            created = client.post("/signup", params={"email": "a@example.com", "name": "Ada"})
+            assert created.status_code == 200, created.text
+            task_id = created.json()["task_id"]
+            assert client.post("/signup", params={"name": "no email"}).status_code == 422
+            assert wait_for(lambda: client.get(f"/signup/{task_id}").json()["state"] == "completed", timeout=20)
+            assert client.get(f"/signup/{task_id}").json()["result"] == "Welcome, Ada! (sent to a@example.com)"
+
+            page = client.get("/tasklib/tasks")
+            assert page.status_code == 200 and task_id in page.text
+            links = re.findall(r'(?:href|action|hx-get|src)="(/[^"]*)"', page.text)
+            assert links and all(link.startswith("/tasklib/") for link in links), [
+                x for x in links if not x.startswith("/tasklib/")
+            ]
+            for link in {link.split("?")[0] for link in links if "{" not in link}:
+                if "/cancel" not in link and "/retry" not in link and "/bulk/" not in link:
+                    assert client.get(link).status_code in (200, 204), link
+            poll = re.search(r'hx-get="(/tasklib/partials/tasks[^"]*)"', page.text)
+            assert poll and client.get(poll.group(1).replace("&amp;", "&")).status_code in (200, 204)
+
+            later = tasklib.submit_task_sync(
+                "examples.fastapi_app.tasks.send_welcome", email="b@example.com", delay_seconds=600
+            )
+            token = client.cookies.get("csrftoken")
+            cancelled = client.post(f"/tasklib/tasks/{later}/cancel", data={"_csrf_token": token}, follow_redirects=False)
+            assert cancelled.status_code == 303 and cancelled.headers["location"] == f"/tasklib/tasks/{later}"
+            assert tasklib.get_task(later).state == "cancelled"  # type: ignore[union-attr]
+    finally:
+        stop(worker)
