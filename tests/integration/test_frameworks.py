@@ -53,3 +53,25 @@ def test_fastapi_submits_from_a_handler_and_mounts_the_dashboard_under_a_prefix(
             assert tasklib.get_task(later).state == "cancelled"  # type: ignore[union-attr]
     finally:
         stop(worker)
+
+
+def test_flask_submits_in_the_sqlalchemy_session_transaction(database_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from examples.flask_app.app import create
+
+    client = create(database_url).test_client()
+    worker = start_worker(database_url, tmp_path / "log", app="examples.flask_app.tasks")
+    try:
+        placed = client.post("/orders?item=book")
+        assert placed.status_code == 200, placed.text
+        task_id = placed.json["task_id"]  # type: ignore[index]
+        declined = client.post("/orders?item=lamp&fail=1")
+        assert declined.status_code == 402
+        assert wait_for(lambda: tasklib.get_task(task_id).state == "completed", timeout=20)  # type: ignore[union-attr]
+        assert tasklib.get_task(task_id).result == f"order {placed.json['order_id']} shipped"  # type: ignore[index, union-attr]
+    finally:
+        stop(worker)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT item FROM orders").fetchall() == [("book",)]  # the declined order rolled back…
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)  # …and its task with it
