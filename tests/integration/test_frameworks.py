@@ -75,3 +75,66 @@ def test_flask_submits_in_the_sqlalchemy_session_transaction(database_url: str, 
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT item FROM orders").fetchall() == [("book",)]  # the declined order rolled back…
         assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)  # …and its task with it
+
+
+DJANGO_CLIENT = """
+import json, os, sys
+sys.path.insert(0, os.getcwd())
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "examples.django_app.project.settings")
+import django
+django.setup()
+from django.test import Client
+client = Client()
+ok = client.post("/orders?item=book")
+declined = client.post("/orders?item=lamp&fail=1")
+print(json.dumps({"ok": ok.status_code, "ok_body": ok.json(), "declined": declined.status_code}))
+"""
+
+
+def test_django_submits_inside_atomic_and_runs_its_worker_command(database_url: str, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import psycopg
+
+    from tests.workers import ROOT
+
+    env = {
+        **os.environ,
+        "TASKLIB_DATABASE_URL": database_url,
+        "PYTHONPATH": str(ROOT),
+        "TASKLIB_TEST_LOG": str(tmp_path / "log"),
+    }
+    manage = [sys.executable, "examples/django_app/manage.py"]
+    migrated = subprocess.run(
+        [*manage, "migrate", "--noinput"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    tasklib.init(tasklib.Config(database_url=database_url))
+    worker = subprocess.Popen(
+        [*manage, "tasklib_worker", "--concurrency", "1"],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+        stdout=open(tmp_path / "worker.out", "wb"),  # noqa: SIM115 (the worker process writes it until stopped)
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        driven = subprocess.run(
+            [sys.executable, "-c", DJANGO_CLIENT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+        assert driven.returncode == 0, driven.stderr[-2000:]
+        result = json.loads(driven.stdout.strip().splitlines()[-1])
+        assert result["ok"] == 200 and result["declined"] == 402
+        task_id = result["ok_body"]["task_id"]
+        assert wait_for(lambda: tasklib.get_task(task_id).state == "completed", timeout=30), (
+            tmp_path / "worker.out"
+        ).read_text()  # type: ignore[union-attr]
+        assert tasklib.get_task(task_id).result == f"order {result['ok_body']['order_id']} shipped"  # type: ignore[union-attr]
+    finally:
+        stop(worker)
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT item FROM shop_order").fetchall() == [("book",)]
+        assert conn.execute("SELECT count(*) FROM tasks").fetchone() == (1,)
