@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 import tasklib
+from tests.cluster import Cluster, private_cluster
 from tests.pg import fresh_database
 
 
@@ -13,6 +14,12 @@ def database_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test only."""
     with fresh_database() as url:
         yield url
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """A PostgreSQL cluster of this test's own, for tests that restart it or use up its connections."""
+    yield from private_cluster()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from litestar.testing import TestClient
 
 import tasklib
 from dashboard.app import create_app
-from tests.chaos.conftest import Cluster
+from tests.cluster import Cluster
 from tests.integration import jobs
 from tests.workers import read_log, start_worker, states, stop, wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tasklib
-from tests.chaos.conftest import Cluster
+from tests.cluster import Cluster
 from tests.integration import jobs
 from tests.workers import read_log, start_worker, states, stop, wait_for
 

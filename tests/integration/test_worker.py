@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 import tasklib
+from tests.cluster import Cluster
 from tests.integration import jobs
-from tests.net import free_port
 from tests.workers import read_log, start_worker, states, stop, wait_for, workers
 
 
@@ -384,52 +384,31 @@ def test_slow_task_among_fast_ones_does_not_hold_them_up(tl, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("outage_seconds", [2.0, 8.0])
-def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path, outage_seconds: float) -> None:
+def test_postgres_restart_mid_run_loses_nothing(cluster: Cluster, tmp_path: Path, outage_seconds: float) -> None:
     """A real PostgreSQL restart (a throwaway embedded cluster of our own) while tasks run, shorter
     and longer than the 3 s lock: nothing lost, nothing run twice (after the long outage the worker
     renews and writes what is its own instead of rescuing it), and work resumes within seconds."""
-    import shutil
-    import tempfile
-
-    from tasklib import embedded
-
-    home = Path(tempfile.mkdtemp(prefix="tasklib-restart-", dir="/tmp"))
-    home.chmod(0o755)  # as root the server runs as nobody, which must reach its folder
-    port = str(free_port())  # a fixed range can collide with the suite's own client ports
-    env_backup = {k: os.environ.get(k) for k in (embedded.ENV_HOME, embedded.ENV_PORT)}
-    os.environ[embedded.ENV_HOME], os.environ[embedded.ENV_PORT] = str(home), port
-    log = tmp_path / "runs.log"
+    url, log = cluster.url, tmp_path / "runs.log"
+    tasklib.submit_many_sync(jobs.mark, [{"key": f"r{i}", "sleep": 0.05} for i in range(300)])
+    proc = start_worker(url, log, "--lock-timeout", "3", "--poll-interval", "0.2", "--concurrency", "4")
     try:
-        url = embedded.start()
-        tasklib.init(tasklib.Config(database_url=url))
-        tasklib.submit_many_sync(jobs.mark, [{"key": f"r{i}", "sleep": 0.05} for i in range(300)])
-        proc = start_worker(url, log, "--lock-timeout", "3", "--poll-interval", "0.2", "--concurrency", "4")
-        try:
-            assert wait_for(lambda: states(url).get("completed", 0) > 30, timeout=30)
-            embedded.stop()  # fast shutdown: every connection is cut
-            time.sleep(outage_seconds)
-            embedded.start()
-            back = time.monotonic()
-            before = len([line for line in read_log(log) if line[0] == "done"])
-            assert wait_for(lambda: len([line for line in read_log(log) if line[0] == "done"]) > before + 4, timeout=30)
-            resumed = time.monotonic() - back
-            assert wait_for(lambda: all_done(url, 300), timeout=90), states(url)
-        finally:
-            stop(proc)
-        done = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
-        starts = collections.Counter(line[1] for line in read_log(log) if line[0] == "start")
-        assert len(done) == 300
-        assert [key for key, n in starts.items() if n > 1] == []
-        assert "running" not in states(url)
-        assert resumed < 2.5, resumed  # reconnect attempts at most 1 s apart
+        assert wait_for(lambda: states(url).get("completed", 0) > 30, timeout=30)
+        cluster.stop()  # fast shutdown: every connection is cut
+        time.sleep(outage_seconds)
+        cluster.start()
+        back = time.monotonic()
+        before = len([line for line in read_log(log) if line[0] == "done"])
+        assert wait_for(lambda: len([line for line in read_log(log) if line[0] == "done"]) > before + 4, timeout=30)
+        resumed = time.monotonic() - back
+        assert wait_for(lambda: all_done(url, 300), timeout=90), states(url)
     finally:
-        embedded.stop()
-        for key, value in env_backup.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(home, ignore_errors=True)
+        stop(proc)
+    done = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
+    starts = collections.Counter(line[1] for line in read_log(log) if line[0] == "start")
+    assert len(done) == 300
+    assert [key for key, n in starts.items() if n > 1] == []
+    assert "running" not in states(url)
+    assert resumed < 2.5, resumed  # reconnect attempts at most 1 s apart
 
 
 def test_worker_connections_carry_the_plan_settings(tl) -> None:

@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 import tasklib
 from tests.net import free_port
 
@@ -31,8 +29,9 @@ class Cluster:
         embedded.start()
 
 
-@pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def private_cluster() -> Iterator[Cluster]:
+    """A started cluster in a throwaway folder on a free port; stopped and removed afterwards
+    (the ``cluster`` fixture of tests/conftest.py)."""
     from tasklib import embedded
 
     home = Path(tempfile.mkdtemp(prefix="tasklib-chaos-", dir="/tmp"))
