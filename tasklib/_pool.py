@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -102,6 +103,23 @@ class Child:
             pass
 
 
+#: ChildPools running in this process. multiprocessing has one fork server per process, started by
+#: the first pool and reused by every later one; its children inherit the environment and the
+#: preloaded modules of the moment it started. A pool that starts while no other runs restarts it,
+#: so a second worker in the same process (test suites do this, one database each) gets children
+#: that reflect the process as it is now, not as it was when the first worker ran.
+_active_pools = 0
+_active_lock = threading.Lock()
+
+
+def _restart_fork_server() -> None:
+    """Stop this process's fork server (the next child starts a new one). Only while no pool runs:
+    the server's children die with it."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()  # documented as for tests; public API has no way to restart it
+
+
 def _context(modules: list[str], preload_main: bool) -> multiprocessing.context.BaseContext:
     """A forkserver: the server imports the task modules once and forks each child from that clean
     state, so a replacement child starts in milliseconds and never inherits the worker's sockets."""
@@ -137,7 +155,13 @@ class ChildPool:
         self.closing = False
 
     def start(self) -> None:
+        global _active_pools
         self._loop = asyncio.get_running_loop()
+        with _active_lock:
+            if _active_pools == 0:
+                _restart_fork_server()
+            _active_pools += 1
+        self._counted = True
         for _ in range(self.size):
             self._spawn()
 
@@ -259,6 +283,11 @@ class ChildPool:
     async def close(self, timeout: float = 5.0) -> None:
         """Ask idle children to exit (close their input), then kill what is left."""
         self.closing = True
+        global _active_pools
+        if getattr(self, "_counted", False):
+            with _active_lock:
+                _active_pools -= 1
+            self._counted = False
         assert self._loop is not None
         for child in list(self.children):
             try:

@@ -74,3 +74,9 @@ def rich(when: datetime.datetime, ident: uuid.UUID, amount: decimal.Decimal, col
     assert isinstance(color, Color)
     assert isinstance(point, Point)
     return {"when": when, "ident": ident, "amount": amount, "color": color, "point": point}
+
+
+@tasklib.task
+def env_value(variable: str) -> str | None:
+    """The child's view of an environment variable."""
+    return os.environ.get(variable)

@@ -429,3 +429,30 @@ def test_worker_connections_carry_the_plan_settings(tl) -> None:
             await write.close()
 
     assert asyncio.run(settings()) == ("off", "off")
+
+
+def test_two_workers_in_one_process_see_the_environment_of_their_own_start(tl) -> None:
+    """multiprocessing keeps one fork server per process: a second TaskWorker (a test suite's next
+    test) must not get children frozen with the first one's environment."""
+    import asyncio
+
+    from tasklib.worker import TaskWorker
+
+    async def run_once(value: str) -> object:
+        os.environ["TASKLIB_TEST_MARKER"] = value
+        task_id = tasklib.submit_task_sync(jobs.env_value, variable="TASKLIB_TEST_MARKER")
+        worker = TaskWorker(tl, handle_signals=False)
+        runner = asyncio.create_task(worker.run())
+        for _ in range(400):
+            if (await asyncio.to_thread(tasklib.get_task, task_id)).state == "completed":  # type: ignore[union-attr]
+                break
+            await asyncio.sleep(0.05)
+        await worker.shutdown()
+        await runner
+        return (await asyncio.to_thread(tasklib.get_task, task_id)).result  # type: ignore[union-attr]
+
+    try:
+        assert asyncio.run(run_once("first")) == "first"
+        assert asyncio.run(run_once("second")) == "second"
+    finally:
+        os.environ.pop("TASKLIB_TEST_MARKER", None)
