@@ -77,6 +77,10 @@ def test_used_up_connections_fail_clearly_and_everything_resumes(cluster: Cluste
         for proc in workers:
             stop(proc)
     assert len({line[1] for line in read_log(log) if line[0] == "done"}) == 150
-    output = "".join(p.read_text() for p in tmp_path.glob("runs.*.out"))
-    # each worker said so once per component, and once that it works again, not at every retry
-    assert output.count("claiming tasks failed") <= 2 and output.count("claiming tasks works again") == 2, output[-3000:]
+    # Each worker says so when claiming starts failing and when it works again, not at every retry
+    # (about one a second here for 7 s). Taking the slots can cut a worker twice (it may reconnect
+    # into a slot freed between two rounds), so up to two episodes each, each one closed.
+    for output in (p.read_text() for p in tmp_path.glob("runs.*.out")):
+        failed, recovered = output.count("claiming tasks failed"), output.count("claiming tasks works again")
+        assert failed <= 2 and recovered == failed, output[-3000:]
+        assert output.count("still failing") == 0  # the retries are debug lines, not shown at info
