@@ -133,3 +133,38 @@ def test_schedules_page_and_run_now(stack: Stack, page: Page) -> None:
     finally:
         worker.terminate()
         worker.wait(15)
+
+
+def test_dashboard_mounted_under_a_prefix_in_fastapi(stack: Stack, page: Page) -> None:
+    """The FastAPI example serves the dashboard at /tasklib: pages, htmx polls and buttons all stay
+    under the prefix in a real browser."""
+    import os
+    import subprocess
+    import sys
+
+    from e2e.conftest import ROOT
+    from tests.net import free_port, wait_healthy
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TASKLIB_DATABASE_URL": stack.database_url}
+    app = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "examples.fastapi_app.main:app", "--port", str(port), "--log-level", "warning"],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/tasklib")
+        page.goto(f"http://127.0.0.1:{port}/tasklib/tasks")
+        fresh = tasklib.submit_task_sync(tasks.echo, text="under a prefix")
+        expect(page.locator(f'a[href="/tasklib/tasks/{fresh}"]')).to_be_visible(timeout=5_000)  # the htmx poll
+        later = tasklib.submit_task_sync(tasks.echo, text="later", delay_seconds=3600)
+        page.goto(f"http://127.0.0.1:{port}/tasklib/tasks/{later}")
+        page.get_by_role("button", name="Cancel").click()
+        expect(page).to_have_url(f"http://127.0.0.1:{port}/tasklib/tasks/{later}")
+        expect(page.locator(".detail-head .badge")).to_have_text("cancelled")
+        page.get_by_role("link", name="Schedules").click()
+        expect(page).to_have_url(f"http://127.0.0.1:{port}/tasklib/schedules")
+        stack.shot(page, "mounted-under-prefix")
+    finally:
+        app.terminate()
+        app.wait(15)
