@@ -13,8 +13,10 @@ worker move it to an idle child (or drop it when cancelled) without ever running
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import importlib
+import inspect
 import json
 import os
 import resource
@@ -96,6 +98,11 @@ def run_one(
         limit_mb = definition.memory_limit_mb or default_memory_limit_mb
         with MemoryLimit(limit_mb):
             result = definition.func(**kwargs)
+            if inspect.iscoroutine(result):
+                # An ``async def`` task: on an event loop of its own, in this child (never the
+                # worker's loop); one at a time per child for now, so timeouts and cancels stop the
+                # child exactly as for sync code.
+                result = asyncio.run(result)
     except MemoryError as exc:
         tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
         text = "".join(traceback.format_exception(type(exc), exc, tb))

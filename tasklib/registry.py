@@ -213,7 +213,7 @@ def task(
     catch_up: bool = False,
     memory_limit_mb: int | None = None,
 ) -> Any:
-    """Register a sync function as a task. The function stays directly callable.
+    """Register a function (sync, or ``async def``) as a task. The function stays directly callable.
 
     Its name is ``module.qualname`` unless ``name=`` is given. ``cron=`` (5 fields, or 6 with
     seconds) or ``every=`` (seconds or a timedelta) makes it recurring: every worker that has it
@@ -235,8 +235,6 @@ def task(
         raise ValueError("timezone, schedule_kwargs and catch_up need a schedule: give cron= or every=")
 
     def register(fn: Callable[P, R]) -> Callable[P, R]:
-        if inspect.iscoroutinefunction(fn):
-            raise TypeError(f"task {fn.__qualname__}: TaskLib runs sync functions; this one is async")
         task_name = name or f"{module_name_of(fn)}.{fn.__qualname__}"
         args_type, adapter, accepts_extra, names = _build_adapter(fn)
         definition = TaskDefinition(task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter, args_type)

@@ -80,3 +80,16 @@ def rich(when: datetime.datetime, ident: uuid.UUID, amount: decimal.Decimal, col
 def env_value(variable: str) -> str | None:
     """The child's view of an environment variable."""
     return os.environ.get(variable)
+
+
+@tasklib.task(max_retries=1)
+async def amark(key: str, sleep: float = 0.0, fail: bool = False) -> str:
+    """An async task: awaits, records, and fails on request (one retry)."""
+    import asyncio
+
+    record("start", key, os.getpid(), time.time())
+    await asyncio.sleep(sleep)
+    if fail:
+        raise RuntimeError(f"async failure {key}")
+    record("done", key, os.getpid(), time.time())
+    return f"async {key}"

@@ -105,11 +105,14 @@ def test_task_names_are_module_qualified_and_script_tasks_use_the_file_name(tmp_
     assert out.strip() == "['custom.name', 'myjobs.hello']"
 
 
-def test_async_functions_are_refused() -> None:
-    with pytest.raises(TypeError, match="sync"):
+def test_async_functions_are_tasks_with_validated_arguments() -> None:
+    @tasklib.task(name="unit.async_job")
+    async def job(count: int) -> int:
+        return count
 
-        @tasklib.task
-        async def nope() -> None: ...
+    assert definition_for(job).validate({"count": "3"}) == {"count": 3}
+    with pytest.raises(tasklib.ValidationError, match="count"):
+        definition_for(job).validate({"count": "many"})
 
 
 def test_validation_names_every_field() -> None:
