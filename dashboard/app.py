@@ -147,7 +147,7 @@ def run_schedule_action(
     state: State, request: Request, data: Annotated[RunNowForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Redirect:
     task_id = actions.run_schedule_now(_monitor(state).db, data.name)
-    return Redirect(f"{_root(request)}/tasks/{task_id}", status_code=303)
+    return Redirect(f"{rendering.mount_path(request)}/tasks/{task_id}", status_code=303)
 
 
 @post("/tasks/{task_id:str}/retry", sync_to_thread=True, status_code=303)
@@ -165,12 +165,7 @@ def cancel_action(state: State, task_id: FromPath[str], request: Request) -> Red
 def _back(request: Request, default: str) -> str:
     """Return to the page the button was on (same-origin paths within the dashboard only)."""
     target = request.query_params.get("next") or ""
-    return _root(request) + (target if target.startswith("/") and not target.startswith("//") else default)
-
-
-def _root(request: Request) -> str:
-    """The path the dashboard is mounted under ("" when it is served alone), for redirects."""
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    return rendering.mount_path(request) + (target if target.startswith("/") and not target.startswith("//") else default)
 
 
 @get("/bulk/{kind:str}", sync_to_thread=True)
@@ -196,7 +191,7 @@ def bulk_apply(
     params = parse_list_params(limit=50, **query)
     apply = actions.retry_matching if kind == "retry" else actions.cancel_matching
     done = apply(_monitor(state).db, params.flt)
-    return Redirect(f"{_root(request)}/tasks?{params.query(done=f'{kind}:{done}')}", status_code=303)
+    return Redirect(f"{rendering.mount_path(request)}/tasks?{params.query(done=f'{kind}:{done}')}", status_code=303)
 
 
 # -- machine endpoints --------------------------------------------------------------------------

@@ -67,12 +67,17 @@ def period(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def mount_path(request: Any) -> str:
+    """The path the dashboard is mounted under ("" at the top; "/tasklib" inside an application
+    that mounts it there), from the ASGI ``root_path``: every link, form, poll and redirect starts with it."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
 @pass_context
 def root(context: Any) -> str:
-    """The path the dashboard is mounted under ("" at the top; "/tasklib" inside an application
-    that mounts it there), from the ASGI ``root_path``: every link, form and poll starts with it."""
+    """``mount_path`` for templates."""
     request = context.get("request")
-    return str(request.scope.get("root_path", "")).rstrip("/") if request is not None else ""
+    return mount_path(request) if request is not None else ""
 
 
 def setup(env: Any) -> None:

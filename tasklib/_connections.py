@@ -26,7 +26,7 @@ Role = Literal["claim", "write", "schedule"]
 #: Longest wait between reconnect attempts: a worker resumes within about a second of the database
 #: coming back (an attempt against a server that is down costs next to nothing).
 MAX_BACKOFF_SECONDS = 1.0
-_OPTIONS: dict[Role, str] = {
+_SETTINGS: dict[Role, str] = {
     "claim": set_statement(CLAIM_PLANNER_SETTINGS),
     "write": set_statement(WRITE_PLANNER_SETTINGS),
     "schedule": set_statement(WRITE_PLANNER_SETTINGS),
@@ -74,7 +74,7 @@ class WorkerConnections:
         conn = self._conns[role]
         if conn is None or conn.closed or conn.broken:
             conn = await psycopg.AsyncConnection.connect(self.url, **connect_kwargs(self.application_name))
-            await conn.execute(_OPTIONS[role])
+            await conn.execute(_SETTINGS[role])
             self._conns[role] = conn
         return conn
 

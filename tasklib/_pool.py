@@ -153,6 +153,7 @@ class ChildPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawn_delay = 0.0
         self.closing = False
+        self._counted = False  # counted in _active_pools (between start() and close())
 
     def start(self) -> None:
         global _active_pools
@@ -284,7 +285,7 @@ class ChildPool:
         """Ask idle children to exit (close their input), then kill what is left."""
         self.closing = True
         global _active_pools
-        if getattr(self, "_counted", False):
+        if self._counted:
             with _active_lock:
                 _active_pools -= 1
             self._counted = False

@@ -76,11 +76,6 @@ WRITE_PLANNER_SETTINGS = {
 }
 
 
-def startup_options(settings: dict[str, str]) -> str:
-    """``settings`` as libpq startup options (``-c name=value …``), for tools connecting directly."""
-    return " ".join(f"-c {name}={value}" for name, value in settings.items())
-
-
 def set_statement(settings: dict[str, str]) -> str:
     """One statement applying ``settings`` to the session. TaskLib's connections set them this way,
     after connecting, not as startup options: PgBouncer refuses startup options, and in session
@@ -88,11 +83,7 @@ def set_statement(settings: dict[str, str]) -> str:
     return "SELECT " + ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings.items())
 
 
-CLAIM_PLANNER_OPTIONS = startup_options(CLAIM_PLANNER_SETTINGS)
-WRITE_PLANNER_OPTIONS = startup_options(WRITE_PLANNER_SETTINGS)
-
-
-def connect_kwargs(application_name: str = APPLICATION_NAME, options: str | None = None) -> dict[str, Any]:
+def connect_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, Any]:
     """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
     kwargs: dict[str, Any] = {
         "autocommit": True,
@@ -105,8 +96,6 @@ def connect_kwargs(application_name: str = APPLICATION_NAME, options: str | None
         "keepalives_interval": 10,
         "keepalives_count": 3,
     }
-    if options:
-        kwargs["options"] = options
     return kwargs
 
 

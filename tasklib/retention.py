@@ -31,7 +31,10 @@ RECORD_NAME = "tasklib.retention"
 
 
 def prune_with(
-    run: Callable[[str, dict[str, Any]], list[Any]], periods: dict[str, timedelta], pause: float = 0.0
+    run: Callable[[str, dict[str, Any]], list[Any]],
+    periods: dict[str, timedelta],
+    pause: float = 0.0,
+    now: datetime | None = None,
 ) -> dict[str, int]:
     """Delete finished rows older than each state's period; return ``{state: rows removed}``.
 
@@ -41,7 +44,8 @@ def prune_with(
     batch's time between batches, leaving the database to the workers.
     """
     removed = {state: 0 for state in periods}
-    now = run(sql.NOW, {})[0][0]
+    if now is None:  # the database's clock: periods count back from it, not from this host's
+        now = run(sql.NOW, {})[0][0]
     for state, period in periods.items():
         after: datetime | None = None
         while True:
@@ -75,7 +79,7 @@ def automatic_round(conn: psycopg.Connection[Any], policy: Retention, worker_id:
         return None
     try:
         started = conn.execute(sql.NOW).fetchone()[0]  # type: ignore[index]
-        removed = prune_with(connection_runner(conn), policy.periods(), pause=1.0)
+        removed = prune_with(connection_runner(conn), policy.periods(), pause=1.0, now=started)
         conn.execute(
             sql.INSERT_RETENTION_RECORD,
             {

@@ -21,18 +21,28 @@ import tasklib
 from tasklib import sql
 from tasklib._claim import EARLIEST
 from tasklib._lockkeeper import RESCUE_BATCH
-from tasklib.db import CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS, connect_kwargs
+from tasklib.db import CLAIM_PLANNER_SETTINGS, WRITE_PLANNER_SETTINGS, connect_kwargs, set_statement
 from tasklib.outcome import Action
 from tasklib.states import TaskState
 
 NAME = "tests.integration.jobs.mark"
+#: The session settings of the worker's claim and write connections, applied as the worker does.
+CLAIM_SETTINGS = set_statement(CLAIM_PLANNER_SETTINGS)
+WRITE_SETTINGS = set_statement(WRITE_PLANNER_SETTINGS)
 SLOT_NAME = "tests.integration.recurring_jobs.tick"  # slot rows are counted apart from NAME's
 #: 50 ms for a few hundred rows is some 10-20x what each statement takes here; a plan that grows
 #: with the table (a sort of every pending row, a nested loop over running rows) takes seconds.
 BOUND_SECONDS = 0.05
 
 Claim = tuple[uuid.UUID, str, datetime]  # id, worker id, started_at
-Statement = tuple[str, str, list[dict[str, Any]]]  # connection options, SQL, parameters for each run
+Statement = tuple[str, str, list[dict[str, Any]]]  # connection settings, SQL, parameters for each run
+
+
+def _worker_connection(url: str, settings: str) -> psycopg.Connection[Any]:
+    """A connection set up as the worker's claim or write connection is (``_connections``)."""
+    conn = psycopg.connect(url, **connect_kwargs("tasklib-worker test"))
+    conn.execute(settings)
+    return conn
 
 
 def _insert(conn: psycopg.Connection[Any], state: str, count: int, lock: str = "") -> list[Claim]:
@@ -56,25 +66,25 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
     claim = {"names": [NAME], "limit": 256, "floor": EARLIEST, "worker_id": "w2", "lock_seconds": 60.0}
     ids = [[c[0] for c in batch] for batch in batches]
     return {
-        "claim 256": (CLAIM_PLANNER_OPTIONS, sql.CLAIM_NEXT, [claim for _ in runs]),
+        "claim 256": (CLAIM_SETTINGS, sql.CLAIM_NEXT, [claim for _ in runs]),
         "heartbeat 256": (
-            WRITE_PLANNER_OPTIONS,
+            WRITE_SETTINGS,
             sql.HEARTBEAT,
             [{"ids": i, "worker_id": "w", "lock_seconds": 600.0} for i in ids],
         ),
-        "find expired locks": (WRITE_PLANNER_OPTIONS, sql.EXPIRED_CLAIMS, [{"limit": RESCUE_BATCH} for _ in runs]),
+        "find expired locks": (WRITE_SETTINGS, sql.EXPIRED_CLAIMS, [{"limit": RESCUE_BATCH} for _ in runs]),
         "rescue expired": (
-            WRITE_PLANNER_OPTIONS,
+            WRITE_SETTINGS,
             sql.RESCUE_MANY,
             [sql.outcome_params(((c[0], c[2], lost) for c in batch), "w") for batch in expired],
         ),
         "finish 256": (
-            WRITE_PLANNER_OPTIONS,
+            WRITE_SETTINGS,
             sql.FINISH_MANY,
             [sql.outcome_params(((c[0], c[2], done) for c in b), "w") for b in batches],
         ),
-        # The scheduler's pass (its connection has the write options): a slot nobody inserted yet.
-        "slot insert": (WRITE_PLANNER_OPTIONS, sql.INSERT_SLOT, [_slot_params() for _ in runs]),
+        # The scheduler's pass (its connection has the write settings): a slot nobody inserted yet.
+        "slot insert": (WRITE_SETTINGS, sql.INSERT_SLOT, [_slot_params() for _ in runs]),
     }
 
 
@@ -110,10 +120,7 @@ def test_worker_statements_stay_linear_after_an_empty_table_fills(tl: tasklib.Co
     assert url is not None
     with psycopg.connect(url, autocommit=True) as admin:
         admin.execute("VACUUM ANALYZE tasks")  # statistics now say: empty
-        conns = {
-            options: psycopg.connect(url, **connect_kwargs("tasklib-worker test", options=options))
-            for options in (CLAIM_PLANNER_OPTIONS, WRITE_PLANNER_OPTIONS)
-        }
+        conns = {settings: _worker_connection(url, settings) for settings in (CLAIM_SETTINGS, WRITE_SETTINGS)}
         timings: dict[str, float] = {}
         try:
             # Idle polling on the empty table: with psycopg's default, the sixth run would prepare.
@@ -163,7 +170,7 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         "slot insert": ("tasks_unique_key_idx", ("Seq Scan",)),
     }
     for name, (options, query, runs) in _statements([running[:256]], [running[:10]]).items():
-        with psycopg.connect(url, **connect_kwargs("tasklib-worker test", options=options)) as conn:
+        with _worker_connection(url, options) as conn:
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, runs[0]).fetchall())  # type: ignore[operator]
         uses, never = expected[name]
         assert uses in plan and not any(word in plan for word in never), (name, plan)
