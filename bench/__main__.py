@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -25,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasklib  # noqa: E402
-from bench import baseline, burst, dashboard_bench, retention_bench  # noqa: E402
+from bench import baseline, burst, dashboard_bench, memory_bench, retention_bench  # noqa: E402
 from bench import tasks as btasks  # noqa: E402
 from bench.common import percentiles, prefill, tasklib_process, truncate  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
@@ -64,21 +63,6 @@ def submit_rates(url: str, n: int) -> dict[str, Any]:
     return out
 
 
-def _rss_kb(pids: list[str]) -> tuple[int, int]:
-    rss = pss = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/smaps_rollup") as smaps:
-                for line in smaps:
-                    if line.startswith("Rss:"):
-                        rss += int(line.split()[1])
-                    elif line.startswith("Pss:"):
-                        pss += int(line.split()[1])
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            pass
-    return rss, pss
-
-
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median rate, plus every run's rate (the machine is shared: one run can
     overlap autovacuum or a neighbour's job)."""
@@ -101,26 +85,11 @@ def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout
     figure measures draining, not process start-up (which would otherwise overlap the run).
     """
     truncate(url)
-    peak_rss = peak_pss = 0
-    with burst.running_workers(url, processes, concurrency) as procs:
+    with burst.running_workers(url, processes, concurrency):
         time.sleep(1.5)  # children forked and ready
         tasklib.init(tasklib.Config(database_url=url))
         tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
-        deadline = time.monotonic() + timeout
-        with psycopg.connect(url, autocommit=True) as conn:
-            while time.monotonic() < deadline:
-                pids = []
-                for proc in procs:
-                    pids += subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True).stdout.split()
-                rss, pss = _rss_kb(pids)
-                peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
-                done = conn.execute("SELECT count(*) FROM tasks WHERE state = 'completed'").fetchone()[0]  # type: ignore[index]
-                if done >= n:
-                    break
-                time.sleep(0.1)
-            first, last, done = conn.execute(
-                "SELECT min(started_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
-            ).fetchone()  # type: ignore[misc]
+        first, last, done = burst.wait_done(url, n, timeout, since="started_at")
     seconds = (last - first).total_seconds()
     return {
         "n": n,
@@ -129,8 +98,6 @@ def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout
         "processes": processes,
         "seconds": seconds,
         "per_s": done / seconds,
-        "peak_rss_mb": peak_rss / 1024,
-        "peak_pss_mb": peak_pss / 1024,
     }
 
 
@@ -176,6 +143,8 @@ def main() -> int:
     parser.add_argument("--only-dashboard", action="store_true", help="run just the dashboard measure")
     parser.add_argument("--skip-retention", action="store_true", help="skip the prune-under-load measure")
     parser.add_argument("--only-retention", action="store_true", help="run just the prune-under-load measure")
+    parser.add_argument("--skip-memory", action="store_true", help="skip the memory and async-throughput measure")
+    parser.add_argument("--only-memory", action="store_true", help="run just the memory and async-throughput measure")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     started = time.time()
@@ -194,6 +163,11 @@ def main() -> int:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
             write(results, args.json, started)
             print_dashboard(results)
+            return 0
+        if args.only_memory:
+            results["memory"] = memory_bench.run(url)
+            write(results, args.json, started)
+            memory_bench.print_memory(results)
             return 0
         if args.only_retention:
             results["retention"] = retention_bench.run(url, drain=args.tasks)
@@ -222,12 +196,15 @@ def main() -> int:
         truncate(url)
         results["latency_baseline"] = baseline.pickup_latency(url, args.latency_count)
         results["latency"] = pickup_latency(url, args.latency_count)
+        if not args.skip_memory:
+            results["memory"] = memory_bench.run(url)
         if not args.skip_retention:
             results["retention"] = retention_bench.run(url, drain=n)
         if not args.skip_dashboard:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
     write(results, args.json, started)
     print_table(results)
+    memory_bench.print_memory(results)
     print_burst(results)
     print_retention(results)
     print_dashboard(results)
@@ -346,8 +323,6 @@ def print_table(r: dict[str, Any]) -> None:
             f"baseline {lb['p50_ms']:.2f} / {lb['p95_ms']:.2f} / {lb['p99_ms']:.2f} ms",
         )
     )
-    c4 = r["drain_c4"]
-    rows.append(("worker peak memory, concurrency 4", f"RSS {c4['peak_rss_mb']:.0f} MB", f"PSS {c4['peak_pss_mb']:.0f} MB"))
     width = max(len(a) for a, _, _ in rows)
     print()
     for a, b, c in rows:

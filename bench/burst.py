@@ -118,7 +118,9 @@ def running_workers(url: str, processes: int, concurrency: int):  # type: ignore
                 proc.kill()
 
 
-def _wait_done(url: str, n: int, timeout: float) -> tuple[datetime, datetime, int]:
+def wait_done(url: str, n: int, timeout: float, since: str = "created_at") -> tuple[datetime, datetime, int]:
+    """Wait until ``n`` tasks completed; (first ``since``, last completion, completed)."""
+    assert since in ("created_at", "started_at")
     with psycopg.connect(url, autocommit=True) as conn:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -127,7 +129,7 @@ def _wait_done(url: str, n: int, timeout: float) -> tuple[datetime, datetime, in
                 break
             time.sleep(0.05)
         return conn.execute(  # type: ignore[return-value]
-            "SELECT min(created_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
+            f"SELECT min({since}), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
         ).fetchone()
 
 
@@ -135,7 +137,7 @@ def prefilled(url: str, n: int, concurrency: int = 4) -> dict[str, Any]:
     """The friendliest shape, as the reference: the backlog exists before the worker starts."""
     prefill(url, n)
     with running_workers(url, 1, concurrency):
-        _wait_done(url, n, 120)
+        wait_done(url, n, 120)
         with psycopg.connect(url, autocommit=True) as conn:
             first, last, done = conn.execute(
                 "SELECT min(started_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
@@ -159,7 +161,7 @@ def burst(url: str, n: int, processes: int, concurrency: int, chunk: int | None)
                     tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(start, min(start + chunk, n))])
             else:
                 tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
-            first, last, done = _wait_done(url, n, 180)
+            first, last, done = wait_done(url, n, 180)
     return {
         "n": n,
         "completed": done,

@@ -85,34 +85,25 @@ class MemoryLimit:
             resource.setrlimit(resource.RLIMIT_AS, self._previous)
 
 
-def run_one(
-    definitions: dict[str, Any], name: str, kwargs_json: str, default_memory_limit_mb: int | None = None
-) -> tuple[str, str]:
-    """Run one task; returns (status, payload). Never raises."""
-    limit_mb = default_memory_limit_mb
-    try:
-        definition = definitions.get(name)
-        if definition is None:
-            raise LookupError(f"task {name!r} is not registered in the worker's child process")
-        kwargs = definition.load(json.loads(kwargs_json))
-        limit_mb = definition.memory_limit_mb or default_memory_limit_mb
-        with MemoryLimit(limit_mb):
-            result = definition.func(**kwargs)
-            if inspect.iscoroutine(result):
-                # An ``async def`` task: on an event loop of its own, in this child (never the
-                # worker's loop); one at a time per child for now, so timeouts and cancels stop the
-                # child exactly as for sync code.
-                result = asyncio.run(result)
-    except MemoryError as exc:
-        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-        text = "".join(traceback.format_exception(type(exc), exc, tb))
-        if limit_mb:
-            text += f"MemoryError: the task exceeded its memory limit of {limit_mb} MB (memory_limit_mb)\n"
-        return "error", _clean(text)
-    except BaseException as exc:
-        # Drop this frame: users want their own code's traceback, not TaskLib's.
-        tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-        return "error", _clean("".join(traceback.format_exception(type(exc), exc, tb)))
+def load_call(definitions: dict[str, Any], name: str, kwargs_json: str) -> tuple[Any, dict[str, Any]]:
+    """The registered definition of ``name`` and its validated arguments (raises what a task would)."""
+    definition = definitions.get(name)
+    if definition is None:
+        raise LookupError(f"task {name!r} is not registered in the worker's child process")
+    return definition, definition.load(json.loads(kwargs_json))
+
+
+def failure(exc: BaseException, limit_mb: int | None = None) -> tuple[str, str]:
+    """``("error", traceback)`` for an exception a task raised, without TaskLib's own frame."""
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    if isinstance(exc, MemoryError) and limit_mb:
+        text += f"MemoryError: the task exceeded its memory limit of {limit_mb} MB (memory_limit_mb)\n"
+    return "error", _clean(text)
+
+
+def success(result: Any) -> tuple[str, str]:
+    """``("ok", JSON)`` for a task's return value, or an error when it cannot be stored."""
     try:
         text = pydantic_core.to_json(result).decode()
     except Exception as exc:
@@ -123,6 +114,25 @@ def run_one(
         return "ok", refuse_nul(text, "the task's result")
     except ValueError as exc:
         return "error", f"ValueError: {exc}"
+
+
+def run_one(
+    definitions: dict[str, Any], name: str, kwargs_json: str, default_memory_limit_mb: int | None = None
+) -> tuple[str, str]:
+    """Run one task; returns (status, payload). Never raises."""
+    limit_mb = default_memory_limit_mb
+    try:
+        definition, kwargs = load_call(definitions, name, kwargs_json)
+        limit_mb = definition.memory_limit_mb or default_memory_limit_mb
+        with MemoryLimit(limit_mb):
+            result = definition.func(**kwargs)
+            if inspect.iscoroutine(result):
+                # An ``async def`` task in a sync child (the worker runs with async_concurrency=0):
+                # on an event loop of its own, one at a time, stopped like sync code.
+                result = asyncio.run(result)
+    except BaseException as exc:
+        return failure(exc, limit_mb)
+    return success(result)
 
 
 def child_main(inbox: Any, outbox: Any, modules: list[str], default_memory_limit_mb: int | None = None) -> None:

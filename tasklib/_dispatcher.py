@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from tasklib._pool import Child, Job, KillReason
 from tasklib._writer import OutcomeWriter
 from tasklib.config import Config
-from tasklib.outcome import Outcome, OutcomeKind, decide
+from tasklib.outcome import Outcome, OutcomeKind, decide, timeout_error
 from tasklib.states import TaskState
 
 log = logging.getLogger("tasklib.worker")
@@ -127,22 +127,27 @@ class Dispatcher:
                 child.current_since = now
             child.outstanding.extend(batch)
             self.pool.send(child, ("run", [(j.seq, j.name, j.kwargs_json) for j in batch]))
-            if log.isEnabledFor(logging.INFO):
-                for j in batch:
-                    log.info(
-                        "task started  %s %s (attempt %d) in child %d",
-                        j.name,
-                        j.id,
-                        j.retry_count + 1,
-                        child.pid,
-                        extra={
-                            "event": "task.started",
-                            "task_id": str(j.id),
-                            "task_name": j.name,
-                            "attempt": j.retry_count + 1,
-                            "child_pid": child.pid,
-                        },
-                    )
+            self._log_started(child, batch)
+
+    @staticmethod
+    def _log_started(child: Child, batch: list[Job]) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        for j in batch:
+            log.info(
+                "task started  %s %s (attempt %d) in child %d",
+                j.name,
+                j.id,
+                j.retry_count + 1,
+                child.pid,
+                extra={
+                    "event": "task.started",
+                    "task_id": str(j.id),
+                    "task_name": j.name,
+                    "attempt": j.retry_count + 1,
+                    "child_pid": child.pid,
+                },
+            )
 
     def release_queued(self) -> None:
         """At shutdown: hand back every job no child has been sent."""
@@ -203,7 +208,7 @@ class Dispatcher:
         if child.kill_reason is KillReason.TIMEOUT:
             return Outcome(
                 OutcomeKind.TIMEOUT,
-                error=f"TimeoutError: task exceeded its timeout of {head.timeout_seconds} s and its process was killed",
+                error=timeout_error(head.timeout_seconds, "its process was killed"),
             )
         if child.kill_reason is not None or head.cancelled:
             return None  # cancelled or taken over (nothing to record), or stopped at shutdown (released)
@@ -316,12 +321,15 @@ class Dispatcher:
                 # is busy and moving work around would only add churn.
                 self.recall(child, list(child.outstanding)[1:])
 
-    def stop_lost(self, lost: set[uuid.UUID]) -> None:
-        """Tasks whose row is no longer ours (cancelled, rescued): drop them, kill their code."""
+    def _mark_lost(self, lost: set[uuid.UUID]) -> None:
         for job in list(self.jobs.values()):
             if job.id in lost and not job.cancelled:
                 job.cancelled = True
                 log.info("task %s %s was cancelled or taken over: stopping it", job.name, job.id)
+
+    def stop_lost(self, lost: set[uuid.UUID]) -> None:
+        """Tasks whose row is no longer ours (cancelled, rescued): drop them, kill their code."""
+        self._mark_lost(lost)
         if self.pool is None:
             return
         for child in self.pool.children:

@@ -46,6 +46,10 @@ class Job:
     seq: int = 0  # the worker's own number for this job, used on the pipes to its children
     cancelled: bool = False
     recalling: bool = False  # asked its child to give it back (not started yet)
+    # Async children run everything they are sent at once, so each job keeps its own times.
+    sent_at: float = 0.0  # monotonic time it was sent to an async child
+    cancel_sent_at: float | None = None  # when its async child was asked to cancel it
+    overdue: bool = False  # past its timeout and the grace after it: its child is being killed
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -126,7 +130,7 @@ def _context(modules: list[str], preload_main: bool) -> multiprocessing.context.
     ctx = multiprocessing.get_context("forkserver")
     # "__main__" re-runs the worker's script (minus its ``if __name__ == "__main__"`` block) so tasks
     # defined in that script exist in the children too.
-    preload = ["tasklib._forkserver_init", "tasklib._child", *modules]
+    preload = ["tasklib._forkserver_init", "tasklib._child", "tasklib._async_child", *modules]
     ctx.set_forkserver_preload(["__main__", *preload] if preload_main else preload)
     return ctx
 
@@ -142,8 +146,10 @@ class ChildPool:
         on_death: Callable[[Child, str], None],
         preload_main: bool = False,
         default_memory_limit_mb: int | None = None,
+        run_async: bool = False,
     ) -> None:
         self.size = size
+        self.run_async = run_async  # children of ``_async_child`` (many tasks at once) instead of ``_child``
         self.modules = modules
         self.default_memory_limit_mb = default_memory_limit_mb
         self.children: list[Child] = []
@@ -167,16 +173,19 @@ class ChildPool:
             self._spawn()
 
     def _spawn(self) -> Child:
+        from tasklib._async_child import async_child_main
         from tasklib._child import child_main
 
         assert self._loop is not None
         inbox_child, inbox_parent = self._ctx.Pipe(duplex=False)
         outbox_parent, outbox_child = self._ctx.Pipe(duplex=False)
+        if self.run_async:
+            target: Callable[..., None] = async_child_main
+            args: tuple[Any, ...] = (inbox_child, outbox_child, self.modules)
+        else:
+            target, args = child_main, (inbox_child, outbox_child, self.modules, self.default_memory_limit_mb)
         process = self._ctx.Process(
-            target=child_main,
-            args=(inbox_child, outbox_child, self.modules, self.default_memory_limit_mb),
-            name="tasklib-child",
-            daemon=True,
+            target=target, args=args, name="tasklib-async-child" if self.run_async else "tasklib-child", daemon=True
         )
         process.start()
         inbox_child.close()

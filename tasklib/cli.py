@@ -82,7 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="tasks run at once, each in its own child process (default: 1)",
+        help="sync tasks run at once, each in its own child process (default: 1)",
+    )
+    worker.add_argument(
+        "--async-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="async def tasks run at once, on event loops in a few child processes; 0 runs them in "
+        "the sync children, one at a time each (default: 10)",
     )
     worker.add_argument(
         "--poll-interval",
@@ -247,6 +255,8 @@ def _worker(args: argparse.Namespace) -> int:
 
     if args.concurrency < 1:
         raise SystemExit("tasklib: --concurrency must be at least 1")
+    if args.async_concurrency is not None and args.async_concurrency < 0:
+        raise SystemExit("tasklib: --async-concurrency must be at least 0")
     _import_apps(args.app)
     extra: dict[str, object] = {}
     if args.lock_timeout is not None:
@@ -266,6 +276,7 @@ def _worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         poll_interval_seconds=args.poll_interval,
         modules=list(args.app),
+        **({} if args.async_concurrency is None else {"async_concurrency": args.async_concurrency}),
     )
     asyncio.run(worker.run())
     return 0

@@ -27,10 +27,19 @@ class Outcome:
 
     @classmethod
     def from_child(cls, status: str, payload: str) -> Outcome:
-        """What a child reported for one task: ``("ok", result JSON)`` or ``("error", traceback)``."""
+        """What a child reported for one task: ``("ok", result JSON)``, ``("error", traceback)``, or
+        ``("timeout", traceback)`` from an async child that cancelled the task at its timeout."""
         if status == "ok":
             return cls(OutcomeKind.OK, result_json=payload)
+        if status == "timeout":
+            return cls(OutcomeKind.TIMEOUT, error=payload)
         return cls(OutcomeKind.ERROR, error=payload)
+
+
+def timeout_error(seconds: int | None, how: str) -> str:
+    """The error line of an attempt that ran past its timeout, sync or async: ``how`` says what was
+    done about it ("its process was killed", "was cancelled")."""
+    return f"TimeoutError: task exceeded its timeout of {seconds} s and {how}"
 
 
 @dataclass(frozen=True, slots=True)

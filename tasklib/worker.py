@@ -5,6 +5,9 @@ One asyncio loop in the parent drives everything; task code only ever runs in ch
 - the claim loop (here) takes up to the dispatcher's free capacity in one statement
   (FOR UPDATE SKIP LOCKED, floor from ``_claim``) and commits before anything runs;
 - ``_dispatcher`` hands jobs to children (``_pool``) and turns what they report into outcomes;
+  ``_async_dispatcher`` does the same for ``async def`` tasks, many at once per async child. Each
+  kind is a *lane* with its own task names, children, capacity and claim floor, so slow sync tasks
+  never hold back async ones and the reverse;
 - ``_writer`` records outcomes in batches, each conditioned on this worker's claim;
 - ``_lockkeeper`` renews this worker's locks and rescues claims of dead workers;
 - ``_connections`` holds the claim and write connections and the LISTEN loop.
@@ -13,6 +16,7 @@ One asyncio loop in the parent drives everything; task code only ever runs in ch
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import random
@@ -20,6 +24,7 @@ import signal
 import socket
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from tasklib import sql
+from tasklib._async_dispatcher import AsyncDispatcher, async_children
 from tasklib._claim import ClaimFloor
 from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, WorkerConnections, brief, listen
 from tasklib._dispatcher import Dispatcher
@@ -44,6 +50,17 @@ from tasklib.schema import ensure_schema
 log = logging.getLogger("tasklib.worker")
 
 WATCHDOG_INTERVAL_SECONDS = 0.05
+#: How many ``async def`` tasks a worker runs at once unless told otherwise.
+DEFAULT_ASYNC_CONCURRENCY = 10
+
+
+@dataclass(eq=False)
+class Lane:
+    """One kind of task (sync or async): the names it claims, its dispatcher and its claim floor."""
+
+    names: list[str]
+    dispatcher: Dispatcher
+    floor: ClaimFloor
 
 
 def default_worker_id() -> str:
@@ -61,13 +78,17 @@ class TaskWorker:
         *,
         modules: list[str] | None = None,
         handle_signals: bool = True,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if async_concurrency < 0:
+            raise ValueError("async_concurrency must be >= 0 (0 runs async tasks in the sync children)")
         if poll_interval_seconds <= 0:
             raise ValueError("poll_interval_seconds must be > 0")
         self.config = config
         self.concurrency = concurrency
+        self.async_concurrency = async_concurrency
         self.poll_interval = poll_interval_seconds
         self.worker_id = config.worker_id or default_worker_id()
         self.handle_signals = handle_signals
@@ -82,14 +103,22 @@ class TaskWorker:
         self._names: list[str] = []
         self._app_name = f"tasklib-worker {self.worker_id}"[:63]
         self._connections: WorkerConnections | None = None
-        self._floor = ClaimFloor(sweep_every_seconds=poll_interval_seconds)
         self._writer = OutcomeWriter(self._execute, self.worker_id)
         self._dispatcher = Dispatcher(config, concurrency, self._writer, self._wake.set)
+        self._async_children = async_children(async_concurrency)
+        self._async_dispatcher = AsyncDispatcher(
+            config, max(async_concurrency, 1), self._writer, self._wake.set, self._async_children
+        )
+        self._lanes: list[Lane] = []
 
     @property
     def processed(self) -> int:
         """Tasks this worker has run to an outcome."""
-        return self._dispatcher.processed
+        return self._dispatcher.processed + self._async_dispatcher.processed
+
+    @property
+    def _dispatchers(self) -> tuple[Dispatcher, ...]:
+        return tuple(lane.dispatcher for lane in self._lanes)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -108,21 +137,12 @@ class TaskWorker:
         modules = [m if m not in ("__main__", "__mp_main__") else "__main__" for m in modules]
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
-        dispatcher = self._dispatcher
-        pool = ChildPool(
-            self.concurrency,
-            [m for m in modules if m != "__main__"],
-            dispatcher.on_message,
-            dispatcher.on_death,
-            preload_main="__main__" in modules,
-            default_memory_limit_mb=self.config.default_memory_limit_mb,
-        )
-        dispatcher.pool = pool
-        pool.start()
+        pools = self._start_lanes(definitions, modules)
         log.info(
-            "worker %s started: concurrency %d, %d task(s) registered, database %s",
+            "worker %s started: concurrency %d, async concurrency %d, %d task(s) registered, database %s",
             self.worker_id,
             self.concurrency,
+            self.async_concurrency if self._async_dispatcher in self._dispatchers else 0,
             len(self._names),
             redact_url(url),
             extra={"event": "worker.started", "worker_id": self.worker_id},
@@ -131,9 +151,9 @@ class TaskWorker:
             self.config,
             self.worker_id,
             self._connections,
-            held=dispatcher.held_ids,
+            held=self._held_ids,
             unwritten=self._writer.unwritten_ids,
-            on_lost=dispatcher.stop_lost,
+            on_lost=self._stop_lost,
             on_rescued=self._wake.set,
             poll_interval=self.poll_interval,
         )
@@ -156,7 +176,7 @@ class TaskWorker:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await self._writer.close()
-            await pool.close()
+            await asyncio.gather(*(pool.close() for pool in pools))
             await self._connections.close()
             self._remove_signals(loop)
             self._stopped.set()
@@ -178,8 +198,52 @@ class TaskWorker:
         if self._started and asyncio.current_task() is not self._run_task:
             await self._stopped.wait()
 
+    def _start_lanes(self, definitions: dict[str, Any], modules: list[str]) -> list[ChildPool]:
+        """Split the registered tasks into lanes and start each lane's children.
+
+        With ``async_concurrency`` 0 there is one lane and async tasks run in the sync children, one
+        at a time each. Sync children start when sync tasks exist (or no tasks at all, so a worker
+        started before its tasks' modules were given still looks alive); async ones when async do.
+        """
+        async_names = (
+            sorted(n for n, d in definitions.items() if inspect.iscoroutinefunction(d.func))
+            if self.async_concurrency
+            else []
+        )
+        sync_names = [n for n in self._names if n not in set(async_names)]
+        lanes = [
+            Lane(sync_names, self._dispatcher, ClaimFloor(sweep_every_seconds=self.poll_interval)),
+            Lane(async_names, self._async_dispatcher, ClaimFloor(sweep_every_seconds=self.poll_interval)),
+        ]
+        self._lanes = [lane for lane in lanes if lane.names] or lanes[:1]
+        pools = []
+        for lane in self._lanes:
+            run_async = lane.dispatcher is self._async_dispatcher
+            pool = ChildPool(
+                self._async_children if run_async else self.concurrency,
+                [m for m in modules if m != "__main__"],
+                lane.dispatcher.on_message,
+                lane.dispatcher.on_death,
+                preload_main="__main__" in modules,
+                default_memory_limit_mb=self.config.default_memory_limit_mb,
+                run_async=run_async,
+            )
+            lane.dispatcher.pool = pool
+            pool.start()
+            pools.append(pool)
+        return pools
+
+    def _held_ids(self) -> set[uuid.UUID]:
+        return set().union(*(d.held_ids() for d in self._dispatchers))
+
+    def _stop_lost(self, lost: set[uuid.UUID]) -> None:
+        for dispatcher in self._dispatchers:
+            dispatcher.stop_lost(lost)
+
     def _stop(self) -> None:
-        self._stopping = self._dispatcher.stopping = True
+        self._stopping = True
+        for dispatcher in (self._dispatcher, self._async_dispatcher):
+            dispatcher.stopping = True
         self._wake.set()
 
     def _prepare_schema(self, url: str) -> None:
@@ -229,12 +293,13 @@ class TaskWorker:
 
     def _on_submit(self, submitted_at: float | None) -> None:
         if submitted_at is not None:
-            self._floor.lower_to(datetime.fromtimestamp(submitted_at, UTC))
+            for lane in self._lanes:
+                lane.floor.lower_to(datetime.fromtimestamp(submitted_at, UTC))
         if not self._stopping:
             self._wake.set()
 
     def _on_cancel(self, task_id: uuid.UUID) -> None:
-        self._dispatcher.stop_lost({task_id})
+        self._stop_lost({task_id})
 
     async def _execute(self, statement: str, params: dict[str, Any]) -> list[Any]:
         assert self._connections is not None
@@ -246,14 +311,14 @@ class TaskWorker:
 
     # -- claiming -----------------------------------------------------------------------------
 
-    async def _claim(self, limit: int) -> list[Job]:
-        """One claim of up to ``limit`` tasks, starting at the floor (see ``tasklib._claim``)."""
+    async def _claim(self, lane: Lane, limit: int) -> list[Job]:
+        """One claim of up to ``limit`` of a lane's tasks, starting at its floor (see ``tasklib._claim``)."""
         assert self._connections is not None
-        floor = self._floor.floor_for_next(time.monotonic())
+        floor = lane.floor.floor_for_next(time.monotonic())
         rows = await self._connections.execute(
             sql.CLAIM_NEXT,
             {
-                "names": self._names,
+                "names": lane.names,
                 "limit": limit,
                 "floor": floor,
                 "worker_id": self.worker_id,
@@ -263,28 +328,35 @@ class TaskWorker:
             row_factory=dict_row,
         )
         jobs = [Job.from_row(row) for row in rows if row["id"] is not None]
-        self._floor.observe(rows[0]["claimed_at"], limit, [(job.priority, job.scheduled_at) for job in jobs])
+        lane.floor.observe(rows[0]["claimed_at"], limit, [(job.priority, job.scheduled_at) for job in jobs])
         return jobs
+
+    async def _claim_round(self) -> bool:
+        """Claim for every lane with room; True when some claim came back full (more may be due)."""
+        claimed_full = False
+        for lane in self._lanes:
+            wanted = lane.dispatcher.wanted()
+            if wanted and lane.names:
+                jobs = await self._claim(lane, wanted)
+                lane.dispatcher.hold(jobs)
+                claimed_full |= len(jobs) == wanted
+        return claimed_full
 
     async def _claim_loop(self) -> None:
         backoff = 0.1
         outage = Outage("claiming tasks")
         while not self._stopping:
-            wanted = self._dispatcher.wanted()
-            claimed_full = False
-            if wanted:
-                try:
-                    jobs = await self._claim(wanted)
-                    backoff = 0.1
-                    outage.ok()
-                except psycopg.Error as exc:
-                    self._floor.forget()
-                    outage.failed(exc)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                    continue
-                self._dispatcher.hold(jobs)
-                claimed_full = len(jobs) == wanted
+            try:
+                claimed_full = await self._claim_round()
+                backoff = 0.1
+                outage.ok()
+            except psycopg.Error as exc:
+                for lane in self._lanes:
+                    lane.floor.forget()
+                outage.failed(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
             if claimed_full:
                 continue  # more may be due: claim again at once
             self._wake.clear()
@@ -298,18 +370,23 @@ class TaskWorker:
     async def _drain(self) -> None:
         """After the claim loop stops: release queued tasks, finish running ones within the grace."""
         grace = self.config.shutdown_grace_seconds if self._grace is None else self._grace
-        dispatcher = self._dispatcher
-        dispatcher.release_queued()
-        dispatcher.recall_queued()
+        for dispatcher in self._dispatchers:
+            dispatcher.release_queued()
+            dispatcher.recall_queued()
+
+        def running() -> list[Any]:
+            return [child for d in self._dispatchers for child in d.running_children()]
+
         deadline = time.monotonic() + grace
-        while dispatcher.running_children() and time.monotonic() < deadline and not self._force:
+        while running() and time.monotonic() < deadline and not self._force:
             await asyncio.sleep(0.02)
-        leftover = dispatcher.running_children()
+        leftover = running()
         if leftover:
-            log.warning("stopping %d task(s) still running; they go back to the queue", len(leftover))
+            tasks = sum(len(child.outstanding) for child in leftover)
+            log.warning("stopping %d task(s) still running; they go back to the queue", tasks)
             for child in leftover:
                 child.kill(KillReason.SHUTDOWN)
-            while dispatcher.running_children():
+            while running():
                 await asyncio.sleep(0.02)
 
     async def _retention_loop(self, url: str) -> None:
@@ -334,4 +411,5 @@ class TaskWorker:
     async def _watchdog(self) -> None:
         while True:
             await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
-            self._dispatcher.check_children()
+            for dispatcher in self._dispatchers:
+                dispatcher.check_children()

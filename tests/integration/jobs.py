@@ -93,3 +93,33 @@ async def amark(key: str, sleep: float = 0.0, fail: bool = False) -> str:
         raise RuntimeError(f"async failure {key}")
     record("done", key, os.getpid(), time.time())
     return f"async {key}"
+
+
+@tasklib.task
+async def astubborn(key: str, seconds: float, how: str = "block") -> str:
+    """An async task that cannot be stopped from inside its loop: it blocks the loop with sync code
+    (``block``), or catches every cancellation and keeps going (``swallow``)."""
+    import asyncio
+
+    record("start", key, os.getpid(), time.time())
+    if how == "block":
+        time.sleep(seconds)
+    else:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                await asyncio.sleep(end - time.monotonic())
+            except asyncio.CancelledError:
+                record("ignored-cancel", key, os.getpid(), time.time())
+    record("done", key, os.getpid(), time.time())
+    return key
+
+
+@tasklib.task
+async def acrash(key: str, after: float = 0.2) -> None:
+    """An async task that takes its whole process down (as a crash in native code would)."""
+    import asyncio
+
+    record("start", key, os.getpid(), time.time())
+    await asyncio.sleep(after)
+    os._exit(3)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import tasklib
+from tasklib._async_dispatcher import AsyncDispatcher, async_children
 from tasklib._claim import EARLIEST, ClaimFloor
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
 from tasklib._lockkeeper import VanishedWorkers, foreign_claims, rescue_decisions
@@ -266,3 +267,87 @@ def test_a_worker_counts_as_gone_only_after_staying_without_a_session() -> None:
     assert seen.observe(["a", "b"], now=111.0) == ["a", "b"]
     seen.forget()  # our own connection failed: start over for everyone
     assert seen.observe(["a", "b"], now=112.0) == []
+
+
+# -- async dispatcher against a fake pool -------------------------------------------------------
+
+
+def make_async(children: int = 2, slots: int = 20) -> tuple[AsyncDispatcher, FakePool, FakeWriter, Clock]:
+    writer, clock, pool = FakeWriter(), Clock(), FakePool(children)
+    dispatcher = AsyncDispatcher(CONFIG, slots, writer, lambda: None, children, clock=clock)  # type: ignore[arg-type]
+    dispatcher.pool = pool
+    return dispatcher, pool, writer, clock
+
+
+def test_async_children_follow_the_slots_up_to_the_cores() -> None:
+    assert async_children(0) == 0
+    assert [async_children(n, cpus=2) for n in (1, 100, 101, 200, 1000)] == [1, 1, 2, 2, 2]
+    assert async_children(1000, cpus=8) == 8 and async_children(300, cpus=1) == 2
+
+
+def test_async_jobs_all_start_at_once_spread_over_children() -> None:
+    dispatcher, pool, _, _ = make_async(children=2, slots=20)
+    assert dispatcher.wanted() == 20
+    dispatcher.hold([job() for _ in range(25)])
+    assert sorted(len(c.outstanding) for c in pool.children) == [10, 10]  # 10 slots each, all running
+    assert len(dispatcher._queue) == 5 and dispatcher.wanted() == 0
+    kinds = {message[0] for _pid, message in pool.sent}
+    assert kinds == {"run"} and all(len(item) == 4 for _pid, (_, batch) in pool.sent for item in batch)  # + timeout
+
+
+def test_async_results_arrive_in_any_order_and_free_their_slot() -> None:
+    dispatcher, pool, writer, _ = make_async(children=1, slots=3)
+    first, second, third, waiting = job(at=0), job(at=1), job(at=2), job(at=3)
+    dispatcher.hold([first, second, third, waiting])
+    child = pool.children[0]
+    dispatcher.on_message(child, (third.seq, "ok", "3"))
+    dispatcher.on_message(child, (first.seq, "timeout", "TimeoutError: …"))
+    assert [j for j, _ in writer.finished] == [third, first]
+    assert writer.finished[1][1].state is TaskState.PENDING  # a timeout is retried by policy
+    assert list(child.outstanding) == [second, waiting]  # the queued one took a freed slot
+
+
+def test_an_uncancellable_async_task_kills_its_child_and_only_it_is_charged() -> None:
+    dispatcher, pool, writer, clock = make_async(children=1, slots=10)
+    stubborn, bystander, cancelled = job(at=0, timeout=1), job(at=1), job(at=2)
+    dispatcher.hold([stubborn, bystander, cancelled])
+    child = pool.children[0]
+    child.kill = lambda reason: setattr(child, "kill_reason", reason)  # type: ignore[method-assign]
+    dispatcher.stop_lost({cancelled.id})
+    assert pool.sent[-1] == (child.pid, ("cancel", [cancelled.seq]))  # asked, not killed
+    clock.now += 1.5
+    dispatcher.check_children()
+    assert child.kill_reason is None  # the child cancels at the timeout itself; this is the grace
+    clock.now += 2.0
+    dispatcher.check_children()
+    assert child.kill_reason is KillReason.TIMEOUT and stubborn.overdue
+    pool.children.remove(child)
+    dispatcher.on_death(child, "killed by signal SIGKILL")
+    ((charged, action),) = writer.finished
+    assert charged is stubborn and "did not stop when cancelled" in (action.error or "")
+    assert writer.released == [bystander]  # back to pending, no attempt counted; the cancelled one dropped
+    assert not dispatcher.jobs
+
+
+def test_a_cancel_that_is_ignored_kills_the_child_after_the_grace() -> None:
+    dispatcher, pool, writer, clock = make_async(children=1, slots=10)
+    target, bystander = job(), job()
+    dispatcher.hold([target, bystander])
+    child = pool.children[0]
+    child.kill = lambda reason: setattr(child, "kill_reason", reason)  # type: ignore[method-assign]
+    dispatcher.stop_lost({target.id})
+    clock.now += 2.5
+    dispatcher.check_children()
+    assert child.kill_reason is KillReason.CANCEL
+    dispatcher.on_death(child, "killed by signal SIGKILL")
+    assert writer.finished == [] and writer.released == [bystander]
+
+
+def test_an_async_child_that_crashes_charges_every_task_it_held() -> None:
+    dispatcher, pool, writer, _ = make_async(children=1, slots=10)
+    dispatcher.hold([job(), job(), job()])
+    dispatcher.on_death(pool.children[0], "exited with code 3")
+    assert len(writer.finished) == 3 and not writer.released
+    assert all(
+        "WorkerChildDied" in (action.error or "") and "2 other(s)" in (action.error or "") for _, action in writer.finished
+    )

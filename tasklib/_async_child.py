@@ -1,0 +1,108 @@
+"""The child process that runs ``async def`` tasks: many at once, on one event loop of its own.
+
+It speaks the sync child's protocol (``_child``) with two differences: everything it is sent starts
+at once (there is no queue, so no recall), and the parent may send ``("cancel", [seq, …])`` to cancel
+running tasks. Answers come in the order tasks finish, each ``(seq, status, payload)`` with status
+``ok``, ``error``, ``timeout`` (it ran past its timeout and was cancelled) or ``cancelled``.
+
+The child enforces each task's timeout itself, by cancelling it. A task that swallows the
+cancellation, or blocks the loop with sync code, cannot be stopped from inside: the parent kills
+the whole child after a grace period (see ``_async_dispatcher``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import inspect
+import os
+import signal
+from typing import Any
+
+from tasklib._child import _die_with_parent, failure, load_call, success
+from tasklib._protocol import decode_available, encode, write_all
+from tasklib.outcome import timeout_error
+
+
+async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, timeout: int | None) -> tuple[str, str]:
+    """Run one async task to (status, payload). Never raises but CancelledError (a cancel)."""
+    deadline = contextlib.nullcontext() if not timeout else asyncio.timeout(timeout)
+    try:
+        definition, kwargs = load_call(definitions, name, kwargs_json)
+        async with deadline:
+            result = definition.func(**kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+    except asyncio.CancelledError:
+        raise  # the worker cancelled it: nothing to report but that
+    except BaseException as exc:
+        if isinstance(deadline, asyncio.Timeout) and deadline.expired():
+            return "timeout", failure(exc)[1] + timeout_error(timeout, "was cancelled")
+        return failure(exc)
+    if isinstance(deadline, asyncio.Timeout) and deadline.expired():
+        # It caught the cancellation and returned anyway: it still ran past its timeout.
+        return "timeout", timeout_error(timeout, "was cancelled")
+    return success(result)
+
+
+def async_child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
+    """Entry point of an async child. ``inbox``/``outbox`` are multiprocessing pipe ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    for module in modules:
+        importlib.import_module(module)
+    from tasklib.registry import registered_definitions
+
+    asyncio.run(_serve(inbox.fileno(), outbox.fileno(), registered_definitions()))
+    os._exit(0)
+
+
+async def _serve(read_fd: int, write_fd: int, definitions: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    running: dict[int, asyncio.Task[None]] = {}
+    closed = loop.create_future()
+    buffer = bytearray()
+    os.set_blocking(read_fd, False)
+
+    def send(message: Any) -> None:
+        # Blocking on purpose: the worker reads continuously, and a result must never be dropped.
+        write_all(write_fd, encode(message))
+
+    async def one(seq: int, name: str, kwargs_json: str, timeout: int | None) -> None:
+        try:
+            status, payload = await run_async(definitions, name, kwargs_json, timeout)
+        except asyncio.CancelledError:
+            status, payload = "cancelled", ""
+        finally:
+            running.pop(seq, None)
+        send((seq, status, payload))
+
+    def on_message(message: Any) -> None:
+        if message[0] == "run":
+            for seq, name, kwargs_json, timeout in message[1]:
+                running[seq] = loop.create_task(one(seq, name, kwargs_json, timeout))
+        elif message[0] == "cancel":
+            for seq in message[1]:
+                task = running.get(seq)
+                if task is not None:
+                    task.cancel()
+
+    def readable() -> None:
+        try:
+            chunk = os.read(read_fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if not chunk:  # the worker closed our pipe: time to go
+            loop.remove_reader(read_fd)
+            if not closed.done():
+                closed.set_result(None)
+            return
+        buffer.extend(chunk)
+        for message in decode_available(buffer):
+            on_message(message)
+
+    loop.add_reader(read_fd, readable)
+    send(("ready", os.getpid()))
+    await closed
