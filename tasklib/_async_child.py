@@ -46,8 +46,8 @@ async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, ti
     return success(result)
 
 
-def async_child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
-    """Entry point of an async child. ``inbox``/``outbox`` are multiprocessing pipe ends."""
+def async_child_main(read_fd: int, write_fd: int, modules: list[str]) -> None:
+    """Entry point of an async child (forked by ``_forkserver``): its input and output pipe ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
@@ -55,7 +55,7 @@ def async_child_main(inbox: Any, outbox: Any, modules: list[str]) -> None:
         importlib.import_module(module)
     from tasklib.registry import registered_definitions
 
-    asyncio.run(_serve(inbox.fileno(), outbox.fileno(), registered_definitions()))
+    asyncio.run(_serve(read_fd, write_fd, registered_definitions()))
     os._exit(0)
 
 

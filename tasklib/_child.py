@@ -135,9 +135,8 @@ def run_one(
     return success(result)
 
 
-def child_main(inbox: Any, outbox: Any, modules: list[str], default_memory_limit_mb: int | None = None) -> None:
-    """Entry point of a child. ``inbox``/``outbox`` are multiprocessing pipe ends (kept alive here)."""
-    read_fd, write_fd = inbox.fileno(), outbox.fileno()
+def child_main(read_fd: int, write_fd: int, modules: list[str], default_memory_limit_mb: int | None = None) -> None:
+    """Entry point of a child (forked by ``_forkserver``): its input and output pipe ends."""
     # Ctrl+C reaches the whole process group; the worker decides when task code stops, not the tty.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -88,6 +88,10 @@ class Dispatcher:
             return 0
         return free
 
+    def recheck_in(self) -> float | None:
+        """Seconds until ``wanted`` may change without a wake-up (None: only a wake-up changes it)."""
+        return None
+
     def held_ids(self) -> set[uuid.UUID]:
         """Rows whose lock this worker must keep renewing."""
         return {j.id for j in self.jobs.values() if not j.cancelled}

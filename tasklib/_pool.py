@@ -1,13 +1,11 @@
-"""The worker's pre-forked child processes and the parent's side of talking to them."""
+"""The worker's pre-forked child processes (from ``_forkserver``) and the parent's side of talking to them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
+from tasklib._forkserver import ForkServer
 from tasklib._protocol import decode_available, encode
 
 log = logging.getLogger("tasklib.worker")
@@ -75,12 +74,13 @@ class Job:
 
 @dataclass(eq=False)
 class Child:
-    """One child process and its pipes. ``outstanding`` is what it was sent, in order; the first
-    entry is the one running now."""
+    """One child process and the parent's ends of its pipes. ``outstanding`` is what it was sent, in
+    order; in a sync child the first entry is the one running now, in an async child all are."""
 
-    process: Any
-    inbox_parent: Any  # parent's write end (Connection)
-    outbox_parent: Any  # parent's read end (Connection)
+    pid: int
+    inbox_fd: int  # parent's write end of the child's input
+    outbox_fd: int  # parent's read end of the child's output
+    status_fd: int = -1  # the fork server writes the child's return code here when it exits
     ready: bool = False
     outstanding: deque[Job] = field(default_factory=deque)
     current_since: float = 0.0  # monotonic time the head of ``outstanding`` started
@@ -88,10 +88,6 @@ class Child:
     read_buffer: bytearray = field(default_factory=bytearray)
     write_buffer: bytearray = field(default_factory=bytearray)
     dead: bool = False
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
 
     @property
     def current(self) -> Job | None:
@@ -107,95 +103,52 @@ class Child:
             pass
 
 
-#: ChildPools running in this process. multiprocessing has one fork server per process, started by
-#: the first pool and reused by every later one; its children inherit the environment and the
-#: preloaded modules of the moment it started. A pool that starts while no other runs restarts it,
-#: so a second worker in the same process (test suites do this, one database each) gets children
-#: that reflect the process as it is now, not as it was when the first worker ran.
-_active_pools = 0
-_active_lock = threading.Lock()
-
-
-def _restart_fork_server() -> None:
-    """Stop this process's fork server (the next child starts a new one). Only while no pool runs:
-    the server's children die with it."""
-    from multiprocessing import forkserver
-
-    forkserver._forkserver._stop()  # documented as for tests; public API has no way to restart it
-
-
-def _context(modules: list[str], preload_main: bool) -> multiprocessing.context.BaseContext:
-    """A forkserver: the server imports the task modules once and forks each child from that clean
-    state, so a replacement child starts in milliseconds and never inherits the worker's sockets."""
-    ctx = multiprocessing.get_context("forkserver")
-    # "__main__" re-runs the worker's script (minus its ``if __name__ == "__main__"`` block) so tasks
-    # defined in that script exist in the children too.
-    preload = ["tasklib._forkserver_init", "tasklib._child", "tasklib._async_child", *modules]
-    ctx.set_forkserver_preload(["__main__", *preload] if preload_main else preload)
-    return ctx
-
-
 class ChildPool:
     """Starts, feeds and replaces ``size`` children. Callbacks report results and deaths to the worker."""
 
     def __init__(
         self,
         size: int,
-        modules: list[str],
+        server: ForkServer,
         on_message: Callable[[Child, Any], None],
         on_death: Callable[[Child, str], None],
-        preload_main: bool = False,
+        modules: list[str] | None = None,
         default_memory_limit_mb: int | None = None,
         run_async: bool = False,
     ) -> None:
         self.size = size
+        self.server = server
         self.run_async = run_async  # children of ``_async_child`` (many tasks at once) instead of ``_child``
-        self.modules = modules
+        self.modules = modules or []
         self.default_memory_limit_mb = default_memory_limit_mb
         self.children: list[Child] = []
-        self._ctx = _context(modules, preload_main)
         self._on_message = on_message
         self._on_death = on_death
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawn_delay = 0.0
         self.closing = False
-        self._counted = False  # counted in _active_pools (between start() and close())
 
     def start(self) -> None:
-        global _active_pools
         self._loop = asyncio.get_running_loop()
-        with _active_lock:
-            if _active_pools == 0:
-                _restart_fork_server()
-            _active_pools += 1
-        self._counted = True
         for _ in range(self.size):
             self._spawn()
 
-    def _spawn(self) -> Child:
-        from tasklib._async_child import async_child_main
-        from tasklib._child import child_main
-
+    def _spawn(self) -> Child | None:
         assert self._loop is not None
-        inbox_child, inbox_parent = self._ctx.Pipe(duplex=False)
-        outbox_parent, outbox_child = self._ctx.Pipe(duplex=False)
-        if self.run_async:
-            target: Callable[..., None] = async_child_main
-            args: tuple[Any, ...] = (inbox_child, outbox_child, self.modules)
-        else:
-            target, args = child_main, (inbox_child, outbox_child, self.modules, self.default_memory_limit_mb)
-        process = self._ctx.Process(
-            target=target, args=args, name="tasklib-async-child" if self.run_async else "tasklib-child", daemon=True
-        )
-        process.start()
-        inbox_child.close()
-        outbox_child.close()
-        os.set_blocking(inbox_parent.fileno(), False)
-        os.set_blocking(outbox_parent.fileno(), False)
-        child = Child(process, inbox_parent, outbox_parent)
+        args: tuple[Any, ...] = (self.modules,) if self.run_async else (self.modules, self.default_memory_limit_mb)
+        try:
+            pid, inbox_fd, outbox_fd, status_fd = self.server.spawn(self.run_async, args)
+        except OSError as exc:
+            # The fork server is gone (killed by hand, say): start a new one, then try again.
+            self._retry_later(f"cannot fork a child ({exc})")
+            self._loop.create_task(self.server.ensure_running())
+            return None
+        os.set_blocking(inbox_fd, False)
+        os.set_blocking(outbox_fd, False)
+        child = Child(pid, inbox_fd, outbox_fd, status_fd)
         self.children.append(child)
-        self._loop.add_reader(outbox_parent.fileno(), self._readable, child)
-        self._loop.add_reader(process.sentinel, self._exited, child)
+        self._loop.add_reader(outbox_fd, self._readable, child)
+        self._loop.add_reader(status_fd, self._exited, child)
         return child
 
     def send(self, child: Child, message: Any) -> None:
@@ -204,7 +157,7 @@ class ChildPool:
 
     def _flush_writes(self, child: Child) -> None:
         assert self._loop is not None
-        fd = child.inbox_parent.fileno()
+        fd = child.inbox_fd
         try:
             while child.write_buffer:
                 written = os.write(fd, child.write_buffer)
@@ -213,19 +166,19 @@ class ChildPool:
             self._loop.add_writer(fd, self._flush_writes, child)
             return
         except (BrokenPipeError, OSError):
-            child.write_buffer.clear()  # the child is gone; its sentinel reports that
+            child.write_buffer.clear()  # the child is gone; its status pipe reports that
         self._loop.remove_writer(fd)
 
     def _readable(self, child: Child) -> None:
         try:
-            chunk = os.read(child.outbox_parent.fileno(), 1 << 18)
+            chunk = os.read(child.outbox_fd, 1 << 18)
         except BlockingIOError:
             return
         except OSError:
             chunk = b""
         if not chunk:
             assert self._loop is not None
-            self._loop.remove_reader(child.outbox_parent.fileno())
+            self._loop.remove_reader(child.outbox_fd)
             return
         child.read_buffer += chunk
         for message in decode_available(child.read_buffer):
@@ -233,11 +186,15 @@ class ChildPool:
 
     def _exited(self, child: Child) -> None:
         assert self._loop is not None
-        self._loop.remove_reader(child.process.sentinel)
+        self._loop.remove_reader(child.status_fd)
+        try:
+            status = os.read(child.status_fd, 4)
+        except OSError:
+            status = b""
         # Results written just before the exit are still in the pipe: read them first.
         try:
             while True:
-                chunk = os.read(child.outbox_parent.fileno(), 1 << 18)
+                chunk = os.read(child.outbox_fd, 1 << 18)
                 if not chunk:
                     break
                 child.read_buffer += chunk
@@ -246,12 +203,11 @@ class ChildPool:
         for message in decode_available(child.read_buffer):
             self._on_message(child, message)
         self._discard(child)
-        child.process.join(1)
-        code = child.process.exitcode
-        if code is not None and code < 0:
-            reason = f"killed by signal {signal.Signals(-code).name}"
+        if len(status) == 4:
+            code = int.from_bytes(status, "big", signed=True)
+            reason = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         else:
-            reason = f"exited with code {code}"
+            reason = "died with its fork server"
         self._on_death(child, reason)
         if self.closing:
             return
@@ -261,12 +217,12 @@ class ChildPool:
             return
         # It died before it could take work: its imports fail. Retry, slower each time, instead of
         # forking in a hot loop; its traceback is on the worker's stderr.
+        self._retry_later(f"a child process failed to start ({reason}); check that the task modules import cleanly")
+
+    def _retry_later(self, why: str) -> None:
+        assert self._loop is not None
         self._respawn_delay = min(max(self._respawn_delay * 2, 0.5), 30.0)
-        log.error(
-            "a child process failed to start (%s); check that the task modules import cleanly. Retrying in %.1fs",
-            reason,
-            self._respawn_delay,
-        )
+        log.error("%s. Retrying in %.1fs", why, self._respawn_delay)
         self._loop.call_later(self._respawn_delay, self._respawn_later)
 
     def _respawn_later(self) -> None:
@@ -276,35 +232,30 @@ class ChildPool:
     def _discard(self, child: Child) -> None:
         assert self._loop is not None
         child.dead = True
-        for fd_owner in (child.outbox_parent, child.inbox_parent):
+        for fd in (child.outbox_fd, child.inbox_fd, child.status_fd):
             try:
-                self._loop.remove_reader(fd_owner.fileno())
-                self._loop.remove_writer(fd_owner.fileno())
+                self._loop.remove_reader(fd)
+                self._loop.remove_writer(fd)
             except (OSError, ValueError):
+                pass
+            try:
+                os.close(fd)
+            except OSError:
                 pass
         if child in self.children:
             self.children.remove(child)
-        for conn in (child.inbox_parent, child.outbox_parent):
-            try:
-                conn.close()
-            except OSError:
-                pass
 
     async def close(self, timeout: float = 5.0) -> None:
         """Ask idle children to exit (close their input), then kill what is left."""
         self.closing = True
-        global _active_pools
-        if self._counted:
-            with _active_lock:
-                _active_pools -= 1
-            self._counted = False
         assert self._loop is not None
         for child in list(self.children):
             try:
-                self._loop.remove_writer(child.inbox_parent.fileno())
-                child.inbox_parent.close()
+                self._loop.remove_writer(child.inbox_fd)
+                os.close(child.inbox_fd)
             except (OSError, ValueError):
                 pass
+            child.inbox_fd = -1
         deadline = time.monotonic() + timeout
         while self.children and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

@@ -36,6 +36,7 @@ from tasklib._async_dispatcher import AsyncDispatcher, async_children
 from tasklib._claim import ClaimFloor
 from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, WorkerConnections, brief, listen
 from tasklib._dispatcher import Dispatcher
+from tasklib._forkserver import ForkServer
 from tasklib._lockkeeper import LockKeeper
 from tasklib._pool import ChildPool, Job, KillReason
 from tasklib._scheduler import Scheduler
@@ -137,7 +138,9 @@ class TaskWorker:
         modules = [m if m not in ("__main__", "__mp_main__") else "__main__" for m in modules]
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
-        pools = self._start_lanes(definitions, modules)
+        server = ForkServer([m for m in modules if m != "__main__"], preload_main="__main__" in modules)
+        await server.start()
+        pools = self._start_lanes(definitions, server)
         log.info(
             "worker %s started: concurrency %d, async concurrency %d, %d task(s) registered, database %s",
             self.worker_id,
@@ -177,6 +180,7 @@ class TaskWorker:
             await asyncio.gather(*background, return_exceptions=True)
             await self._writer.close()
             await asyncio.gather(*(pool.close() for pool in pools))
+            server.close()
             await self._connections.close()
             self._remove_signals(loop)
             self._stopped.set()
@@ -198,7 +202,7 @@ class TaskWorker:
         if self._started and asyncio.current_task() is not self._run_task:
             await self._stopped.wait()
 
-    def _start_lanes(self, definitions: dict[str, Any], modules: list[str]) -> list[ChildPool]:
+    def _start_lanes(self, definitions: dict[str, Any], server: ForkServer) -> list[ChildPool]:
         """Split the registered tasks into lanes and start each lane's children.
 
         With ``async_concurrency`` 0 there is one lane and async tasks run in the sync children, one
@@ -221,10 +225,10 @@ class TaskWorker:
             run_async = lane.dispatcher is self._async_dispatcher
             pool = ChildPool(
                 self._async_children if run_async else self.concurrency,
-                [m for m in modules if m != "__main__"],
+                server,
                 lane.dispatcher.on_message,
                 lane.dispatcher.on_death,
-                preload_main="__main__" in modules,
+                modules=server.modules,
                 default_memory_limit_mb=self.config.default_memory_limit_mb,
                 run_async=run_async,
             )
@@ -360,8 +364,9 @@ class TaskWorker:
             if claimed_full:
                 continue  # more may be due: claim again at once
             self._wake.clear()
+            rechecks = [t for t in (d.recheck_in() for d in self._dispatchers) if t is not None]
             try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), min([self.poll_interval, *rechecks]))
             except TimeoutError:
                 pass
 

@@ -459,3 +459,37 @@ def test_two_workers_in_one_process_see_the_environment_of_their_own_start(tl) -
         assert asyncio.run(run_once("second")) == "second"
     finally:
         os.environ.pop("TASKLIB_TEST_MARKER", None)
+
+
+def _fork_server_of(worker_pid: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if ppid == worker_pid and b"tasklib._forkserver" in cmdline:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_fork_server_is_replaced_and_its_running_task_retried(tl, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    running = tasklib.submit_task_sync(jobs.mark, key="r", sleep=2, max_retries=1)
+    worker = start_worker(tl.database_url, log, "--concurrency", "2", "--retry-delay", "0.2")
+    try:
+        assert wait_for(lambda: ["start", "r"] in [line[:2] for line in read_log(log)], timeout=20)
+        server = _fork_server_of(worker.pid)
+        assert server is not None
+        os.kill(server, signal.SIGKILL)  # its children die with it (PR_SET_PDEATHSIG)
+        after = tasklib.submit_task_sync(jobs.mark, key="after")
+        assert wait_for(lambda: states(tl.database_url).get("completed") == 2, timeout=30)
+        replacement = _fork_server_of(worker.pid)
+        assert replacement is not None and replacement != server
+    finally:
+        assert stop(worker) == 0
+    task = tasklib.get_task(running)
+    assert task is not None and task.state == "completed" and task.retry_count == 1  # one attempt lost, retried
+    assert tasklib.get_task(after).state == "completed"  # type: ignore[union-attr]

@@ -6,6 +6,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 import tasklib
 from tasklib._async_dispatcher import AsyncDispatcher, async_children
 from tasklib._claim import EARLIEST, ClaimFloor
@@ -139,14 +141,9 @@ def test_a_rescue_never_takes_the_claims_this_worker_knows_it_holds() -> None:
 # -- dispatcher against a fake pool -----------------------------------------------------------------
 
 
-class FakeProcess:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-
-
 class FakePool:
     def __init__(self, size: int) -> None:
-        self.children = [Child(FakeProcess(100 + i), None, None, ready=True) for i in range(size)]
+        self.children = [Child(100 + i, -1, -1, ready=True) for i in range(size)]
         self.closing = False
         self.sent: list[tuple[int, Any]] = []
 
@@ -351,3 +348,16 @@ def test_an_async_child_that_crashes_charges_every_task_it_held() -> None:
     assert all(
         "WorkerChildDied" in (action.error or "") and "2 other(s)" in (action.error or "") for _, action in writer.finished
     )
+
+
+def test_a_few_free_async_slots_are_claimed_after_a_short_wait_not_a_whole_wave() -> None:
+    dispatcher, pool, _, clock = make_async(children=1, slots=20)
+    jobs = [job() for _ in range(20)]
+    dispatcher.hold(jobs)
+    dispatcher.on_message(pool.children[0], (jobs[0].seq, "ok", "null"))
+    assert dispatcher.wanted() == 0  # one free slot of 20: wait for others to free up
+    assert dispatcher.recheck_in() == pytest.approx(0.05)  # …but the claim loop comes back for it
+    clock.now += 0.06
+    assert dispatcher.wanted() == 1
+    dispatcher.hold([job()])
+    assert dispatcher.recheck_in() is None
