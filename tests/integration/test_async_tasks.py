@@ -180,3 +180,23 @@ def test_shutdown_lets_async_tasks_finish_within_the_grace_and_releases_the_rest
     for task_id in long:
         task = tasklib.get_task(task_id)
         assert task is not None and task.state == "pending" and task.retry_count == 0
+
+
+def test_async_tasks_keep_priorities_tags_unique_keys_and_schedules(tl: tasklib.Config, tmp_path: Path) -> None:
+    log = tmp_path / "runs.log"
+    low = [tasklib.submit_task_sync(jobs.amark, key=f"low{i}") for i in range(3)]
+    high = tasklib.submit_task_sync(jobs.amark, key="high", priority=9, tags={"kind": "urgent"})
+    unique = tasklib.submit_task_sync(jobs.amark, key="u1", unique_key="only-one")
+    assert tasklib.submit_task_sync(jobs.amark, key="u2", unique_key="only-one") == unique  # held: not written twice
+    app = ("--app", "tests.integration.async_recurring_jobs")
+    worker = start_worker(tl.database_url, log, *app, "--async-concurrency", "1")
+    try:
+        assert wait_for(lambda: finished([*low, high, unique]), timeout=30)
+        assert wait_for(lambda: sum(1 for line in read_log(log) if line[0] == "atick") >= 2, timeout=10)
+    finally:
+        stop(worker)
+    starts = [line[1] for line in read_log(log) if line[0] == "start"]
+    assert starts[0] == "high" and sorted(starts) == ["high", "low0", "low1", "low2", "u1"]  # one slot: priority first
+    assert tasklib.get_task(high).tags == {"kind": "urgent"}  # type: ignore[union-attr]
+    ticks = [t for t in tasklib.list_tasks(name="tests.integration.async_recurring_jobs.atick", limit=50)]
+    assert sum(1 for t in ticks if t.state == "completed" and t.result == "atick") >= 2
