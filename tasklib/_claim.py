@@ -26,6 +26,17 @@ starts at the poll interval and doubles, up to ``MAX_SWEEP_FACTOR`` times it, wh
 nothing a floored claim would not have (under a held snapshot a sweep walks every dead entry, so
 sweeping less often is what keeps its cost bounded), and drops back to the poll interval as soon as
 one does.
+
+Why priorities too: the pending index leads with priority, and a btree scan can start at
+(priority, floor) only when the claim names one priority (``CLAIM_AT_PRIORITY``); otherwise it
+starts at the index's first entry and tests every entry before the floor, so the entries a held
+snapshot keeps cost every claim again, and keep costing until VACUUM. So the floor also remembers
+the priorities it has seen pending (in claimed rows, and in each submit's NOTIFY), and a floored
+claim asks for each of them in turn, highest first; a priority that comes back empty is forgotten
+until seen again. When those leave the claim short, one claim across all priorities, still above
+the floor, takes the rest, so a priority the worker has not seen yet is never left waiting behind
+an empty queue. What this can put behind a known lower priority for a moment is a higher one the
+worker did not hear of (a lost notification, a rescue by another worker): a sweep finds it.
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ class ClaimFloor:
         self._sweeping_below: datetime | None = None  # the floor a sweep in flight looks under
         self._lowered = 0  # how many times a notification lowered the floor
         self._lowered_before_claim = 0
+        self.priorities: set[int] = set()  # priorities seen pending (claimed, or in a submit's NOTIFY)
 
     def floor_for_next(self, now: float) -> datetime:
         """The floor for the claim about to be made (``now`` is the worker's monotonic clock)."""
@@ -67,9 +79,19 @@ class ClaimFloor:
             return EARLIEST
         return self.floor
 
+    def priorities_for(self, floor: datetime) -> list[int]:
+        """The priorities a claim at ``floor`` asks for one by one, highest first (none for a sweep:
+        finding what the floor and these would miss is what a sweep is for)."""
+        return [] if floor == EARLIEST else sorted(self.priorities, reverse=True)
+
+    def drained(self, priority: int) -> None:
+        """A claim at ``priority`` found nothing: stop asking for it until it is seen again."""
+        self.priorities.discard(priority)
+
     def observe(self, claimed_at: datetime, limit: int, claimed: Sequence[tuple[int, datetime]] = ()) -> None:
-        """Learn from a finished claim: ``claimed_at`` is the database's ``now()`` for it, ``claimed``
-        the (priority, scheduled_at) of each row it took."""
+        """Learn from a finished claim: ``claimed_at`` is the database's ``now()`` for it (the first
+        statement's, when it took several), ``claimed`` the (priority, scheduled_at) of each row it took."""
+        self.priorities.update(priority for priority, _ in claimed)
         if self._sweeping_below is not None:
             stragglers = any(scheduled < self._sweeping_below for _, scheduled in claimed)
             self.sweep_every = (
@@ -86,9 +108,11 @@ class ClaimFloor:
         if self.floor is None or candidate > self.floor:
             self.floor = candidate
 
-    def lower_to(self, scheduled_at: datetime) -> None:
-        """A submit committed a task with this ``scheduled_at`` (from its NOTIFY): make sure the next
-        claim reaches it, however late its transaction committed."""
+    def lower_to(self, scheduled_at: datetime, priority: int | None = None) -> None:
+        """A submit committed a task with this ``scheduled_at`` and ``priority`` (from its NOTIFY):
+        make sure the next claim reaches it, however late its transaction committed."""
+        if priority is not None:
+            self.priorities.add(priority)
         candidate = scheduled_at - self.margin
         if self.floor is not None and candidate < self.floor:
             self.floor = candidate
@@ -98,3 +122,4 @@ class ClaimFloor:
         """After a reconnect or an error: the next claim sweeps, and sweeps come at the poll interval."""
         self.floor = None
         self.sweep_every = self.base_sweep_every
+        self.priorities.clear()

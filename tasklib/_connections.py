@@ -105,19 +105,25 @@ class WorkerConnections:
             self._conns[role] = None
 
 
-def _submitted_at(payload: str) -> float | None:
-    """The epoch seconds at the end of a submit's payload ("<name> <epoch>"), if any."""
-    _, _, clock = payload.rpartition(" ")
+def submit_note(payload: str) -> tuple[float | None, int | None]:
+    """(scheduled_at as epoch seconds, priority) from a submit's payload "<name> <epoch> <priority>";
+    the priority is None from submitters older than it ("<name> <epoch>")."""
+    head, _, last = payload.rpartition(" ")
+    _, _, before = head.rpartition(" ")
     try:
-        return float(clock)
+        return float(before), int(last)
     except ValueError:
-        return None
+        pass
+    try:
+        return float(last), None
+    except ValueError:
+        return None, None
 
 
 async def listen(
     url: str,
     application_name: str,
-    on_submit: Callable[[float | None], None],
+    on_submit: Callable[[float | None, int | None], None],
     on_cancel: Callable[[uuid.UUID], None],
 ) -> None:
     """LISTEN until cancelled, reconnecting with backoff: submits call ``on_submit``, cancels ``on_cancel``.
@@ -133,10 +139,10 @@ async def listen(
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_CANCEL}")
                 backoff = 0.1
                 outage.ok()
-                on_submit(None)
+                on_submit(None, None)
                 async for note in conn.notifies():
                     if note.channel != sql.NOTIFY_CHANNEL_CANCEL:
-                        on_submit(_submitted_at(note.payload))
+                        on_submit(*submit_note(note.payload))
                         continue
                     try:
                         task_id = uuid.UUID(note.payload)

@@ -49,6 +49,30 @@ VANISHED_AFTER_SECONDS = 5.0
 RECONNECT_GRACE_SECONDS = 5.0
 
 
+#: The look for vanished workers takes at most this share of the time between two looks. It reads
+#: every unexpired entry of the lock index, and while a long transaction elsewhere holds back
+#: cleanup those include the entries of every task finished since: measured at 0.54 busy sessions
+#: (a quarter of this machine's CPU) with two workers looking every second, under a 40 s snapshot;
+#: paced, 0.05. A vanished worker is then found later than 5 s (lock expiry stays the fallback).
+VANISHED_CHECK_SHARE = 0.02
+
+
+class Pacing:
+    """When a repeated check is due: each ``interval``, or less often when it gets slow, so that it
+    never takes more than ``share`` of the time."""
+
+    def __init__(self, interval: float, share: float = VANISHED_CHECK_SHARE) -> None:
+        self.interval = interval
+        self.share = share
+        self._next = float("-inf")
+
+    def due(self, now: float) -> bool:
+        return now >= self._next
+
+    def ran(self, started: float, finished: float) -> None:
+        self._next = finished + max(self.interval, (finished - started) / self.share)
+
+
 class VanishedWorkers:
     """Workers seen holding claims without a session, and since when (this worker's monotonic clock)."""
 
@@ -123,6 +147,7 @@ class LockKeeper:
         self.poll_interval = poll_interval
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
         self.vanished = VanishedWorkers()
+        self.vanished_pacing = Pacing(poll_interval)
         self._quiet_until = 0.0  # monotonic time before which this worker rescues nothing
 
     async def loop(self) -> None:
@@ -181,9 +206,11 @@ class LockKeeper:
 
     async def rescue_vanished(self) -> int:
         """Fail or retry (by policy) the claims of workers whose sessions have stayed gone."""
-        if time.monotonic() < self._quiet_until:
+        started = time.monotonic()
+        if started < self._quiet_until or not self.vanished_pacing.due(started):
             return 0
         rows = await self._connections.execute(sql.VANISHED_WORKERS, {})
+        self.vanished_pacing.ran(started, time.monotonic())
         missing = [r[0] for r in rows if r[0] != self.worker_id]
         total = 0
         for worker_id in self.vanished.observe(missing, time.monotonic()):

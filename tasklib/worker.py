@@ -295,10 +295,10 @@ class TaskWorker:
             )
         self._stop()
 
-    def _on_submit(self, submitted_at: float | None) -> None:
+    def _on_submit(self, submitted_at: float | None, priority: int | None = None) -> None:
         if submitted_at is not None:
             for lane in self._lanes:
-                lane.floor.lower_to(datetime.fromtimestamp(submitted_at, UTC))
+                lane.floor.lower_to(datetime.fromtimestamp(submitted_at, UTC), priority)
         if not self._stopping:
             self._wake.set()
 
@@ -316,23 +316,32 @@ class TaskWorker:
     # -- claiming -----------------------------------------------------------------------------
 
     async def _claim(self, lane: Lane, limit: int) -> list[Job]:
-        """One claim of up to ``limit`` of a lane's tasks, starting at its floor (see ``tasklib._claim``)."""
+        """One claim of up to ``limit`` of a lane's tasks, starting at its floor: each priority it
+        knows of in turn, then all at once for what is left (see ``tasklib._claim``)."""
         assert self._connections is not None
         floor = lane.floor.floor_for_next(time.monotonic())
-        rows = await self._connections.execute(
-            sql.CLAIM_NEXT,
-            {
-                "names": lane.names,
-                "limit": limit,
-                "floor": floor,
-                "worker_id": self.worker_id,
-                "lock_seconds": float(self.config.lock_timeout_seconds),
-            },
-            role="claim",
-            row_factory=dict_row,
-        )
-        jobs = [Job.from_row(row) for row in rows if row["id"] is not None]
-        lane.floor.observe(rows[0]["claimed_at"], limit, [(job.priority, job.scheduled_at) for job in jobs])
+        params: dict[str, Any] = {
+            "names": lane.names,
+            "floor": floor,
+            "worker_id": self.worker_id,
+            "lock_seconds": float(self.config.lock_timeout_seconds),
+        }
+        jobs: list[Job] = []
+        claimed_at: datetime | None = None
+        for priority in [*lane.floor.priorities_for(floor), None]:
+            statement = sql.CLAIM_NEXT if priority is None else sql.CLAIM_AT_PRIORITY
+            rows = await self._connections.execute(
+                statement, {**params, "limit": limit - len(jobs), "priority": priority}, role="claim", row_factory=dict_row
+            )
+            claimed_at = claimed_at or rows[0]["claimed_at"]
+            taken = [Job.from_row(row) for row in rows if row["id"] is not None]
+            if priority is not None and not taken:
+                lane.floor.drained(priority)
+            jobs += taken
+            if len(jobs) >= limit:
+                break
+        assert claimed_at is not None
+        lane.floor.observe(claimed_at, limit, [(job.priority, job.scheduled_at) for job in jobs])
         return jobs
 
     async def _claim_round(self) -> bool:

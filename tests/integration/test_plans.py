@@ -19,7 +19,7 @@ import pytest
 
 import tasklib
 from tasklib import sql
-from tasklib._claim import EARLIEST
+from tasklib._claim import EARLIEST, ClaimFloor
 from tasklib._lockkeeper import RESCUE_BATCH
 from tasklib.db import CLAIM_PLANNER_SETTINGS, WRITE_PLANNER_SETTINGS, connect_kwargs, set_statement
 from tasklib.outcome import Action
@@ -250,3 +250,58 @@ def test_retention_and_schedule_reads_stay_on_their_indexes(tl: tasklib.Config) 
         rows = conn.execute(sql.SCHEDULES, {}).fetchall()
         assert [r[0] for r in rows] == ["app.job_0", "app.job_1", "app.job_2"]
         assert time.perf_counter() - started < BOUND_SECONDS
+
+
+def _plan_sum(plan: dict[str, Any], match: tuple[str, str], fields: tuple[str, ...]) -> int:
+    """The sum of ``fields`` over the nodes of an EXPLAIN JSON plan where ``node[match[0]] == match[1]``."""
+    own = sum(int(plan[f]) for f in fields) if plan.get(match[0]) == match[1] else 0
+    return own + sum(_plan_sum(child, match, fields) for child in plan.get("Plans", []))
+
+
+def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Config) -> None:
+    """100,000 claimed tasks whose pending-index entries an open snapshot keeps, 2,000 waiting above
+    the floor: the claims the worker makes there walk about what they take, not the 100,000.
+
+    A claim across all priorities cannot start its index scan at the floor (the index leads with
+    priority) and steps over every kept entry before it: 16x the buffers here, growing with the
+    snapshot's age and lasting until VACUUM. The worker asks per priority it knows (``_claim``)."""
+    url = tl.database_url
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority)"
+            " SELECT gen_random_uuid(), %s, '{}', 'pending', 3,"
+            "        now() - interval '10 minutes' + g * interval '1 millisecond', now(), 0"
+            " FROM generate_series(1, 102000) AS g",
+            [NAME],
+        )
+        admin.execute("VACUUM ANALYZE tasks")
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT txid_current()")  # idle in transaction: nothing claimed below can be cleaned
+            claimed = admin.execute(
+                "WITH c AS (SELECT id FROM tasks ORDER BY priority DESC, scheduled_at, id LIMIT 100000)"
+                " UPDATE tasks t SET state = 'running', worker_id = 'w', started_at = now(),"
+                "     locked_until = now() + interval '1 hour' FROM c WHERE t.id = c.id RETURNING t.scheduled_at"
+            ).fetchall()
+            floor_state = ClaimFloor(sweep_every_seconds=3600)
+            floor_state.floor_for_next(0.0)  # the first claim sweeps…
+            floor_state.observe(datetime.now(UTC), 256, [(0, max(at for (at,) in claimed))] * 256)  # …and was full
+            floor = floor_state.floor_for_next(1.0)
+            assert floor != EARLIEST
+            claim = {"names": [NAME], "limit": 256, "floor": floor, "worker_id": "w2", "lock_seconds": 60.0}
+            with _worker_connection(url, CLAIM_SETTINGS) as conn:
+                buffers = taken = 0
+                for priority in [*floor_state.priorities_for(floor), None]:  # as TaskWorker._claim does
+                    statement = sql.CLAIM_NEXT if priority is None else sql.CLAIM_AT_PRIORITY
+                    with conn.transaction(force_rollback=True):
+                        params = {**claim, "priority": priority, "limit": 256 - taken}
+                        (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params).fetchone()  # type: ignore[misc]
+                    top = plan[0]["Plan"]
+                    buffers += _plan_sum(
+                        top, ("Index Name", "tasks_pending_idx"), ("Shared Hit Blocks", "Shared Read Blocks")
+                    )
+                    taken += _plan_sum(top, ("Node Type", "ModifyTable"), ("Actual Rows",))
+                    if taken >= 256:
+                        break
+    # The index pages and heap pages of the 256 rows: 38 here. Across all priorities: 631.
+    assert taken == 256 and buffers < 200, (taken, buffers)

@@ -11,8 +11,9 @@ import pytest
 import tasklib
 from tasklib._async_dispatcher import AsyncDispatcher, async_children
 from tasklib._claim import EARLIEST, ClaimFloor
+from tasklib._connections import submit_note
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
-from tasklib._lockkeeper import VanishedWorkers, foreign_claims, rescue_decisions
+from tasklib._lockkeeper import Pacing, VanishedWorkers, foreign_claims, rescue_decisions
 from tasklib._pool import Child, Job, KillReason
 from tasklib.states import TaskState
 
@@ -361,3 +362,33 @@ def test_a_few_free_async_slots_are_claimed_after_a_short_wait_not_a_whole_wave(
     assert dispatcher.wanted() == 1
     dispatcher.hold([job()])
     assert dispatcher.recheck_in() is None
+
+
+def test_a_floored_claim_asks_per_priority_it_has_seen_and_a_sweep_asks_for_all() -> None:
+    floor = ClaimFloor(sweep_every_seconds=10)
+    assert floor.floor_for_next(0.0) == EARLIEST and floor.priorities_for(EARLIEST) == []
+    floor.observe(T0, 3, rows(T0, priority=0) + rows(T0, T0, priority=5))  # full: the floor follows it
+    at = floor.floor_for_next(1.0)
+    assert at != EARLIEST and floor.priorities_for(at) == [5, 0]  # highest first
+    floor.drained(5)  # its claim came back empty
+    floor.lower_to(T0 + timedelta(seconds=3), priority=9)  # a submit's NOTIFY names its priority
+    assert floor.priorities_for(at) == [9, 0]
+    floor.forget()
+    assert floor.priorities == set()
+
+
+def test_a_submit_notification_carries_its_time_and_priority() -> None:
+    assert submit_note("app.send_email 1764590400.25 -3") == (1764590400.25, -3)
+    assert submit_note("app.send_email 1764590400.25") == (1764590400.25, None)  # an older submitter
+    assert submit_note("my job 5 1764590400.25") == (1764590400.25, None)  # a name with spaces, old form
+    assert submit_note("my job 1764590400.25 2") == (1764590400.25, 2)
+    assert submit_note("garbage") == (None, None)
+
+
+def test_the_vanished_worker_check_runs_less_often_when_it_gets_slow() -> None:
+    pacing = Pacing(interval=1.0, share=0.05)
+    assert pacing.due(0.0)
+    pacing.ran(0.0, 0.002)  # cheap: again after the interval
+    assert not pacing.due(0.9) and pacing.due(1.01)
+    pacing.ran(2.0, 2.25)  # 250 ms (a bloated lock index): 5 s later, so it stays at 5 % of the time
+    assert not pacing.due(6.0) and pacing.due(7.26)
