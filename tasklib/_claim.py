@@ -53,6 +53,10 @@ FLOOR_MARGIN_SECONDS = 1.0
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 #: Sweeps that find nothing new space out up to this many poll intervals.
 MAX_SWEEP_FACTOR = 8
+#: A sweep takes at most this share of the time between two sweeps. Under a held snapshot a sweep
+#: walks every index entry the snapshot keeps (hundreds of milliseconds after 40 s); paced, what
+#: only a sweep can find waits longer then, but the workers' own claims keep their speed.
+SWEEP_SHARE = 0.02
 
 
 class ClaimFloor:
@@ -66,16 +70,20 @@ class ClaimFloor:
         self._last_sweep = float("-inf")
         self._sweeping_below: datetime | None = None  # the floor a sweep in flight looks under
         self._lowered = 0  # how many times a notification lowered the floor
+        self._sweep_cost = 0.0  # seconds the last sweep took
         self._lowered_before_claim = 0
         self.priorities: set[int] = set()  # priorities seen pending (claimed, or in a submit's NOTIFY)
+        self._sweeping = False  # the claim in flight is a sweep
 
     def floor_for_next(self, now: float) -> datetime:
         """The floor for the claim about to be made (``now`` is the worker's monotonic clock)."""
         self._sweeping_below = None
+        self._sweeping = False
         self._lowered_before_claim = self._lowered
-        if self.floor is None or now - self._last_sweep >= self.sweep_every:
+        if self.floor is None or now - self._last_sweep >= max(self.sweep_every, self._sweep_cost / SWEEP_SHARE):
             self._last_sweep = now
             self._sweeping_below = self.floor
+            self._sweeping = True
             return EARLIEST
         return self.floor
 
@@ -88,10 +96,16 @@ class ClaimFloor:
         """A claim at ``priority`` found nothing: stop asking for it until it is seen again."""
         self.priorities.discard(priority)
 
-    def observe(self, claimed_at: datetime, limit: int, claimed: Sequence[tuple[int, datetime]] = ()) -> None:
+    def observe(
+        self, claimed_at: datetime, limit: int, claimed: Sequence[tuple[int, datetime]] = (), seconds: float = 0.0
+    ) -> None:
         """Learn from a finished claim: ``claimed_at`` is the database's ``now()`` for it (the first
-        statement's, when it took several), ``claimed`` the (priority, scheduled_at) of each row it took."""
+        statement's, when it took several), ``claimed`` the (priority, scheduled_at) of each row it
+        took, ``seconds`` how long it took."""
         self.priorities.update(priority for priority, _ in claimed)
+        if self._sweeping:
+            self._sweep_cost = seconds
+            self._sweeping = False
         if self._sweeping_below is not None:
             stragglers = any(scheduled < self._sweeping_below for _, scheduled in claimed)
             self.sweep_every = (

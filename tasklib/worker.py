@@ -319,7 +319,8 @@ class TaskWorker:
         """One claim of up to ``limit`` of a lane's tasks, starting at its floor: each priority it
         knows of in turn, then all at once for what is left (see ``tasklib._claim``)."""
         assert self._connections is not None
-        floor = lane.floor.floor_for_next(time.monotonic())
+        started = time.monotonic()
+        floor = lane.floor.floor_for_next(started)
         params: dict[str, Any] = {
             "names": lane.names,
             "floor": floor,
@@ -341,7 +342,8 @@ class TaskWorker:
             if len(jobs) >= limit:
                 break
         assert claimed_at is not None
-        lane.floor.observe(claimed_at, limit, [(job.priority, job.scheduled_at) for job in jobs])
+        claimed = [(job.priority, job.scheduled_at) for job in jobs]
+        lane.floor.observe(claimed_at, limit, claimed, seconds=time.monotonic() - started)
         return jobs
 
     async def _claim_round(self) -> bool:

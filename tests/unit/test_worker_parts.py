@@ -392,3 +392,14 @@ def test_the_vanished_worker_check_runs_less_often_when_it_gets_slow() -> None:
     assert not pacing.due(0.9) and pacing.due(1.01)
     pacing.ran(2.0, 2.25)  # 250 ms (a bloated lock index): 5 s later, so it stays at 5 % of the time
     assert not pacing.due(6.0) and pacing.due(7.26)
+
+
+def test_a_slow_sweep_spaces_out_the_next_ones() -> None:
+    floor = ClaimFloor(sweep_every_seconds=1)
+    assert floor.floor_for_next(0.0) == EARLIEST
+    floor.observe(T0, 10, rows(T0), seconds=0.4)  # a sweep under a held snapshot: 400 ms
+    assert floor.floor_for_next(10.0) != EARLIEST  # 2 % of the time at most: 20 s to the next
+    floor.observe(T0, 10, rows(T0), seconds=0.001)  # (floored claims do not count)
+    assert floor.floor_for_next(20.1) == EARLIEST
+    floor.observe(T0, 10, rows(T0), seconds=0.002)  # fast again: back to the intervals (doubling: nothing new)
+    assert floor.floor_for_next(21.2) != EARLIEST and floor.floor_for_next(22.2) == EARLIEST
