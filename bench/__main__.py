@@ -233,11 +233,13 @@ def print_burst(r: dict[str, Any]) -> None:
         return
     ref = r["prefilled_c4"]["per_s"]
     print(f"\nprefilled drain, 1 worker x concurrency 4 (reference): {ref:,.0f}/s")
-    print(f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'longest stmt':>13}")
+    print(
+        f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'from creation':>14} {'longest stmt':>13}"
+    )
     for key, b in r["burst"].items():
         print(
             f"{key:<28} {b['min_per_s']:>8,.0f}/s {b['median_per_s']:>8,.0f}/s {b['min_ratio']:>8.2f}"
-            f" {b['longest_statement_ms']:>10.0f} ms"
+            f" {b['min_ratio_from_creation']:>14.2f} {b['longest_statement_ms']:>10.0f} ms"
         )
     h = r["held_snapshot"]
     print(
