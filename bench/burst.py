@@ -91,11 +91,11 @@ def _kind(query: str) -> str:
 
 
 @contextmanager
-def running_workers(url: str, processes: int, concurrency: int):  # type: ignore[no-untyped-def]
-    """Start ``processes`` workers and return once they are connected and their children ready."""
-    procs = [
-        tasklib_process(url, "worker", "--app", "bench.tasks", "--concurrency", str(concurrency)) for _ in range(processes)
-    ]
+def running_workers(url: str, processes: int, concurrency: int = 1, options: tuple[str, ...] = ()):  # type: ignore[no-untyped-def]
+    """Start ``processes`` workers and return once they are connected and their children ready.
+    ``options`` replace the default worker options (``--app bench.tasks --concurrency N``)."""
+    options = options or ("--app", "bench.tasks", "--concurrency", str(concurrency))
+    procs = [tasklib_process(url, "worker", *options) for _ in range(processes)]
     try:
         with psycopg.connect(url, autocommit=True) as conn:
             deadline = time.monotonic() + 60

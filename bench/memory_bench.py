@@ -28,7 +28,8 @@ import psycopg
 import tasklib
 from bench import async_tasks
 from bench import tasks as btasks
-from bench.common import tasklib_process, truncate
+from bench.burst import running_workers
+from bench.common import truncate
 
 ASYNC_SLOTS = 200
 ASYNC_TASKS = 2_000
@@ -72,26 +73,10 @@ def sample(worker_pid: int) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def _worker(url: str, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    proc = tasklib_process(url, "worker", *args)
-    try:
-        with psycopg.connect(url, autocommit=True) as conn:
-            deadline = time.monotonic() + 60
-            while (
-                time.monotonic() < deadline
-                and not conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'tasklib-worker %'"
-                ).fetchone()[0]
-            ):  # type: ignore[index]
-                time.sleep(0.1)
+def _worker(url: str, *options: str) -> Iterator[subprocess.Popen[bytes]]:
+    with running_workers(url, 1, options=options) as (proc,):
         time.sleep(2.0)  # children forked and ready, idle as in production before a burst
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def _measure(url: str, proc: subprocess.Popen[bytes], n: int, timeout: float) -> dict[str, Any]:

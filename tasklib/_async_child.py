@@ -13,7 +13,6 @@ the whole child after a grace period (see ``_async_dispatcher``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import inspect
 import os
@@ -27,7 +26,7 @@ from tasklib.outcome import timeout_error
 
 async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, timeout: int | None) -> tuple[str, str]:
     """Run one async task to (status, payload). Never raises but CancelledError (a cancel)."""
-    deadline = contextlib.nullcontext() if not timeout else asyncio.timeout(timeout)
+    deadline = asyncio.timeout(timeout or None)  # None: no deadline, and never expired
     try:
         definition, kwargs = load_call(definitions, name, kwargs_json)
         async with deadline:
@@ -37,10 +36,10 @@ async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, ti
     except asyncio.CancelledError:
         raise  # the worker cancelled it: nothing to report but that
     except BaseException as exc:
-        if isinstance(deadline, asyncio.Timeout) and deadline.expired():
+        if deadline.expired():
             return "timeout", failure(exc)[1] + timeout_error(timeout, "was cancelled")
         return failure(exc)
-    if isinstance(deadline, asyncio.Timeout) and deadline.expired():
+    if deadline.expired():
         # It caught the cancellation and returned anyway: it still ran past its timeout.
         return "timeout", timeout_error(timeout, "was cancelled")
     return success(result)

@@ -242,9 +242,7 @@ class Dispatcher:
                 TaskState.FAILED: "failed",
                 TaskState.PENDING: f"failed, retry in {action.delay_seconds:.1f}s",
             }[action.state]
-            outcome = {TaskState.COMPLETED: "completed", TaskState.FAILED: "failed", TaskState.PENDING: "retry"}[
-                action.state
-            ]
+            outcome = _OUTCOME_NAMES[action.state]
             log.info(
                 "task %s %s %s in %.1f ms",
                 what,

@@ -112,14 +112,12 @@ class ChildPool:
         server: ForkServer,
         on_message: Callable[[Child, Any], None],
         on_death: Callable[[Child, str], None],
-        modules: list[str] | None = None,
         default_memory_limit_mb: int | None = None,
         run_async: bool = False,
     ) -> None:
         self.size = size
         self.server = server
         self.run_async = run_async  # children of ``_async_child`` (many tasks at once) instead of ``_child``
-        self.modules = modules or []
         self.default_memory_limit_mb = default_memory_limit_mb
         self.children: list[Child] = []
         self._on_message = on_message
@@ -135,7 +133,8 @@ class ChildPool:
 
     def _spawn(self) -> Child | None:
         assert self._loop is not None
-        args: tuple[Any, ...] = (self.modules,) if self.run_async else (self.modules, self.default_memory_limit_mb)
+        modules = self.server.modules
+        args: tuple[Any, ...] = (modules,) if self.run_async else (modules, self.default_memory_limit_mb)
         try:
             pid, inbox_fd, outbox_fd, status_fd = self.server.spawn(self.run_async, args)
         except OSError as exc:

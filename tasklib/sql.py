@@ -67,7 +67,14 @@ TABLE_EXISTS = "SELECT to_regclass('tasks') IS NOT NULL"
 #: at commit, it tells workers how far back the task they could not see yet lies, and at which
 #: priority (``tasklib._claim``).
 _NOTIFY_CLOCK = "CAST(extract(epoch FROM now()) AS text)"
+#: The priority as a submit statement binds it (bulk statements have no row to read it from).
 _PRIORITY = "CAST(CAST(%(priority)s AS integer) AS text)"
+
+
+def _notify_submit(name: str, priority: str) -> str:
+    """The submit NOTIFY, from SQL expressions for the task's name and priority."""
+    return f"pg_notify('{NOTIFY_CHANNEL_SUBMIT}', {name} || ' ' || {_NOTIFY_CLOCK} || ' ' || {priority})"
+
 
 #: INSERT one task (-> pending) and wake idle workers; NOTIFY is delivered only on commit.
 INSERT_TASK = f"""
@@ -80,7 +87,7 @@ WITH ins AS (
             CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb))
     RETURNING name, priority
 )
-SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name || ' ' || {_NOTIFY_CLOCK} || ' ' || priority) FROM ins
+SELECT {_notify_submit("name", "priority")} FROM ins
 """
 
 #: INSERT many tasks (-> pending) in one round trip; one NOTIFY per statement. The arguments arrive as
@@ -97,7 +104,7 @@ WITH ins AS (
     JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
     RETURNING 1
 )
-SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text) || ' ' || {_NOTIFY_CLOCK} || ' ' || {_PRIORITY})
+SELECT {_notify_submit("CAST(%(name)s AS text)", _PRIORITY)}
 WHERE EXISTS (SELECT 1 FROM ins)
 """
 
@@ -121,7 +128,7 @@ WITH ins AS (
     ON CONFLICT DO NOTHING
     RETURNING id, name, priority
 )
-SELECT CAST(id AS text), pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name || ' ' || {_NOTIFY_CLOCK} || ' ' || priority) FROM ins
+SELECT CAST(id AS text), {_notify_submit("name", "priority")} FROM ins
 UNION ALL
 SELECT CAST(id AS text), NULL FROM tasks
 WHERE unique_key = CAST(%(unique_key)s AS text) AND {_KEY_HELD} AND NOT EXISTS (SELECT 1 FROM ins)
@@ -149,7 +156,7 @@ WITH ins AS (
     RETURNING id
 )
 SELECT CAST(id AS text),
-       (SELECT pg_notify('{NOTIFY_CHANNEL_SUBMIT}', CAST(%(name)s AS text) || ' ' || {_NOTIFY_CLOCK} || ' ' || {_PRIORITY}))
+       (SELECT {_notify_submit("CAST(%(name)s AS text)", _PRIORITY)})
 FROM ins
 """
 

@@ -214,7 +214,7 @@ class TaskWorker:
             if self.async_concurrency
             else []
         )
-        sync_names = [n for n in self._names if n not in set(async_names)]
+        sync_names = sorted(set(self._names) - set(async_names))
         lanes = [
             Lane(sync_names, self._dispatcher, ClaimFloor(sweep_every_seconds=self.poll_interval)),
             Lane(async_names, self._async_dispatcher, ClaimFloor(sweep_every_seconds=self.poll_interval)),
@@ -228,7 +228,6 @@ class TaskWorker:
                 server,
                 lane.dispatcher.on_message,
                 lane.dispatcher.on_death,
-                modules=server.modules,
                 default_memory_limit_mb=self.config.default_memory_limit_mb,
                 run_async=run_async,
             )
