@@ -37,6 +37,7 @@ class OutcomeWriter:
         self._releases: list[Job] = []
         self._writing: list[Job] = []  # the batch whose statement is in flight
         self._wanted = asyncio.Event()
+        self._stopping = False
 
     def finish(self, job: Job, action: Action) -> None:
         """Record an outcome (completed, failed, or pending again for a retry)."""
@@ -57,11 +58,19 @@ class OutcomeWriter:
     def pending(self) -> bool:
         return bool(self._finishes or self._releases)
 
+    def stop(self) -> None:
+        """Make ``run()`` return once the statement in flight (if any) is done; ``close()`` then
+        writes what is left. Cancelling ``run()`` instead could cut a statement off mid-write."""
+        self._stopping = True
+        self._wanted.set()
+
     async def run(self) -> None:
         backoff = 0.1
         outage = Outage("recording results")
         while True:
             await self._wanted.wait()
+            if self._stopping:
+                return
             await asyncio.sleep(FLUSH_DELAY_SECONDS)  # let results that arrive together share a statement
             self._wanted.clear()
             try:
@@ -82,8 +91,8 @@ class OutcomeWriter:
             self._writing = [job for job, _ in batch]
             try:
                 await self._write(batch)
-            except psycopg.Error:
-                self._finishes[:0] = batch  # keep them for the next try: a result is never dropped
+            except BaseException:  # an error, or cancelled: keep them for the next try
+                self._finishes[:0] = batch  # (a result is never dropped)
                 raise
             finally:
                 self._writing = []
@@ -92,7 +101,7 @@ class OutcomeWriter:
             self._writing = released
             try:
                 await self._execute(sql.RELEASE_MANY, {"ids": [j.id for j in released], "worker_id": self._worker_id})
-            except psycopg.Error:
+            except BaseException:
                 self._releases[:0] = released
                 raise
             finally:

@@ -51,6 +51,8 @@ from tasklib.schema import ensure_schema
 log = logging.getLogger("tasklib.worker")
 
 WATCHDOG_INTERVAL_SECONDS = 0.05
+#: At shutdown, how long the writer may finish the statement in flight before it is cancelled.
+WRITER_STOP_SECONDS = 5.0
 #: How many ``async def`` tasks a worker runs at once unless told otherwise.
 DEFAULT_ASYNC_CONCURRENCY = 10
 
@@ -160,10 +162,10 @@ class TaskWorker:
             on_rescued=self._wake.set,
             poll_interval=self.poll_interval,
         )
+        writer = asyncio.create_task(self._writer.run(), name="tasklib-write")
         background = [
             asyncio.create_task(listen(url, self._app_name, self._on_submit, self._on_cancel), name="tasklib-listen"),
             asyncio.create_task(keeper.loop(), name="tasklib-locks"),
-            asyncio.create_task(self._writer.run(), name="tasklib-write"),
             asyncio.create_task(self._watchdog(), name="tasklib-watchdog"),
         ]
         scheduler = Scheduler(definitions, self.config, self._schedule_run, self._wake.set)
@@ -178,6 +180,12 @@ class TaskWorker:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            # Not cancelled outright: a finish cut off mid-statement could be lost or half-known. A
+            # statement that hangs (a partition) is cancelled after a while; its batch stays buffered.
+            self._writer.stop()
+            if not (await asyncio.wait({writer}, timeout=WRITER_STOP_SECONDS))[0]:
+                writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
             await self._writer.close()
             await asyncio.gather(*(pool.close() for pool in pools))
             server.close()

@@ -403,3 +403,40 @@ def test_a_slow_sweep_spaces_out_the_next_ones() -> None:
     assert floor.floor_for_next(20.1) == EARLIEST
     floor.observe(T0, 10, rows(T0), seconds=0.002)  # fast again: back to the intervals (doubling: nothing new)
     assert floor.floor_for_next(21.2) != EARLIEST and floor.floor_for_next(22.2) == EARLIEST
+
+
+def test_the_writer_keeps_a_batch_whose_statement_was_cancelled_and_stops_between_statements() -> None:
+    import asyncio
+
+    from tasklib._writer import OutcomeWriter
+    from tasklib.outcome import Action
+
+    async def scenario() -> tuple[int, int, int]:
+        started, release = asyncio.Event(), asyncio.Event()
+        calls: list[str] = []
+
+        async def execute(statement: str, params: dict[str, Any]) -> list[Any]:
+            calls.append(statement)
+            started.set()
+            await release.wait()  # a statement in flight
+            return [(task_id,) for task_id in params.get("ids", [])]
+
+        writer = OutcomeWriter(execute, "w")
+        writer.finish(job(), Action(TaskState.COMPLETED, 0, result_json="1"))
+        run = asyncio.create_task(writer.run())
+        await started.wait()
+        run.cancel()  # cut off mid-statement (as a shutdown used to do)
+        await asyncio.gather(run, return_exceptions=True)
+        kept = len(writer._finishes)  # still buffered: close() writes it
+        release.set()
+        await writer.close()
+        written = len(calls)
+        writer.finish(job(), Action(TaskState.COMPLETED, 0, result_json="1"))
+        run = asyncio.create_task(writer.run())
+        await asyncio.sleep(0.05)  # it writes the new outcome…
+        writer.stop()
+        await asyncio.wait_for(run, 1)  # …and stop() ends it without a cancel
+        return kept, written, len(calls)
+
+    kept, written, total = asyncio.run(scenario())
+    assert kept == 1 and written == 2 and total == 3
