@@ -139,6 +139,10 @@ def main() -> int:
     parser.add_argument("--burst-runs", type=int, default=5, help="runs per burst shape (min and median reported)")
     parser.add_argument("--skip-burst", action="store_true", help="skip the burst and held-snapshot measures")
     parser.add_argument("--only-burst", action="store_true", help="run just the burst and held-snapshot measures")
+    parser.add_argument(
+        "--only-held", action="store_true", help="run just the held-snapshot measure and its control, --held-runs times"
+    )
+    parser.add_argument("--held-runs", type=int, default=1, help="held-snapshot runs (each with its no-snapshot control)")
     parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--only-dashboard", action="store_true", help="run just the dashboard measure")
     parser.add_argument("--skip-retention", action="store_true", help="skip the prune-under-load measure")
@@ -173,6 +177,11 @@ def main() -> int:
             results["retention"] = retention_bench.run(url, drain=args.tasks)
             write(results, args.json, started)
             print_retention(results)
+            return 0
+        if args.only_held:
+            run_held(results, url, args.held_runs)
+            write(results, args.json, started)
+            print_held(results)
             return 0
         n = args.tasks
         if not args.skip_burst:
@@ -224,8 +233,21 @@ def run_burst(results: dict[str, Any], url: str, n: int, runs: int) -> None:
     reference = median_of([burst.prefilled(url, n) for _ in range(3)])
     results["prefilled_c4"] = reference
     results["burst"] = burst.burst_matrix(url, n, runs, reference["per_s"])
-    print("held snapshot: 20 s clean, 40 s idle in transaction, 20 s clean…", flush=True)
-    results["held_snapshot"] = burst.held_snapshot(url)
+    run_held(results, url, 1)
+
+
+def run_held(results: dict[str, Any], url: str, runs: int) -> None:
+    """The held-snapshot measure, each run beside a control with the same phases and no snapshot
+    (what the table's growth alone costs). The first run is also kept as ``held_snapshot``."""
+    results["held_runs"] = []
+    for i in range(runs):
+        print(f"held snapshot {i + 1}/{runs}: 20 s clean, 40 s idle in transaction, 20 s clean…", flush=True)
+        held = burst.held_snapshot(url)
+        print(f"control {i + 1}/{runs}: the same phases, no snapshot held…", flush=True)
+        control = burst.held_snapshot(url, hold=False)
+        results["held_runs"].append({"held": held, "control": control})
+    results["held_snapshot"] = results["held_runs"][0]["held"]
+    results["held_control"] = results["held_runs"][0]["control"]
 
 
 def print_burst(r: dict[str, Any]) -> None:
@@ -241,12 +263,18 @@ def print_burst(r: dict[str, Any]) -> None:
             f"{key:<28} {b['min_per_s']:>8,.0f}/s {b['median_per_s']:>8,.0f}/s {b['min_ratio']:>8.2f}"
             f" {b['min_ratio_from_creation']:>14.2f} {b['longest_statement_ms']:>10.0f} ms"
         )
-    h = r["held_snapshot"]
-    print(
-        f"held snapshot ({h['processes']} x {h['concurrency']}): clean {h['clean_per_s']:,.0f}/s, "
-        f"held {h['held_per_s']:,.0f}/s ({h['held_ratio']:.2f}), first 10 s after {h['after_first_10s_ratio']:.2f}, "
-        f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms"
-    )
+    print_held(r)
+
+
+def print_held(r: dict[str, Any]) -> None:
+    for run in r.get("held_runs", []):
+        for label, h in (("held snapshot", run["held"]), ("control, none held", run["control"])):
+            print(
+                f"{label} ({h['processes']} x {h['concurrency']}): clean {h['clean_per_s']:,.0f}/s, "
+                f"middle {h['held_per_s']:,.0f}/s ({h['held_ratio']:.2f}), "
+                f"first 10 s after {h['after_first_10s_ratio']:.2f}, "
+                f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms"
+            )
 
 
 def print_retention(r: dict[str, Any]) -> None:

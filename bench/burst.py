@@ -204,13 +204,20 @@ WAITING, BATCH = 2000, 500
 
 
 def held_snapshot(
-    url: str, processes: int = 2, concurrency: int = 4, clean: float = 20, held: float = 40, after: float = 20
+    url: str,
+    processes: int = 2,
+    concurrency: int = 4,
+    clean: float = 20,
+    held: float = 40,
+    after: float = 20,
+    hold: bool = True,
 ) -> dict[str, Any]:
     """A producer keeps 2,000 tasks waiting while another session sits idle in transaction.
 
     Phases: ``clean`` seconds, then a session holds ``BEGIN; SELECT txid_current()`` for ``held``
     seconds (the xmin horizon stops), then ``after`` seconds clean again. Rates come from the
-    completions per second recorded in the table.
+    completions per second recorded in the table. ``hold=False`` runs the same phases with no
+    snapshot held: the control, showing what the table's growth alone costs.
     """
     truncate(url)
     tasklib.init(tasklib.Config(database_url=url))
@@ -248,7 +255,8 @@ def held_snapshot(
             mark("clean_start")
             time.sleep(clean)
             holder = psycopg.connect(url)
-            holder.execute("SELECT txid_current()")  # idle in transaction from here on
+            if hold:
+                holder.execute("SELECT txid_current()")  # idle in transaction from here on
             mark("held_start")
             wall["held_start"] = time.time()
             time.sleep(held)
@@ -279,6 +287,7 @@ def held_snapshot(
     return {
         "processes": processes,
         "concurrency": concurrency,
+        "hold": hold,
         "clean_per_s": clean_rate,
         "held_per_s": held_rate,
         "held_ratio": held_rate / clean_rate if clean_rate else 0.0,

@@ -33,7 +33,7 @@ from psycopg.rows import dict_row
 
 from tasklib import sql
 from tasklib._async_dispatcher import AsyncDispatcher, async_children
-from tasklib._claim import ClaimFloor
+from tasklib._claim import ClaimFloor, Step
 from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, WorkerConnections, brief, listen
 from tasklib._dispatcher import Dispatcher
 from tasklib._forkserver import ForkServer
@@ -330,27 +330,26 @@ class TaskWorker:
         floor = lane.floor.floor_for_next(started)
         params: dict[str, Any] = {
             "names": lane.names,
-            "floor": floor,
             "worker_id": self.worker_id,
             "lock_seconds": float(self.config.lock_timeout_seconds),
         }
         jobs: list[Job] = []
+        steps: list[Step] = []
         claimed_at: datetime | None = None
-        for priority in [*lane.floor.priorities_for(floor), None]:
+        for priority, at in [*lane.floor.priorities_for(floor), (None, floor)]:
             statement = sql.CLAIM_NEXT if priority is None else sql.CLAIM_AT_PRIORITY
+            asked = limit - len(jobs)
             rows = await self._connections.execute(
-                statement, {**params, "limit": limit - len(jobs), "priority": priority}, role="claim", row_factory=dict_row
+                statement, {**params, "floor": at, "limit": asked, "priority": priority}, role="claim", row_factory=dict_row
             )
             claimed_at = claimed_at or rows[0]["claimed_at"]
             taken = [Job.from_row(row) for row in rows if row["id"] is not None]
-            if priority is not None and not taken:
-                lane.floor.drained(priority)
+            steps.append(Step(priority, asked, [(job.priority, job.scheduled_at) for job in taken]))
             jobs += taken
             if len(jobs) >= limit:
                 break
         assert claimed_at is not None
-        claimed = [(job.priority, job.scheduled_at) for job in jobs]
-        lane.floor.observe(claimed_at, limit, claimed, seconds=time.monotonic() - started)
+        lane.floor.observe(claimed_at, steps, seconds=time.monotonic() - started)
         return jobs
 
     async def _claim_round(self) -> bool:

@@ -10,7 +10,7 @@ import pytest
 
 import tasklib
 from tasklib._async_dispatcher import AsyncDispatcher, async_children
-from tasklib._claim import EARLIEST, ClaimFloor
+from tasklib._claim import EARLIEST, ClaimFloor, Step
 from tasklib._connections import submit_note
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
 from tasklib._lockkeeper import Pacing, VanishedWorkers, foreign_claims, rescue_decisions
@@ -28,34 +28,96 @@ def rows(*scheduled: datetime, priority: int = 0) -> list[tuple[int, datetime]]:
     return [(priority, at) for at in scheduled]
 
 
+def across(limit: int, claimed: list[tuple[int, datetime]] | None = None) -> list[Step]:
+    """One claim that was a single step across all priorities (a sweep, or nothing known yet)."""
+    return [Step(None, limit, claimed or [])]
+
+
+class Queue:
+    """Pending rows claimed the way CLAIM_AT_PRIORITY / CLAIM_NEXT do, in the worker's order of steps."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[int, datetime, str]] = []
+
+    def add(self, key: str, at: datetime, priority: int = 0) -> None:
+        self.pending.append((priority, at, key))
+
+    def claim(self, floor: ClaimFloor, now: datetime, clock: float, limit: int) -> list[str]:
+        common = floor.floor_for_next(clock)
+        steps: list[Step] = []
+        taken: list[str] = []
+        for priority, at in [*floor.priorities_for(common), (None, common)]:
+            due = sorted(
+                (r for r in self.pending if r[1] <= now and r[1] >= at and priority in (None, r[0])),
+                key=lambda r: (-r[0], r[1], r[2]),
+            )[: limit - len(taken)]
+            for row in due:
+                self.pending.remove(row)
+            steps.append(Step(priority, limit - len(taken), [(p, a) for p, a, _ in due]))
+            taken += [key for _, _, key in due]
+            if len(taken) >= limit:
+                break
+        floor.observe(now, steps)
+        return taken
+
+
 def test_first_claim_sweeps_and_a_short_claim_raises_the_floor() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     assert floor.floor_for_next(0.0) == EARLIEST
-    floor.observe(T0, 256, rows(T0 - timedelta(seconds=9)))  # took everything due: nothing older is left
+    floor.observe(T0, across(256, rows(T0 - timedelta(seconds=9))))  # took everything due: nothing older is left
     assert floor.floor_for_next(0.1) == T0 - timedelta(seconds=1)
-    floor.observe(T0 + timedelta(seconds=5), 256, rows(T0, T0))
+    assert floor.priorities_for(floor.floor_for_next(0.1)) == [(0, T0 - timedelta(seconds=1))]
+    floor.observe(T0 + timedelta(seconds=5), [Step(0, 256, rows(T0, T0)), Step(None, 254)])
     assert floor.floor_for_next(0.2) == T0 + timedelta(seconds=4)
+    assert floor.floors == {0: T0 + timedelta(seconds=4)}
 
 
-def test_a_full_claim_raises_the_floor_to_its_first_row_in_queue_order() -> None:
-    """A steady backlog never gives a short claim; without this the floor would stay where the queue
-    last ran dry, and under a held snapshot every claim would walk every task claimed since."""
+def test_a_full_claim_raises_each_priority_to_its_first_row() -> None:
+    """A steady backlog never gives a short claim; without this the floors would stay where the
+    queue last ran dry, and under a held snapshot every claim would walk every task claimed since."""
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
-    floor.observe(T0, 4)
+    floor.observe(T0, across(4))
     floor.floor_for_next(0.1)
     later = T0 + timedelta(seconds=30)
-    # Returned in any order; the head is the highest priority's oldest row (here priority 5 at +31 s,
-    # not the older priority-0 row: lower priorities below the floor are the sweep's).
+    # Returned in any order; the common floor follows the highest priority's oldest row (+31 s), and
+    # each priority its own oldest row taken.
     claimed = [(0, later), (5, later + timedelta(seconds=2)), (5, later + timedelta(seconds=1)), (0, later)]
-    floor.observe(later + timedelta(seconds=5), 4, claimed)
+    floor.observe(later + timedelta(seconds=5), across(4, claimed))
     assert floor.floor == later  # +31 s minus the 1 s margin
+    assert floor.floors == {5: later, 0: later - timedelta(seconds=1)}
+
+
+def test_a_lower_priority_is_never_passed_over_while_a_higher_one_keeps_claims_full() -> None:
+    """The shape that made one floor for all priorities wait for a sweep: a stream of priority 5
+    keeps every claim full, and a priority-0 task whose transaction began 3 s before it committed
+    (a transactional submit) is below anything the stream's claims have seen. Its notification
+    lowers priority 0's floor, and only a claim at priority 0 raises it again."""
+    floor = ClaimFloor(sweep_every_seconds=100.0, margin_seconds=1.0)
+    queue = Queue()
+    queue.add("old", T0 - timedelta(seconds=60), priority=0)
+    assert queue.claim(floor, T0, 0.0, 4) == ["old"]  # the first claim sweeps
+    for i in range(10):  # the stream: every claim full of priority 5, the clock moving on
+        now = T0 + timedelta(seconds=i + 1)
+        for j in range(8):
+            queue.add(f"high{i}-{j}", now - timedelta(milliseconds=10 * (8 - j)), priority=5)
+        if i == 3:
+            queue.add("late", T0 + timedelta(seconds=1), priority=0)  # began at +1 s, commits at +4 s
+            floor.lower_to(T0 + timedelta(seconds=1), priority=0)
+        assert all(key.startswith("high") for key in queue.claim(floor, now, i + 1.0, 4))
+    assert floor.floors[0] <= T0  # still low enough for "late", though claims never reached priority 0
+    now = T0 + timedelta(seconds=12)
+    taken = []
+    for n in range(20):  # the stream stops; its backlog drains, then "late" comes, without a sweep
+        taken += queue.claim(floor, now, 12.0 + n * 0.01, 4)
+    assert taken[-1] == "late" and "late" not in taken[:-1]
+    assert not queue.pending
 
 
 def test_sweeps_space_out_while_they_find_nothing_and_come_back_when_they_do() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
-    floor.observe(T0, 10)  # empty queue
+    floor.observe(T0, across(10))  # empty queue
     clock = 0.0
     intervals = []
     for _ in range(6):  # each sweep finds only rows a floored claim would have found too
@@ -63,11 +125,11 @@ def test_sweeps_space_out_while_they_find_nothing_and_come_back_when_they_do() -
         while floor.floor_for_next(clock) != EARLIEST:
             clock += 0.25
         intervals.append(clock - last)
-        floor.observe(T0, 10, rows(T0))
+        floor.observe(T0, across(10, rows(T0)))
     assert intervals == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # doubling up to MAX_SWEEP_FACTOR intervals
     while floor.floor_for_next(clock) != EARLIEST:
         clock += 0.25
-    floor.observe(T0, 10, rows(T0 - timedelta(minutes=5)))  # a straggler below the floor
+    floor.observe(T0, across(10, rows(T0 - timedelta(minutes=5))))  # a straggler below the floor
     assert floor.sweep_every == 1.0
     floor.forget()
     assert floor.floor_for_next(clock + 0.01) == EARLIEST
@@ -76,25 +138,39 @@ def test_sweeps_space_out_while_they_find_nothing_and_come_back_when_they_do() -
 def test_a_late_commits_notification_lowers_the_floor_and_no_claim_in_flight_undoes_it() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=0.1)
     floor.floor_for_next(0.0)
-    floor.observe(T0, 10)  # drained at T0: floor T0 - 0.1 s
+    floor.observe(T0, across(10))  # drained at T0: floor T0 - 0.1 s
     assert floor.floor_for_next(0.1) == T0 - timedelta(seconds=0.1)  # a claim starts...
-    floor.lower_to(T0 - timedelta(seconds=3))  # ...while a submit that began 3 s ago commits
-    floor.observe(T0 + timedelta(seconds=1), 10)  # that claim ends short, without having seen it
-    assert floor.floor == T0 - timedelta(seconds=3.1)  # still low enough for the next claim
-    assert floor.floor_for_next(0.2) == T0 - timedelta(seconds=3.1)
-    floor.observe(T0 + timedelta(seconds=2), 10)  # a claim made after the notification saw the row
-    assert floor.floor == T0 + timedelta(seconds=1.9)
-    floor.lower_to(T0 + timedelta(seconds=5))  # a notification above the floor changes nothing
-    assert floor.floor == T0 + timedelta(seconds=1.9)
+    floor.lower_to(T0 - timedelta(seconds=3), priority=2)  # ...while a submit that began 3 s ago commits
+    floor.observe(T0 + timedelta(seconds=1), across(10))  # that claim ends short, without having seen it
+    assert floor.floors[2] == T0 - timedelta(seconds=3.1)  # still low enough for the next claim
+    common = floor.floor_for_next(0.2)
+    assert floor.priorities_for(common) == [(2, T0 - timedelta(seconds=3.1))]
+    floor.observe(T0 + timedelta(seconds=2), [Step(2, 10, rows(T0 - timedelta(seconds=3), priority=2)), Step(None, 9)])
+    assert floor.floors[2] == T0 + timedelta(seconds=1.9)  # a claim made after the notification saw the row
+    floor.lower_to(T0 + timedelta(seconds=5), priority=2)  # a notification above the floor changes nothing
+    assert floor.floors[2] == T0 + timedelta(seconds=1.9)
+    floor.lower_to(T0 + timedelta(seconds=5), priority=7)  # a new priority starts at the common floor
+    assert floor.floors[7] == floor.floor == T0 + timedelta(seconds=1.9)
+
+
+def test_a_priority_that_comes_back_empty_is_forgotten_until_seen_again() -> None:
+    floor = ClaimFloor(sweep_every_seconds=100.0, margin_seconds=1.0)
+    floor.floor_for_next(0.0)
+    floor.observe(T0, across(10, rows(T0, priority=3)))
+    assert set(floor.floors) == {3}
+    floor.observe(T0, [Step(3, 10), Step(None, 10)])
+    assert floor.floors == {}  # one statement fewer per claim while priority 3 has nothing
+    floor.lower_to(T0, priority=3)
+    assert set(floor.floors) == {3}
 
 
 def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
-    floor.observe(T0, 10)
+    floor.observe(T0, across(10))
     assert floor.floor_for_next(0.5) != EARLIEST
     assert floor.floor_for_next(1.0) == EARLIEST  # stragglers below the floor are found within 1 s
-    floor.observe(T0, 10)
+    floor.observe(T0, across(10))
     assert floor.floor_for_next(1.5) != EARLIEST
     floor.forget()
     assert floor.floor_for_next(1.6) == EARLIEST
@@ -103,12 +179,12 @@ def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
 def test_the_floor_never_moves_down() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
-    floor.observe(T0 + timedelta(seconds=10), 10)
+    floor.observe(T0 + timedelta(seconds=10), across(10, rows(T0)))
     floor.floor_for_next(0.1)
-    floor.observe(T0, 10)  # an older clock reading (cannot raise, must not lower)
-    assert floor.floor == T0 + timedelta(seconds=9)
-    floor.observe(T0, 2, rows(T0, T0))  # a full claim of older rows cannot lower it either
-    assert floor.floor == T0 + timedelta(seconds=9)
+    floor.observe(T0, across(10))  # an older clock reading (cannot raise, must not lower)
+    assert floor.floor == floor.floors[0] == T0 + timedelta(seconds=9)
+    floor.observe(T0, across(2, rows(T0, T0)))  # a full claim of older rows cannot lower it either
+    assert floor.floor == floor.floors[0] == T0 + timedelta(seconds=9)
 
 
 # -- rescue policy -------------------------------------------------------------------------------
@@ -367,12 +443,12 @@ def test_a_few_free_async_slots_are_claimed_after_a_short_wait_not_a_whole_wave(
 def test_a_floored_claim_asks_per_priority_it_has_seen_and_a_sweep_asks_for_all() -> None:
     floor = ClaimFloor(sweep_every_seconds=10)
     assert floor.floor_for_next(0.0) == EARLIEST and floor.priorities_for(EARLIEST) == []
-    floor.observe(T0, 3, rows(T0, priority=0) + rows(T0, T0, priority=5))  # full: the floor follows it
+    floor.observe(T0, across(3, rows(T0, priority=0) + rows(T0, T0, priority=5)))  # full: the floors follow it
     at = floor.floor_for_next(1.0)
-    assert at != EARLIEST and floor.priorities_for(at) == [5, 0]  # highest first
-    floor.drained(5)  # its claim came back empty
+    assert at != EARLIEST and [p for p, _ in floor.priorities_for(at)] == [5, 0]  # highest first
+    floor.observe(T0, [Step(5, 3), Step(0, 3, rows(T0, T0, T0))])  # priority 5 came back empty
     floor.lower_to(T0 + timedelta(seconds=3), priority=9)  # a submit's NOTIFY names its priority
-    assert floor.priorities_for(at) == [9, 0]
+    assert [p for p, _ in floor.priorities_for(at)] == [9, 0]
     floor.forget()
     assert floor.priorities == set()
 
@@ -397,11 +473,11 @@ def test_the_vanished_worker_check_runs_less_often_when_it_gets_slow() -> None:
 def test_a_slow_sweep_spaces_out_the_next_ones() -> None:
     floor = ClaimFloor(sweep_every_seconds=1)
     assert floor.floor_for_next(0.0) == EARLIEST
-    floor.observe(T0, 10, rows(T0), seconds=0.4)  # a sweep under a held snapshot: 400 ms
+    floor.observe(T0, across(10, rows(T0)), seconds=0.4)  # a sweep under a held snapshot: 400 ms
     assert floor.floor_for_next(10.0) != EARLIEST  # 2 % of the time at most: 20 s to the next
-    floor.observe(T0, 10, rows(T0), seconds=0.001)  # (floored claims do not count)
+    floor.observe(T0, [Step(0, 10, rows(T0)), Step(None, 9)], seconds=0.001)  # (floored claims do not count)
     assert floor.floor_for_next(20.1) == EARLIEST
-    floor.observe(T0, 10, rows(T0), seconds=0.002)  # fast again: back to the intervals (doubling: nothing new)
+    floor.observe(T0, across(10, rows(T0)), seconds=0.002)  # fast again: back to the intervals (doubling: nothing new)
     assert floor.floor_for_next(21.2) != EARLIEST and floor.floor_for_next(22.2) == EARLIEST
 
 
