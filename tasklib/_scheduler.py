@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -22,6 +21,7 @@ import psycopg
 from tasklib import sql
 from tasklib._connections import MAX_BACKOFF_SECONDS, Outage
 from tasklib.config import Config
+from tasklib.ids import new_id
 from tasklib.registry import TaskDefinition
 from tasklib.schedules import slot_key
 
@@ -53,7 +53,7 @@ class Scheduler:
         assert schedule is not None
         max_retries = definition.max_retries if definition.max_retries is not None else self.config.max_retries
         return {
-            "id": str(uuid.uuid4()),
+            "id": str(new_id()),
             "name": definition.name,
             "kwargs": json.dumps(dict(schedule.kwargs), separators=(",", ":"), ensure_ascii=False),
             "max_retries": max_retries,

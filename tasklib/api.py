@@ -20,6 +20,7 @@ from tasklib.actions import row_to_task
 from tasklib.config import Config, Retention
 from tasklib.db import Database, translated_errors
 from tasklib.errors import DatabaseError, NotInitialized, ValidationError, problems_of, summary_of
+from tasklib.ids import new_id, new_ids
 from tasklib.models import PRIORITY_MAX, PRIORITY_MIN, Task
 from tasklib.registry import definition_for, dumps_json, resolve_names
 from tasklib.schema import ensure_schema
@@ -146,7 +147,7 @@ def _insert_params(
     except ValueError as exc:
         raise ValidationError(f"{definition.name}: {exc}") from None
     return {
-        "id": str(uuid.uuid4()),
+        "id": str(new_id()),
         "name": definition.name,
         "kwargs": kwargs_json,
         "max_retries": max_retries,
@@ -282,7 +283,7 @@ def _many_steps(
     encoded = definition.validate_many(items)
     params = _insert_params(func, opts, {}, validate=False)
     del params["id"], params["unique_key"]
-    ids = [str(uuid.uuid4()) for _ in encoded]
+    ids = [str(i) for i in new_ids(len(encoded))]
     if not ids:
         return []
     if all(key is None for key in keys):

@@ -253,15 +253,18 @@ def test_priority_order_delays_and_unknown_names(tl, tmp_path: Path) -> None:
 
 def test_fifo_within_a_priority(tl, tmp_path: Path) -> None:
     """Same priority: tasks start in scheduled_at, then id order, also when one claim takes hundreds
-    of rows (which PostgreSQL returns in whatever order its plan met them)."""
+    of rows (which PostgreSQL returns in whatever order its plan met them). Ids are time-ordered, so
+    the items of one submit_many (one scheduled_at) start in the order of its list."""
     log = tmp_path / "runs.log"
-    for i in range(200):  # one by one: each its own scheduled_at, ids in random order
-        tasklib.submit_task_sync(jobs.mark, key=f"a{i}")
+    for i in range(200):  # one by one, each due a little before the one submitted before it
+        tasklib.submit_task_sync(jobs.mark, key=f"a{i}", delay_seconds=(200 - i) * 0.004)
     tasklib.submit_many_sync(jobs.mark, [{"key": f"b{i}"} for i in range(100)])  # one scheduled_at: id order
     with psycopg.connect(tl.database_url) as conn:
         expected = [r[0] for r in conn.execute("SELECT kwargs->>'key' FROM tasks ORDER BY scheduled_at, id")]
         by_id = [r[0] for r in conn.execute("SELECT kwargs->>'key' FROM tasks ORDER BY id")]
     assert expected != by_id  # otherwise the test could not tell a sort by id from FIFO
+    assert [k for k in expected if k.startswith("b")] == [f"b{i}" for i in range(100)]
+    time.sleep(1.0)  # every task due before the worker claims
     with workers(tl.database_url, log, 1, "--concurrency", "1"):
         assert wait_for(lambda: all_done(tl.database_url, 300), timeout=60), states(tl.database_url)
     assert [line[1] for line in read_log(log) if line[0] == "start"] == expected

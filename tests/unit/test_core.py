@@ -6,6 +6,7 @@ import datetime
 import subprocess
 import sys
 import textwrap
+import uuid
 
 import pytest
 
@@ -167,3 +168,21 @@ def test_sql_column_list_matches_the_model() -> None:
     from tasklib.sql import TASK_COLUMNS
 
     assert tuple(c.name for c in Task.__table__.columns) == TASK_COLUMNS  # type: ignore[attr-defined]
+
+
+def test_task_ids_are_uuid7_and_ordered_as_made(monkeypatch) -> None:
+    import time as time_module
+
+    from tasklib import ids
+
+    made = ids.new_ids(5000) + [ids.new_id() for _ in range(100)]
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in made)
+    assert made == sorted(made) and len(set(made)) == len(made)  # strictly increasing
+    ms = int(made[-1].hex[:12], 16)
+    assert abs(ms - time_module.time() * 1000) < 60_000  # the leading 48 bits are Unix milliseconds
+    # More than the 4,096 ids a millisecond's counter holds, all in one frozen millisecond: the next
+    # ones borrow the following millisecond, and order still holds.
+    monkeypatch.setattr(ids.time, "time_ns", lambda: (ms + 10) * 1_000_000)
+    frozen = ids.new_ids(10_000)
+    assert frozen == sorted(frozen) and frozen[0] > made[-1]
+    assert int(frozen[-1].hex[:12], 16) == ms + 10 + 2
