@@ -63,7 +63,13 @@ def translated_errors() -> Iterator[None]:
 #: For the worker's claim connection (rule 3 above): the claim always walks tasks_pending_idx in
 #: order instead of bitmap-scanning and sorting every pending row (measured with stale statistics:
 #: 20,000 tasks drained at ~600/s instead of ~15,000/s).
-CLAIM_PLANNER_SETTINGS = {"enable_sort": "off", "enable_bitmapscan": "off", "enable_seqscan": "off"}
+#: No parallel plans on either worker connection: every worker statement touches at most a few
+#: hundred live rows, and a Gather only adds worker-process start-up and competes for the cores the
+#: task children need. Statistics taken while many tasks were running made the look for vanished
+#: workers plan one: 6-7 ms instead of 1-2 ms on an idle machine, up to 300 ms in the held-snapshot
+#: bench's control run (no snapshot held), where it was the longest worker statement.
+_NO_PARALLEL = {"max_parallel_workers_per_gather": "0"}
+CLAIM_PLANNER_SETTINGS = {"enable_sort": "off", "enable_bitmapscan": "off", "enable_seqscan": "off", **_NO_PARALLEL}
 #: For the worker's result connection: its statements touch a few hundred rows by primary key; a
 #: hash join over a sequential scan (what "the table is small" statistics suggest) would read the
 #: whole table on every batch. Plain index scans (no bitmaps) also mark dead index entries as they
@@ -73,6 +79,7 @@ WRITE_PLANNER_SETTINGS = {
     "enable_bitmapscan": "off",
     "enable_hashjoin": "off",
     "enable_mergejoin": "off",
+    **_NO_PARALLEL,
 }
 
 

@@ -9,6 +9,8 @@ against 20,000 pending and 20,000 running rows, first with no lock expired (the 
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import uuid
 from datetime import UTC, datetime
@@ -19,7 +21,7 @@ import pytest
 
 import tasklib
 from tasklib import sql
-from tasklib._claim import EARLIEST, ClaimFloor
+from tasklib._claim import EARLIEST, ClaimFloor, Step
 from tasklib._lockkeeper import RESCUE_BATCH
 from tasklib.db import CLAIM_PLANNER_SETTINGS, WRITE_PLANNER_SETTINGS, connect_kwargs, set_statement
 from tasklib.outcome import Action
@@ -83,6 +85,8 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
             sql.FINISH_MANY,
             [sql.outcome_params(((c[0], c[2], done) for c in b), "w") for b in batches],
         ),
+        # Every running row's worker, against the sessions open: reads the lock index only.
+        "vanished workers": (WRITE_SETTINGS, sql.VANISHED_WORKERS, [{} for _ in runs]),
         # The scheduler's pass (its connection has the write settings): a slot nobody inserted yet.
         "slot insert": (WRITE_SETTINGS, sql.INSERT_SLOT, [_slot_params() for _ in runs]),
     }
@@ -168,6 +172,7 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         "find expired locks": ("tasks_locked_idx", ("Seq Scan", "tasks_state_created_idx")),
         "rescue expired": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "slot insert": ("tasks_unique_key_idx", ("Seq Scan",)),
+        "vanished workers": ("tasks_locked_idx", ("Seq Scan", "Bitmap", "Gather")),
     }
     for name, (options, query, runs) in _statements([running[:256]], [running[:10]]).items():
         with _worker_connection(url, options) as conn:
@@ -285,16 +290,17 @@ def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Confi
             ).fetchall()
             floor_state = ClaimFloor(sweep_every_seconds=3600)
             floor_state.floor_for_next(0.0)  # the first claim sweeps…
-            floor_state.observe(datetime.now(UTC), 256, [(0, max(at for (at,) in claimed))] * 256)  # …and was full
+            full = Step(None, 256, [(0, max(at for (at,) in claimed))] * 256)
+            floor_state.observe(datetime.now(UTC), [full])  # …and was full
             floor = floor_state.floor_for_next(1.0)
             assert floor != EARLIEST
             claim = {"names": [NAME], "limit": 256, "floor": floor, "worker_id": "w2", "lock_seconds": 60.0}
             with _worker_connection(url, CLAIM_SETTINGS) as conn:
                 buffers = taken = 0
-                for priority in [*floor_state.priorities_for(floor), None]:  # as TaskWorker._claim does
+                for priority, at in [*floor_state.priorities_for(floor), (None, floor)]:  # as TaskWorker._claim does
                     statement = sql.CLAIM_NEXT if priority is None else sql.CLAIM_AT_PRIORITY
                     with conn.transaction(force_rollback=True):
-                        params = {**claim, "priority": priority, "limit": 256 - taken}
+                        params = {**claim, "floor": at, "priority": priority, "limit": 256 - taken}
                         (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params).fetchone()  # type: ignore[misc]
                     top = plan[0]["Plan"]
                     buffers += _plan_sum(
@@ -305,3 +311,26 @@ def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Confi
                         break
     # The index pages and heap pages of the 256 rows: 38 here. Across all priorities: 631.
     assert taken == 256 and buffers < 200, (taken, buffers)
+
+
+def test_the_look_for_vanished_workers_reads_the_lock_index_without_parallel_workers(tl: tasklib.Config) -> None:
+    """Statistics taken while 100,000 tasks were running, then all of them finished (their lock-index
+    entries dead, not yet vacuumed), 64 running now. On the worker's write connection the look is a
+    plain index scan (it marks the dead entries as it passes, so the next look skips them), never a
+    bitmap scan (which marks nothing) or a Gather (parallel workers for a few rows)."""
+    url = tl.database_url
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute("ALTER TABLE tasks SET (autovacuum_enabled = false)")
+        _insert(admin, "running", 100_000, lock="10 minutes")
+        admin.execute("ANALYZE tasks")
+        admin.execute("UPDATE tasks SET state = 'completed', locked_until = NULL, completed_at = now()")
+        _insert(admin, "running", 64, lock="10 minutes")
+    with _worker_connection(url, WRITE_SETTINGS) as conn:
+        assert conn.execute(sql.VANISHED_WORKERS, {}).fetchall() == [("w",)]  # nobody named w is connected
+        (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql.VANISHED_WORKERS, {}).fetchone()  # type: ignore[misc]
+    text = json.dumps(plan)
+    nodes = re.findall(r'"Node Type": "([^"]+)"', text)
+    assert "tasks_locked_idx" in text and not any(word in " ".join(nodes) for word in ("Bitmap", "Gather")), nodes
+    buffers = _plan_sum(plan[0]["Plan"], ("Index Name", "tasks_locked_idx"), ("Shared Hit Blocks", "Shared Read Blocks"))
+    assert buffers < 100, buffers  # the 64 live rows' pages; the 100,000 dead entries were marked by the first look
