@@ -367,6 +367,10 @@ class TaskWorker:
         backoff = 0.1
         outage = Outage("claiming tasks")
         while not self._stopping:
+            # Cleared before the round, never after it: a wake-up that arrives while the round
+            # awaits its statements (a child finishing during the other lane's claim) must keep the
+            # wait below from sleeping a whole poll interval with a free slot.
+            self._wake.clear()
             try:
                 claimed_full = await self._claim_round()
                 backoff = 0.1
@@ -380,7 +384,6 @@ class TaskWorker:
                 continue
             if claimed_full:
                 continue  # more may be due: claim again at once
-            self._wake.clear()
             rechecks = [t for t in (d.recheck_in() for d in self._dispatchers) if t is not None]
             try:
                 await asyncio.wait_for(self._wake.wait(), min([self.poll_interval, *rechecks]))

@@ -304,6 +304,20 @@ def test_what_the_claim_floor_passes_over_is_still_claimed(tl, tmp_path: Path) -
     assert first_low > order.index("high0-0")  # priority still decides the order
 
 
+def test_a_free_slot_is_filled_at_once_not_at_the_next_poll(tl, tmp_path: Path) -> None:
+    """One sync slot, a 5 s poll, and async tasks registered (so each claim round also awaits the
+    async lane's claim): every time a task finishes, the next one starts within moments. A wake-up
+    that arrived while the round awaited a statement used to be cleared after the round, and the
+    worker slept a whole poll interval with its slot free."""
+    log = tmp_path / "runs.log"
+    tasklib.submit_many_sync(jobs.mark, [{"key": f"k{i}"} for i in range(8)])
+    with workers(tl.database_url, log, 1, "--concurrency", "1", "--poll-interval", "5"):
+        assert wait_for(lambda: all_done(tl.database_url, 8), timeout=60), states(tl.database_url)
+    starts = sorted(float(line[3]) for line in read_log(log) if line[0] == "start")
+    gaps = [round(b - a, 2) for a, b in itertools.pairwise(starts)]
+    assert len(starts) == 8 and max(gaps) < 1.0, gaps
+
+
 def test_notify_wakes_an_idle_worker_faster_than_polling(tl, tmp_path: Path) -> None:
     log = tmp_path / "runs.log"
     with workers(tl.database_url, log, 1, "--poll-interval", "10"):
