@@ -360,9 +360,9 @@ WITH r AS (
     UPDATE tasks SET state = 'pending', scheduled_at = now(), next_retry_at = NULL, completed_at = NULL,
                      locked_until = NULL
     WHERE id = %(id)s AND state IN ('failed', 'cancelled') AND {_KEY_FREE}
-    RETURNING id, name
+    RETURNING id, name, priority
 )
-SELECT r.id, pg_notify('{NOTIFY_CHANNEL_SUBMIT}', r.name) FROM r
+SELECT r.id, {_notify_submit("r.name", "CAST(r.priority AS text)")} FROM r
 """
 
 #: failed | cancelled -> pending for every task matching a filter (bulk retry), capped per call.
@@ -372,9 +372,10 @@ WITH r AS (
                      locked_until = NULL
     WHERE id IN (SELECT id FROM tasks {{where}} LIMIT %(cap)s FOR UPDATE SKIP LOCKED)
       AND state IN ('failed', 'cancelled') AND {_KEY_FREE}
-    RETURNING id, name
+    RETURNING id, name, priority
 )
-SELECT count(*), (SELECT count(pg_notify('{NOTIFY_CHANNEL_SUBMIT}', n)) FROM (SELECT DISTINCT name AS n FROM r) d)
+SELECT count(*), (SELECT count({_notify_submit("d.name", "CAST(d.priority AS text)")})
+                  FROM (SELECT DISTINCT name, priority FROM r) AS d)
 FROM r
 """
 
@@ -441,9 +442,9 @@ WITH src AS (
     SELECT gen_random_uuid(), name, '[]', kwargs, 'pending', 0, max_retries, now(), now(), timeout_seconds, priority,
            coalesce(tags, '{{}}') || '{{"run": "manual"}}'
     FROM src
-    RETURNING id, name
+    RETURNING id, name, priority
 )
-SELECT id, pg_notify('{NOTIFY_CHANNEL_SUBMIT}', name || ' ' || {_NOTIFY_CLOCK}) FROM ins
+SELECT id, {_notify_submit("name", "CAST(priority AS text)")} FROM ins
 """
 
 # Retention (tasklib.retention) ---------------------------------------------------------------

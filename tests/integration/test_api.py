@@ -263,6 +263,28 @@ def test_cancel_and_retry_transitions(tl) -> None:
     assert tasklib.count_by_state()["pending"] == 1
 
 
+def test_retries_tell_workers_when_and_at_which_priority(tl) -> None:
+    """A manual retry makes a task pending at the database's now(): its NOTIFY carries that time and
+    the priority, as a submit's does, so a worker's claim floor reaches it even when the retry's
+    transaction commits late (``tasklib._claim``). Bulk retries notify once per name and priority."""
+    from tasklib import actions
+    from tasklib._connections import submit_note
+    from tasklib.filters import TaskFilter
+    from tests.factory import make_task
+
+    one = make_task(tl.database_url, "failed", priority=7)
+    for _ in range(3):
+        make_task(tl.database_url, "cancelled", priority=-2)
+    with psycopg.connect(tl.database_url, autocommit=True) as listener:
+        listener.execute("LISTEN tasklib_submit")
+        before = listener.execute("SELECT extract(epoch FROM now())").fetchone()[0]  # type: ignore[index]
+        tasklib.retry_task(one)
+        assert actions.retry_matching(tasklib.api.database(), TaskFilter(state=tasklib.TaskState.CANCELLED)) == 3
+        notes = [submit_note(n.payload) for n in listener.notifies(timeout=2.0, stop_after=2)]
+    assert sorted(priority for _, priority in notes) == [-2, 7], notes
+    assert all(at is not None and at >= float(before) for at, _ in notes), notes
+
+
 def test_check_constraints_protect_invariants(tl) -> None:
     with psycopg.connect(tl.database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
         conn.execute("INSERT INTO tasks (id, name, state) VALUES (gen_random_uuid(), 'x', 'bogus')")

@@ -80,12 +80,25 @@ def test_a_full_claim_raises_each_priority_to_its_first_row() -> None:
     floor.observe(T0, across(4))
     floor.floor_for_next(0.1)
     later = T0 + timedelta(seconds=30)
-    # Returned in any order; the common floor follows the highest priority's oldest row (+31 s), and
-    # each priority its own oldest row taken.
+    # Returned in any order; each priority goes to its own oldest row taken. The common floor stays:
+    # a priority below the last row taken was never reached.
     claimed = [(0, later), (5, later + timedelta(seconds=2)), (5, later + timedelta(seconds=1)), (0, later)]
     floor.observe(later + timedelta(seconds=5), across(4, claimed))
-    assert floor.floor == later  # +31 s minus the 1 s margin
     assert floor.floors == {5: later, 0: later - timedelta(seconds=1)}
+    assert floor.floor == T0 - timedelta(seconds=1)
+
+
+def test_priorities_a_full_first_claim_never_reached_are_claimed_next_in_order() -> None:
+    """A worker starts after tasks of four priorities were submitted, the highest ones last; its
+    first claim (a sweep, room for two) takes priorities 10 and 5. Priorities 0 and -5 are older
+    than both, and unknown to it: they come next, in priority order, with no sweep."""
+    floor = ClaimFloor(sweep_every_seconds=100.0, margin_seconds=0.1)
+    queue = Queue()
+    for i, priority in enumerate((0, 5, -5, 10)):  # submitted 0.5 s apart
+        queue.add(f"p{priority}", T0 + timedelta(seconds=0.5 * i), priority=priority)
+    now = T0 + timedelta(seconds=3)
+    taken = [queue.claim(floor, now, 0.1 * n, 2 if n == 0 else 1) for n in range(5)]
+    assert taken == [["p10", "p5"], ["p0"], ["p-5"], [], []]
 
 
 def test_a_lower_priority_is_never_passed_over_while_a_higher_one_keeps_claims_full() -> None:
@@ -444,8 +457,8 @@ def test_a_floored_claim_asks_per_priority_it_has_seen_and_a_sweep_asks_for_all(
     floor = ClaimFloor(sweep_every_seconds=10)
     assert floor.floor_for_next(0.0) == EARLIEST and floor.priorities_for(EARLIEST) == []
     floor.observe(T0, across(3, rows(T0, priority=0) + rows(T0, T0, priority=5)))  # full: the floors follow it
-    at = floor.floor_for_next(1.0)
-    assert at != EARLIEST and [p for p, _ in floor.priorities_for(at)] == [5, 0]  # highest first
+    at = floor.floor_for_next(1.0)  # not a sweep, though the common floor knows nothing yet
+    assert at == EARLIEST and [p for p, _ in floor.priorities_for(at)] == [5, 0]  # highest first
     floor.observe(T0, [Step(5, 3), Step(0, 3, rows(T0, T0, T0))])  # priority 5 came back empty
     floor.lower_to(T0 + timedelta(seconds=3), priority=9)  # a submit's NOTIFY names its priority
     assert [p for p, _ in floor.priorities_for(at)] == [9, 0]
