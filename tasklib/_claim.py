@@ -142,18 +142,15 @@ class ClaimFloor:
                 )
         now_floor = claimed_at - self.margin
         for step in steps:
-            if step.priority is not None:
-                if step.short:
-                    self._raise(step.priority, now_floor)
-                    if not step.claimed and step.priority not in self._lowered:
-                        del self.floors[step.priority]  # drained: not asked again until seen again
-                else:
-                    self._raise(step.priority, min(at for _, at in step.claimed) - self.margin)
+            if step.short and step.priority is not None:
+                self._raise(step.priority, now_floor)
+                if not step.claimed and step.priority not in self._lowered:
+                    del self.floors[step.priority]  # drained: not asked again until seen again
             elif step.short:  # across all, after every known priority's step came back short too
                 for priority in {*self.floors, *(p for p, _ in step.claimed)}:
                     self._raise(priority, now_floor)
                 self._raise(None, now_floor)
-            else:
+            else:  # full: each priority it took goes to its first row; the common floor stays
                 heads: dict[int, datetime] = {}
                 for priority, at in step.claimed:
                     heads[priority] = min(at, heads.get(priority, at))

@@ -16,6 +16,7 @@ from tasklib import sql
 from tasklib.db import Database
 from tasklib.errors import InvalidTransition, TaskNotFound, UniqueKeyTaken, ValidationError
 from tasklib.filters import TaskFilter
+from tasklib.ids import new_id
 from tasklib.models import Task
 
 #: Most tasks one bulk action changes per call (the page says so and can be applied again).
@@ -77,7 +78,7 @@ def retry(db: Database, task_id: uuid.UUID | str) -> Task:
 def run_schedule_now(db: Database, name: str) -> uuid.UUID:
     """Submit one extra run of a recurring task now, with its schedule's arguments (the dashboard's
     "Run now"); the schedule itself is unchanged. TaskNotFound if the task has never been scheduled."""
-    rows = db.rows(sql.RUN_SCHEDULE_NOW, {"name": name})
+    rows = db.rows(sql.RUN_SCHEDULE_NOW, {"id": new_id(), "name": name})
     if not rows:
         raise TaskNotFound(f"no recurring task named {name[:200]!r} has been scheduled")
     return uuid.UUID(str(rows[0]["id"]))

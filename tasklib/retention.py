@@ -20,6 +20,7 @@ import psycopg
 
 from tasklib import sql
 from tasklib.config import Retention
+from tasklib.ids import new_id
 
 log = logging.getLogger("tasklib.retention")
 
@@ -83,6 +84,7 @@ def automatic_round(conn: psycopg.Connection[Any], policy: Retention, worker_id:
         conn.execute(
             sql.INSERT_RETENTION_RECORD,
             {
+                "id": new_id(),
                 "name": RECORD_NAME,
                 "policy": json.dumps(policy.describe()),
                 "result": json.dumps({"removed": removed, "total": sum(removed.values())}),

@@ -439,7 +439,7 @@ WITH src AS (
 ), ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at, created_at,
                        timeout_seconds, priority, tags)
-    SELECT gen_random_uuid(), name, '[]', kwargs, 'pending', 0, max_retries, now(), now(), timeout_seconds, priority,
+    SELECT %(id)s, name, '[]', kwargs, 'pending', 0, max_retries, now(), now(), timeout_seconds, priority,
            coalesce(tags, '{{}}') || '{{"run": "manual"}}'
     FROM src
     RETURNING id, name, priority
@@ -480,7 +480,7 @@ RETENTION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tasklib.retention'))"
 #: the queue or runs in a child), carrying the policy as kwargs and the rows removed as result.
 INSERT_RETENTION_RECORD = """
 INSERT INTO tasks (id, name, kwargs, state, result, max_retries, scheduled_at, started_at, completed_at, worker_id)
-VALUES (gen_random_uuid(), %(name)s, CAST(%(policy)s AS jsonb), 'completed', CAST(%(result)s AS jsonb), 0,
+VALUES (%(id)s, %(name)s, CAST(%(policy)s AS jsonb), 'completed', CAST(%(result)s AS jsonb), 0,
         %(started_at)s, %(started_at)s, now(), %(worker_id)s)
 """
 
