@@ -11,8 +11,11 @@ still expired and still held by the worker that lost it.
 Dead workers are found two ways. A killed process's connections close at once, so a worker that
 holds claims but has had no session open for ``VANISHED_AFTER_SECONDS`` (as this worker observed it
 throughout, with its own connection up) is gone: its claims are rescued without waiting for their
-locks, which default to ten minutes. A worker cut off by the network may keep its sessions open on
-the server for a long time; for that case lock expiry remains the fallback.
+locks, which default to ten minutes. Every round looks at the workers' sessions only (no table is
+read); a worker learns of the others from those looks, and, once when it starts, from the owners of
+unexpired claims, so that workers which died before it started are found too. A worker cut off by
+the network may keep its sessions open on the server for a long time, and one that started and died
+between two looks is never seen; for those, lock expiry remains the fallback.
 """
 
 from __future__ import annotations
@@ -49,12 +52,17 @@ VANISHED_AFTER_SECONDS = 5.0
 RECONNECT_GRACE_SECONDS = 5.0
 
 
-#: The look for vanished workers takes at most this share of the time between two looks. It reads
-#: every unexpired entry of the lock index, and while a long transaction elsewhere holds back
-#: cleanup those include the entries of every task finished since: measured at 0.54 busy sessions
-#: (a quarter of this machine's CPU) with two workers looking every second, under a 40 s snapshot;
-#: paced, 0.05. A vanished worker is then found later than 5 s (lock expiry stays the fallback).
+#: A repeated look takes at most this share of the time between two looks. Both rescue reads walk
+#: an index range, and while a long transaction elsewhere holds back cleanup such a range keeps the
+#: dead entries of every task finished since: the look for unexpired claims' owners measured 0.54
+#: busy sessions (a quarter of this machine's CPU) with two workers looking every second under a
+#: 40 s snapshot, before it was replaced by a look at sessions. A rescue is then found later.
 VANISHED_CHECK_SHARE = 0.02
+
+
+def session_name(worker_id: str) -> str:
+    """The ``application_name`` of a worker's connections, as PostgreSQL keeps it (63 bytes)."""
+    return (sql.WORKER_SESSION_PREFIX + worker_id).encode()[:63].decode("utf-8", "ignore")
 
 
 class Pacing:
@@ -73,21 +81,38 @@ class Pacing:
         self._next = finished + max(self.interval, (finished - started) / self.share)
 
 
-class VanishedWorkers:
-    """Workers seen holding claims without a session, and since when (this worker's monotonic clock)."""
+class SessionWatch:
+    """Which workers' sessions have stayed gone, by session name, and since when (this worker's
+    monotonic clock). A name is known once seen in a look at the sessions, or learned from the
+    owners of claims; it is dropped once its claims are dealt with."""
 
-    def __init__(self, after_seconds: float = VANISHED_AFTER_SECONDS) -> None:
+    def __init__(self, own: str, after_seconds: float = VANISHED_AFTER_SECONDS) -> None:
+        self.own = own
         self.after_seconds = after_seconds
+        self._known: set[str] = set()
         self._since: dict[str, float] = {}
 
-    def observe(self, missing: Iterable[str], now: float) -> list[str]:
-        """Record one look at which workers have no session; return those gone long enough to rescue.
-        A worker seen connected again (absent from ``missing``) starts over."""
-        self._since = {worker: self._since.get(worker, now) for worker in missing}
-        return sorted(worker for worker, since in self._since.items() if now - since >= self.after_seconds)
+    def learn(self, names: Iterable[str]) -> None:
+        """Names of workers known to hold claims without being seen (the start-up read)."""
+        self._known.update(names)
+
+    def observe(self, sessions: Iterable[str], now: float) -> list[str]:
+        """Record one look at the sessions open; return the known names gone long enough to rescue.
+        A name seen connected again starts over."""
+        connected = set(sessions)
+        self._known |= connected
+        missing = self._known - connected - {self.own}
+        self._since = {name: self._since.get(name, now) for name in missing}
+        return sorted(name for name, since in self._since.items() if now - since >= self.after_seconds)
+
+    def settled(self, name: str) -> None:
+        """Its claims are rescued (or it held none): nothing more to watch for."""
+        self._known.discard(name)
+        self._since.pop(name, None)
 
     def forget(self) -> None:
-        """Our own connection failed: what we saw before it says nothing about the others now."""
+        """Our own connection failed: what we saw before it says nothing about the others now.
+        The names stay known (a worker that died during the outage must still be found)."""
         self._since.clear()
 
 
@@ -95,7 +120,7 @@ def rescue_decisions(
     rows: Iterable[dict[str, Any]], config: Config, vanished: bool = False
 ) -> list[tuple[Any, str, Any, Any]]:
     """``(id, worker id, started_at, Action)`` for each claim to rescue (rows of EXPIRED_CLAIMS, or
-    of CLAIMS_OF_WORKER for a worker whose sessions are gone)."""
+    of CLAIMS_OF_SESSION for a worker whose sessions are gone)."""
     decisions = []
     for row in rows:
         why = (
@@ -146,8 +171,10 @@ class LockKeeper:
         self._on_rescued = on_rescued
         self.poll_interval = poll_interval
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
-        self.vanished = VanishedWorkers()
+        self.sessions = SessionWatch(session_name(worker_id))
         self.vanished_pacing = Pacing(poll_interval)
+        self.expired_pacing = Pacing(poll_interval)
+        self._owners_read = False  # the start-up read of the claims' owners (VANISHED_WORKERS)
         self._quiet_until = 0.0  # monotonic time before which this worker rescues nothing
 
     async def loop(self) -> None:
@@ -166,7 +193,7 @@ class LockKeeper:
                 await self.rescue_vanished()
                 outage.ok()
             except psycopg.Error as exc:
-                self.vanished.forget()
+                self.sessions.forget()
                 self._quiet_until = time.monotonic() + RECONNECT_GRACE_SECONDS
                 outage.failed(exc)
 
@@ -186,11 +213,14 @@ class LockKeeper:
 
     async def rescue(self) -> int:
         """Fail or retry (by policy) the claims of workers that stopped renewing their locks."""
-        if time.monotonic() < self._quiet_until:
+        started = time.monotonic()
+        if started < self._quiet_until or not self.expired_pacing.due(started):
             return 0
         total = 0
         while True:
+            looked = time.monotonic()
             found = await self._connections.execute(sql.EXPIRED_CLAIMS, {"limit": RESCUE_BATCH}, row_factory=dict_row)
+            self.expired_pacing.ran(looked, time.monotonic())
             if not found:
                 break
             expired = foreign_claims(found, self.worker_id, self._held() | self._unwritten())
@@ -209,22 +239,28 @@ class LockKeeper:
         started = time.monotonic()
         if started < self._quiet_until or not self.vanished_pacing.due(started):
             return 0
-        rows = await self._connections.execute(sql.VANISHED_WORKERS, {})
+        if not self._owners_read:
+            owners = await self._connections.execute(sql.VANISHED_WORKERS, {})
+            self.sessions.learn(session_name(r[0]) for r in owners if r[0] != self.worker_id)
+            self._owners_read = True
+        rows = await self._connections.execute(sql.WORKER_SESSIONS, {})
         self.vanished_pacing.ran(started, time.monotonic())
-        missing = [r[0] for r in rows if r[0] != self.worker_id]
         total = 0
-        for worker_id in self.vanished.observe(missing, time.monotonic()):
+        for name in self.sessions.observe((r[0] for r in rows), time.monotonic()):
             while True:
                 claims = await self._connections.execute(
-                    sql.CLAIMS_OF_WORKER, {"worker_id": worker_id, "limit": RESCUE_BATCH}, row_factory=dict_row
+                    sql.CLAIMS_OF_SESSION, {"session": name, "limit": RESCUE_BATCH}, row_factory=dict_row
                 )
                 if not claims:
+                    self.sessions.settled(name)
                     break
-                log.warning("worker %s has no database session: rescuing %d task(s) it claimed", worker_id, len(claims))
+                for worker_id in sorted({c["worker_id"] for c in claims}):
+                    count = sum(c["worker_id"] == worker_id for c in claims)
+                    log.warning("worker %s has no database session: rescuing %d task(s) it claimed", worker_id, count)
                 rescued = await self._apply(sql.RESCUE_VANISHED, rescue_decisions(claims, self.config, vanished=True))
                 total += len(rescued)
-                if len(claims) < RESCUE_BATCH or not rescued:
-                    break
+                if not rescued:
+                    break  # it reconnected meanwhile, or another worker took them: look again next round
         if total:
             self._on_rescued()
         return total

@@ -304,11 +304,23 @@ _WORKER_CONNECTED = """EXISTS (
     WHERE a.datname = current_database() AND a.application_name LIKE 'tasklib-worker _%%'
       AND starts_with('tasklib-worker ' || {worker}, a.application_name))"""
 
-#: (read) Workers that hold unexpired claims but have no session open: a killed process's
-#: connections close at once, so the database itself knows it is gone. ``_lockkeeper`` rescues
-#: their claims once they have stayed gone for a while (a restart of PostgreSQL closes every
-#: session, and live workers reconnect within about a second). Reads tasks_locked_idx: only
-#: running tasks hold a lock.
+#: Every session name a worker connection carries starts with this (``_lockkeeper.session_name``).
+WORKER_SESSION_PREFIX = "tasklib-worker "
+
+#: (read) The session names of every worker connected to this database: the look ``_lockkeeper``
+#: takes every round to notice a worker whose sessions closed (a killed process's connections close
+#: at once, so the database itself knows it is gone). It reads no table, so its cost does not grow
+#: with the dead index entries a long transaction elsewhere keeps.
+WORKER_SESSIONS = """
+SELECT DISTINCT application_name FROM pg_stat_activity
+WHERE datname = current_database() AND application_name LIKE 'tasklib-worker _%%'
+"""
+
+#: (read) Workers that hold unexpired claims but have no session open, read once when a worker
+#: starts: it finds the workers that died before any live worker could see them go (a crashed host,
+#: every worker restarted), which WORKER_SESSIONS alone cannot. Reads tasks_locked_idx: only running
+#: tasks hold a lock, but while a long transaction elsewhere holds back cleanup it also reads the
+#: dead entries of every task finished since, which is why it is not repeated every round.
 VANISHED_WORKERS = f"""
 SELECT worker_id FROM (
     SELECT DISTINCT worker_id FROM tasks WHERE locked_until >= now() AND state || '' = 'running'
@@ -316,10 +328,14 @@ SELECT worker_id FROM (
 WHERE NOT {_WORKER_CONNECTED.format(worker="owners.worker_id")}
 """
 
-#: (read) The running claims of one vanished worker (rows as EXPIRED_CLAIMS returns them).
-CLAIMS_OF_WORKER = """
-SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks
-WHERE locked_until IS NOT NULL AND state || '' = 'running' AND worker_id = %(worker_id)s
+#: (read) The running claims of workers whose session name is ``%(session)s`` and who have no
+#: session open (rows as EXPIRED_CLAIMS returns them). A name PostgreSQL cut short may be shared by
+#: several workers, hence the prefix match, and the check that the row's own worker is gone.
+CLAIMS_OF_SESSION = f"""
+SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks AS t
+WHERE locked_until IS NOT NULL AND state || '' = 'running'
+  AND starts_with('tasklib-worker ' || worker_id, %(session)s)
+  AND NOT {_WORKER_CONNECTED.format(worker="t.worker_id")}
 ORDER BY locked_until
 LIMIT %(limit)s
 """

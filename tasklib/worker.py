@@ -37,7 +37,7 @@ from tasklib._claim import ClaimFloor, Step
 from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, WorkerConnections, brief, listen
 from tasklib._dispatcher import Dispatcher
 from tasklib._forkserver import ForkServer
-from tasklib._lockkeeper import LockKeeper
+from tasklib._lockkeeper import LockKeeper, session_name
 from tasklib._pool import ChildPool, Job, KillReason
 from tasklib._scheduler import Scheduler
 from tasklib._writer import OutcomeWriter
@@ -104,7 +104,7 @@ class TaskWorker:
         self._started = False
         self._run_task: asyncio.Task[Any] | None = None
         self._names: list[str] = []
-        self._app_name = f"tasklib-worker {self.worker_id}"[:63]
+        self._app_name = session_name(self.worker_id)
         self._connections: WorkerConnections | None = None
         self._writer = OutcomeWriter(self._execute, self.worker_id)
         self._dispatcher = Dispatcher(config, concurrency, self._writer, self._wake.set)

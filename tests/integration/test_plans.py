@@ -87,6 +87,12 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
         ),
         # Every running row's worker, against the sessions open: reads the lock index only.
         "vanished workers": (WRITE_SETTINGS, sql.VANISHED_WORKERS, [{} for _ in runs]),
+        # The claims of one worker whose sessions closed (nobody named w is connected).
+        "claims of a vanished session": (
+            WRITE_SETTINGS,
+            sql.CLAIMS_OF_SESSION,
+            [{"session": "tasklib-worker w", "limit": RESCUE_BATCH} for _ in runs],
+        ),
         # The scheduler's pass (its connection has the write settings): a slot nobody inserted yet.
         "slot insert": (WRITE_SETTINGS, sql.INSERT_SLOT, [_slot_params() for _ in runs]),
     }
@@ -173,6 +179,7 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         "rescue expired": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "slot insert": ("tasks_unique_key_idx", ("Seq Scan",)),
         "vanished workers": ("tasks_locked_idx", ("Seq Scan", "Bitmap", "Gather")),
+        "claims of a vanished session": ("tasks_locked_idx", ("Seq Scan", "Bitmap", "Gather", "Sort")),
     }
     for name, (options, query, runs) in _statements([running[:256]], [running[:10]]).items():
         with _worker_connection(url, options) as conn:

@@ -13,7 +13,7 @@ from tasklib._async_dispatcher import AsyncDispatcher, async_children
 from tasklib._claim import EARLIEST, ClaimFloor, Step
 from tasklib._connections import submit_note
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
-from tasklib._lockkeeper import Pacing, VanishedWorkers, foreign_claims, rescue_decisions
+from tasklib._lockkeeper import Pacing, SessionWatch, foreign_claims, rescue_decisions, session_name
 from tasklib._pool import Child, Job, KillReason
 from tasklib.states import TaskState
 
@@ -346,14 +346,34 @@ def test_a_lost_task_is_killed_if_running_and_recalled_if_queued() -> None:
 
 
 def test_a_worker_counts_as_gone_only_after_staying_without_a_session() -> None:
-    seen = VanishedWorkers(after_seconds=5.0)
-    assert seen.observe(["a", "b"], now=100.0) == []
-    assert seen.observe(["a", "b"], now=104.9) == []
-    assert seen.observe(["a"], now=105.0) == ["a"]  # b reconnected: forgotten
-    assert seen.observe(["a", "b"], now=106.0) == ["a"]  # b starts over
-    assert seen.observe(["a", "b"], now=111.0) == ["a", "b"]
-    seen.forget()  # our own connection failed: start over for everyone
-    assert seen.observe(["a", "b"], now=112.0) == []
+    seen = SessionWatch(own="me", after_seconds=5.0)
+    assert seen.observe(["me", "a", "b"], now=99.0) == []  # both seen connected: now known
+    assert seen.observe(["me"], now=100.0) == []
+    assert seen.observe(["me"], now=104.9) == []
+    assert seen.observe(["me", "b"], now=105.0) == ["a"]  # b reconnected: forgotten
+    assert seen.observe(["me"], now=106.0) == ["a"]  # b starts over
+    assert seen.observe(["me"], now=111.0) == ["a", "b"]
+    seen.forget()  # our own connection failed: start over for everyone, but keep watching them
+    assert seen.observe(["me"], now=112.0) == []
+    assert seen.observe(["me"], now=117.0) == ["a", "b"]
+    seen.settled("a")  # its claims are rescued: no longer watched
+    assert seen.observe(["me"], now=118.0) == ["b"]
+
+
+def test_workers_never_seen_are_found_only_through_the_owners_of_claims() -> None:
+    seen = SessionWatch(own="me", after_seconds=5.0)
+    seen.learn(["dead"])  # the start-up read: it holds claims and has no session
+    assert seen.observe([], now=0.0) == []  # (our own session missing from a look is never a death)
+    assert seen.observe(["me"], now=5.0) == ["dead"]
+    assert seen.observe(["me", "dead"], now=6.0) == []  # it came back
+
+
+def test_a_session_name_is_what_postgresql_keeps_of_it() -> None:
+    assert session_name("host:12:ab") == "tasklib-worker host:12:ab"
+    long = "pod-" + "x" * 80
+    assert session_name(long) == ("tasklib-worker " + long)[:63]
+    # 63 bytes, cut at a character boundary (PostgreSQL does the same with application_name)
+    assert session_name("é" * 40).encode() == ("tasklib-worker " + "é" * 24).encode()
 
 
 # -- async dispatcher against a fake pool -------------------------------------------------------
@@ -474,7 +494,7 @@ def test_a_submit_notification_carries_its_time_and_priority() -> None:
     assert submit_note("garbage") == (None, None)
 
 
-def test_the_vanished_worker_check_runs_less_often_when_it_gets_slow() -> None:
+def test_a_rescue_look_runs_less_often_when_it_gets_slow() -> None:
     pacing = Pacing(interval=1.0, share=0.05)
     assert pacing.due(0.0)
     pacing.ran(0.0, 0.002)  # cheap: again after the interval
