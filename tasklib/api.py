@@ -283,12 +283,13 @@ def _many_steps(
     encoded = definition.validate_many(items)
     params = _insert_params(func, opts, {}, validate=False)
     del params["id"], params["unique_key"]
-    ids = [str(i) for i in new_ids(len(encoded))]
+    made = new_ids(len(encoded))
+    ids = [str(i) for i in made]
     if not ids:
         return []
     if all(key is None for key in keys):
         yield sql.INSERT_MANY, {**params, "ids": "{" + ",".join(ids) + "}", "kwargs": "[" + ",".join(encoded) + "]"}
-        return [uuid.UUID(i) for i in ids]
+        return made  # (the ids made, not parsed back from their text: a producer's time is the workers' too)
     result = list(ids)
     todo = list(range(len(ids)))
     for _ in range(_KEY_ATTEMPTS):
