@@ -257,13 +257,19 @@ def print_burst(r: dict[str, Any]) -> None:
     print(f"\nprefilled drain, 1 worker x concurrency 4 (reference): {ref:,.0f}/s")
     print(
         f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'from creation':>14} {'longest stmt':>13}"
+        f" {'cpu steal, slowest':>19}"
     )
     for key, b in r["burst"].items():
         print(
             f"{key:<28} {b['min_per_s']:>8,.0f}/s {b['median_per_s']:>8,.0f}/s {b['min_ratio']:>8.2f}"
             f" {b['min_ratio_from_creation']:>14.2f} {b['longest_statement_ms']:>10.0f} ms"
+            f" {_share(b.get('cpu_steal_of_slowest')):>19}"
         )
     print_held(r)
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def print_held(r: dict[str, Any]) -> None:

@@ -118,6 +118,31 @@ def running_workers(url: str, processes: int, concurrency: int = 1, options: tup
                 proc.kill()
 
 
+class CpuSteal:
+    """The share of this machine's CPU time its hypervisor gave to other guests meanwhile (the
+    ``steal`` column of /proc/stat): on a shared virtual machine the part of the noise that can be
+    read, so a slow run can be told from a run the machine was taken from. None where unreadable."""
+
+    def __init__(self) -> None:
+        self._start = self._read()
+        self.share: float | None = None
+
+    @staticmethod
+    def _read() -> list[int] | None:
+        try:
+            with open("/proc/stat") as stat:
+                return [int(v) for v in stat.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+
+    def stop(self) -> float | None:
+        end = self._read()
+        if self._start is not None and end is not None:
+            delta = [b - a for a, b in zip(self._start, end, strict=True)]
+            self.share = round(delta[7] / sum(delta), 3) if sum(delta) else None  # 8th column: steal
+        return self.share
+
+
 def wait_done(url: str, n: int, timeout: float, since: str = "created_at") -> tuple[datetime, datetime, int]:
     """Wait until ``n`` tasks completed; (first ``since``, last completion, completed)."""
     assert since in ("created_at", "started_at")
@@ -136,13 +161,15 @@ def wait_done(url: str, n: int, timeout: float, since: str = "created_at") -> tu
 def prefilled(url: str, n: int, concurrency: int = 4) -> dict[str, Any]:
     """The friendliest shape, as the reference: the backlog exists before the worker starts."""
     prefill(url, n)
+    steal = CpuSteal()
     with running_workers(url, 1, concurrency):
         wait_done(url, n, 120)
+        steal.stop()
         with psycopg.connect(url, autocommit=True) as conn:
             first, last, done = conn.execute(
                 "SELECT min(started_at), max(completed_at), count(*) FILTER (WHERE state = 'completed') FROM tasks"
             ).fetchone()  # type: ignore[misc]
-    return {"n": n, "completed": done, "per_s": done / (last - first).total_seconds()}
+    return {"n": n, "completed": done, "per_s": done / (last - first).total_seconds(), "cpu_steal": steal.share}
 
 
 def burst(url: str, n: int, processes: int, concurrency: int, chunk: int | None) -> dict[str, Any]:
@@ -160,10 +187,12 @@ def burst(url: str, n: int, processes: int, concurrency: int, chunk: int | None)
         time.sleep(IDLE_SECONDS)  # idle polling on an empty table: the shape that used to break
         visible = None
         with StatementSampler(url) as sampler:
+            steal = CpuSteal()
             for start in range(0, n, chunk or n):
                 tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(start, min(start + (chunk or n), n))])
                 visible = visible or clock.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             first, last, done = wait_done(url, n, 180)
+            steal.stop()
     return {
         "n": n,
         "completed": done,
@@ -171,6 +200,7 @@ def burst(url: str, n: int, processes: int, concurrency: int, chunk: int | None)
         "per_s_from_creation": done / (last - first).total_seconds(),
         "longest_statement_ms": round(sampler.longest_ms, 1),
         "longest_statement": sampler.longest_query,
+        "cpu_steal": steal.share,
     }
 
 
@@ -195,6 +225,7 @@ def burst_matrix(url: str, n: int, runs: int, reference_per_s: float) -> dict[st
                 "min_per_s_from_creation": min(from_creation),
                 "min_ratio_from_creation": min(from_creation) / reference_per_s,
                 "longest_statement_ms": max(r["longest_statement_ms"] for r in results),
+                "cpu_steal_of_slowest": results[rates.index(min(rates))]["cpu_steal"],
                 "runs": results,
             }
     return out
