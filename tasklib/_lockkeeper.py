@@ -243,8 +243,9 @@ class LockKeeper:
             owners = await self._connections.execute(sql.VANISHED_WORKERS, {})
             self.sessions.learn(session_name(r[0]) for r in owners if r[0] != self.worker_id)
             self._owners_read = True
+        looked = time.monotonic()  # (the one-off read above says nothing about what a look costs)
         rows = await self._connections.execute(sql.WORKER_SESSIONS, {})
-        self.vanished_pacing.ran(started, time.monotonic())
+        self.vanished_pacing.ran(looked, time.monotonic())
         total = 0
         for name in self.sessions.observe((r[0] for r in rows), time.monotonic()):
             while True:

@@ -549,3 +549,54 @@ def test_the_writer_keeps_a_batch_whose_statement_was_cancelled_and_stops_betwee
 
     kept, written, total = asyncio.run(scenario())
     assert kept == 1 and written == 2 and total == 3
+
+
+class SlowStatements:
+    """Stands in for the worker's connections in front of a lock keeper: answers each statement
+    with no rows, taking ``seconds`` of the keeper's clock (time.monotonic, patched)."""
+
+    def __init__(self, clock: list[float], seconds: float) -> None:
+        self.clock, self.seconds, self.run = clock, seconds, []
+
+    async def execute(self, statement: str, params: Any, **_: Any) -> list[Any]:
+        self.run.append(statement)
+        self.clock[0] += self.seconds
+        return []
+
+
+def test_slow_rescue_reads_come_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a snapshot older than the lock timeout, the expired-lock read walks dead entries: it
+    is paced like the sweep. The look for dead workers reads sessions (and the claims' owners once)."""
+    import asyncio
+
+    from tasklib import _lockkeeper, sql
+
+    clock = [1000.0]
+    monkeypatch.setattr(_lockkeeper.time, "monotonic", lambda: clock[0])
+    conn = SlowStatements(clock, seconds=0.5)
+    keeper = _lockkeeper.LockKeeper(
+        CONFIG,
+        "me",
+        conn,
+        set,
+        set,
+        lambda lost: None,
+        lambda: None,
+        poll_interval=1.0,  # type: ignore[arg-type]
+    )
+
+    async def rounds(n: int) -> None:
+        for _ in range(n):
+            await keeper.rescue()
+            await keeper.rescue_vanished()
+            clock[0] += 1.0  # the poll interval
+
+    asyncio.run(rounds(10))  # 10 rounds, 1.5 s each with both reads at 0.5 s: 15 s
+    assert conn.run.count(sql.EXPIRED_CLAIMS) == 1  # 0.5 s at 2 %: next after 25 s
+    assert conn.run.count(sql.VANISHED_WORKERS) == 1  # once, at start
+    assert conn.run.count(sql.WORKER_SESSIONS) == 1
+    conn.seconds = 0.001
+    clock[0] += 30.0
+    asyncio.run(rounds(5))  # fast again: every round
+    assert conn.run.count(sql.EXPIRED_CLAIMS) == 6 and conn.run.count(sql.WORKER_SESSIONS) == 6
+    assert conn.run.count(sql.VANISHED_WORKERS) == 1
