@@ -279,7 +279,8 @@ def print_held(r: dict[str, Any]) -> None:
                 f"{label} ({h['processes']} x {h['concurrency']}): clean {h['clean_per_s']:,.0f}/s, "
                 f"middle {h['held_per_s']:,.0f}/s ({h['held_ratio']:.2f}), "
                 f"first 10 s after {h['after_first_10s_ratio']:.2f}, "
-                f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms"
+                f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms; "
+                f"cpu steal {', '.join(_share(v) for v in h.get('cpu_steal', {}).values()) or 'n/a'}"
             )
 
 

@@ -284,18 +284,24 @@ def held_snapshot(
             time.sleep(2.0)  # warm-up
             wall = {"clean_start": time.time()}
             mark("clean_start")
+            steal = {"clean": CpuSteal()}
             time.sleep(clean)
+            steal["clean"].stop()
+            steal["held"] = CpuSteal()
             holder = psycopg.connect(url)
             if hold:
                 holder.execute("SELECT txid_current()")  # idle in transaction from here on
             mark("held_start")
             wall["held_start"] = time.time()
             time.sleep(held)
+            steal["held"].stop()
+            steal["after"] = CpuSteal()
             holder.rollback()
             holder.close()
             mark("held_end")
             wall["held_end"] = time.time()
             time.sleep(after)
+            steal["after"].stop()
             mark("after_end")
             wall["after_end"] = time.time()
         stop.set()
@@ -329,6 +335,7 @@ def held_snapshot(
         "held_last_10s_per_s": rate(marks["held_end"] - 10 * _SECOND, marks["held_end"]),
         "longest_statement_ms": round(sampler.longest_ms, 1),
         "longest_statement": sampler.longest_query,
+        "cpu_steal": {phase: meter.share for phase, meter in steal.items()},
         "busy_clean": sampler.busy(wall["clean_start"], wall["held_start"]),
         "busy_held": sampler.busy(wall["held_start"], wall["held_end"]),
         "busy_after": sampler.busy(wall["held_end"], wall["after_end"]),
