@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -241,7 +241,7 @@ class LockKeeper:
             return 0
         if not self._owners_read:
             owners = await self._connections.execute(sql.VANISHED_WORKERS, {})
-            self.sessions.learn(session_name(r[0]) for r in owners if r[0] != self.worker_id)
+            self.sessions.learn(session_name(r[0]) for r in owners)  # (our own name is never missing)
             self._owners_read = True
         looked = time.monotonic()  # (the one-off read above says nothing about what a look costs)
         rows = await self._connections.execute(sql.WORKER_SESSIONS, {})
@@ -255,8 +255,7 @@ class LockKeeper:
                 if not claims:
                     self.sessions.settled(name)
                     break
-                for worker_id in sorted({c["worker_id"] for c in claims}):
-                    count = sum(c["worker_id"] == worker_id for c in claims)
+                for worker_id, count in sorted(Counter(c["worker_id"] for c in claims).items()):
                     log.warning("worker %s has no database session: rescuing %d task(s) it claimed", worker_id, count)
                 rescued = await self._apply(sql.RESCUE_VANISHED, rescue_decisions(claims, self.config, vanished=True))
                 total += len(rescued)

@@ -297,23 +297,23 @@ ORDER BY locked_until
 LIMIT %(limit)s
 """
 
-#: A running row's worker has a session open: one of its connections sets application_name to
-#: ``tasklib-worker <id>`` (PostgreSQL may cut a long name, so the name must be a prefix of it).
-_WORKER_CONNECTED = """EXISTS (
-    SELECT 1 FROM pg_stat_activity AS a
-    WHERE a.datname = current_database() AND a.application_name LIKE 'tasklib-worker _%%'
-      AND starts_with('tasklib-worker ' || {worker}, a.application_name))"""
-
 #: Every session name a worker connection carries starts with this (``_lockkeeper.session_name``).
 WORKER_SESSION_PREFIX = "tasklib-worker "
+
+#: A running row's worker has a session open: one of its connections sets application_name to
+#: ``tasklib-worker <id>`` (PostgreSQL may cut a long name, so the name must be a prefix of it).
+_WORKER_CONNECTED = f"""EXISTS (
+    SELECT 1 FROM pg_stat_activity AS a
+    WHERE a.datname = current_database() AND a.application_name LIKE '{WORKER_SESSION_PREFIX}_%%'
+      AND starts_with('{WORKER_SESSION_PREFIX}' || {{worker}}, a.application_name))"""
 
 #: (read) The session names of every worker connected to this database: the look ``_lockkeeper``
 #: takes every round to notice a worker whose sessions closed (a killed process's connections close
 #: at once, so the database itself knows it is gone). It reads no table, so its cost does not grow
 #: with the dead index entries a long transaction elsewhere keeps.
-WORKER_SESSIONS = """
+WORKER_SESSIONS = f"""
 SELECT DISTINCT application_name FROM pg_stat_activity
-WHERE datname = current_database() AND application_name LIKE 'tasklib-worker _%%'
+WHERE datname = current_database() AND application_name LIKE '{WORKER_SESSION_PREFIX}_%%'
 """
 
 #: (read) Workers that hold unexpired claims but have no session open, read once when a worker
@@ -334,7 +334,7 @@ WHERE NOT {_WORKER_CONNECTED.format(worker="owners.worker_id")}
 CLAIMS_OF_SESSION = f"""
 SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks AS t
 WHERE locked_until IS NOT NULL AND state || '' = 'running'
-  AND starts_with('tasklib-worker ' || worker_id, %(session)s)
+  AND starts_with('{WORKER_SESSION_PREFIX}' || worker_id, %(session)s)
   AND NOT {_WORKER_CONNECTED.format(worker="t.worker_id")}
 ORDER BY locked_until
 LIMIT %(limit)s
