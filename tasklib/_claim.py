@@ -39,11 +39,20 @@ later time), so anything a floored claim can miss is a row committed more than
 a priority the worker has not heard of that sits below the common floor. A submit's NOTIFY,
 delivered at commit, carries the ``scheduled_at`` and priority it wrote, and the worker lowers
 that priority's floor to it (``lower_to``): a transactional submit that commits seconds later is
-claimed at once. A **sweep** (a claim with no floor) finds the rest: once per sweep interval, which
-starts at the poll interval and doubles, up to ``MAX_SWEEP_FACTOR`` times it, while sweeps find
-nothing a floored claim would not have (under a held snapshot a sweep walks every dead entry, so
-sweeping less often is what keeps its cost bounded), and drops back to the poll interval as soon as
-one does.
+claimed at once. A **sweep** finds the rest: once per sweep interval, which starts at the poll
+interval and doubles, up to ``MAX_SWEEP_FACTOR`` times it, while sweeps find nothing a floored claim
+would not have, and drops back to the poll interval as soon as one does.
+
+Why a sweep goes in windows: under a held snapshot everything below the floors is dead entries of
+claimed tasks, and a claim with no floor visits each of them (a heap visit each: 300-700 ms after
+40 s at full speed, one statement holding the claim connection all along). So a sweep is a series
+of steps, made at the start of claims (as many as fit in ``SWEEP_STEP_SECONDS`` of the claim, at
+least one), each across all priorities over a
+window of ``scheduled_at`` below the highest floor it started from, walking down: a window is
+sized from the last one's time to take about ``SWEEP_STEP_SECONDS`` (entries outside it are
+rejected on the index key, without a heap visit), grows fast where entries are few (the cleaned
+past), and ends at ``EARLIEST``. Only the very first claim (nothing known yet) is a single step
+with no floor. A sweep's steps together take at most ``SWEEP_SHARE`` of the time between sweeps.
 """
 
 from __future__ import annotations
@@ -67,6 +76,24 @@ MAX_SWEEP_FACTOR = 8
 #: walks every index entry the snapshot keeps (hundreds of milliseconds after 40 s); paced, what
 #: only a sweep can find waits longer then, but the workers' own claims keep their speed.
 SWEEP_SHARE = 0.02
+#: What one step of a sweep should take: its windows are sized from the last step's time to this.
+SWEEP_STEP_SECONDS = 0.03
+#: The window of a sweep's first step, at most (later ones follow the time each took).
+FIRST_WINDOW = timedelta(seconds=1)
+#: A step's window is at most this many times the last one's, and at least this share of it. Growth
+#: is slow because a window's time says nothing of what lies below it: after windows grew over an
+#: idle stretch, the next one may land on a dense one.
+WINDOW_GROWTH, WINDOW_SHRINK = 2.0, 0.25
+#: Windows never get narrower, a window that took no longer than ``SWEEP_STEP_SECONDS`` is followed
+#: by one at least twice as wide, and a sweep's last step comes after at most ``MAX_SWEEP_STEPS``:
+#: a step also walks the index outside its window (on keys only, some 30 ns an entry), so past a
+#: million kept entries no window meets ``SWEEP_STEP_SECONDS``, and a sweep must still end.
+MIN_WINDOW = timedelta(milliseconds=100)
+MAX_SWEEP_STEPS = 128
+#: A window this wide reaches ``EARLIEST``: the sweep's last step.
+LAST_WINDOW = timedelta(days=366)
+#: A sweep step's range of ``scheduled_at``: from (inclusive), below (exclusive).
+Window = tuple[datetime, datetime]
 #: Stands for "every priority" among the floors a notification lowered during a claim.
 _ALL = object()
 
@@ -74,20 +101,43 @@ _ALL = object()
 @dataclass(frozen=True)
 class Step:
     """One statement of a claim: at one ``priority`` (None: across all), ``asked`` for so many rows,
-    it took rows with these (priority, scheduled_at)."""
+    it took rows with these (priority, scheduled_at). A sweep's step also says the ``window`` it
+    covered (``scheduled_at`` from, below) and how many ``seconds`` it took."""
 
     priority: int | None
     asked: int
     claimed: Sequence[tuple[int, datetime]] = ()
+    window: Window | None = None
+    seconds: float = 0.0
 
     @property
     def short(self) -> bool:
         return len(self.claimed) < self.asked
 
 
+@dataclass
+class _Sweep:
+    """A sweep in progress: its next step covers the window below ``top``."""
+
+    top: datetime
+    window: timedelta
+    floors: tuple[datetime, dict[int, datetime]]  # the common floor and each priority's, at its start
+    spent: float = 0.0  # seconds its steps took so far
+    windows: int = 0  # windows it finished
+    stragglers: bool = False  # it took a row below the floor of its priority
+
+    @property
+    def next_window(self) -> Window:
+        reaches_earliest = (
+            self.window >= LAST_WINDOW or self.top - EARLIEST <= self.window or self.windows + 1 >= MAX_SWEEP_STEPS
+        )
+        return (EARLIEST if reaches_earliest else self.top - self.window), self.top
+
+
 class ClaimFloor:
-    """Tracks one lane's floors. Per claim: ``floor_for_next``, then ``priorities_for`` to get the
-    steps to make, then ``observe`` with what each step took."""
+    """Tracks one lane's floors. Per claim: ``floor_for_next``; then, while ``sweep_window`` gives
+    one (and the claim's sweep budget lasts), a sweep step, reported with ``swept``; then the steps
+    of ``priorities_for``, and ``observe`` with what each step took."""
 
     def __init__(self, sweep_every_seconds: float, margin_seconds: float = FLOOR_MARGIN_SECONDS) -> None:
         self.base_sweep_every = sweep_every_seconds
@@ -97,8 +147,9 @@ class ClaimFloor:
         self.floors: dict[int, datetime] = {}  # per priority seen pending (claimed, or in a NOTIFY)
         self._last_sweep = float("-inf")
         self._sweeping = False  # the claim in flight is a sweep
-        self._before_sweep: tuple[datetime | None, dict[int, datetime]] = (None, {})
         self._sweep_cost = 0.0  # seconds the last sweep took
+        self._sweep: _Sweep | None = None  # the sweep in progress, a step per claim
+        self._first_window = FIRST_WINDOW  # of the next sweep's first step
         self._lowered: set[object] = set()  # priorities a notification lowered while a claim ran
 
     @property
@@ -107,15 +158,23 @@ class ClaimFloor:
 
     def floor_for_next(self, now: float) -> datetime:
         """The common floor for the claim about to be made (``now``: the worker's monotonic clock);
-        ``EARLIEST`` when this claim is a sweep."""
+        ``EARLIEST`` for the first claim, which knows nothing yet. Starts a sweep when one is due."""
         self._sweeping = False
         self._lowered = set()
-        if self.floor is None or now - self._last_sweep >= max(self.sweep_every, self._sweep_cost / SWEEP_SHARE):
+        if self.floor is None:
             self._last_sweep = now
             self._sweeping = True
-            self._before_sweep = (self.floor, dict(self.floors))
             return EARLIEST
+        if self._sweep is None and now - self._last_sweep >= max(self.sweep_every, self._sweep_cost / SWEEP_SHARE):
+            self._last_sweep = now
+            top = max([self.floor, *self.floors.values()])
+            self._sweep = _Sweep(top, self._first_window, (self.floor, dict(self.floors)))
         return self.floor
+
+    def sweep_window(self) -> Window | None:
+        """The ``scheduled_at`` window (from, below) of the sweep step this claim makes first, across
+        all priorities; None when no sweep is in progress."""
+        return self._sweep.next_window if self._sweep is not None else None
 
     def priorities_for(self, floor: datetime) -> list[tuple[int, datetime]]:
         """The (priority, floor) steps a claim at common ``floor`` makes one by one, highest priority
@@ -128,20 +187,13 @@ class ClaimFloor:
     def observe(self, claimed_at: datetime, steps: Sequence[Step], seconds: float = 0.0) -> None:
         """Learn from a finished claim: ``claimed_at`` is the database's ``now()`` for it (its first
         statement's), ``steps`` what each statement took, in order, ``seconds`` how long it took."""
-        if self._sweeping:
+        if self._sweeping:  # the first claim
             self._sweeping = False
             self._sweep_cost = seconds
-            common, floors = self._before_sweep
-            claimed = [row for step in steps for row in step.claimed]
-            if common is not None:  # the first sweep has no floors to compare with
-                stragglers = any(at < floors.get(p, common) for p, at in claimed)
-                self.sweep_every = (
-                    self.base_sweep_every
-                    if stragglers
-                    else min(self.sweep_every * 2, self.base_sweep_every * MAX_SWEEP_FACTOR)
-                )
         now_floor = claimed_at - self.margin
         for step in steps:
+            if step.window is not None:
+                continue  # a sweep's step: reported by swept()
             if step.short and step.priority is not None:
                 self._raise(step.priority, now_floor)
                 if not step.claimed and step.priority not in self._lowered:
@@ -158,6 +210,40 @@ class ClaimFloor:
                     self._raise(priority, at - self.margin)
                 if self.floor is None:  # a full first sweep: nothing is known below the common floor
                     self.floor = EARLIEST
+
+    def swept(self, step: Step) -> None:
+        """A sweep's step came back (reported at once: a claim may make several while they are
+        cheap): take note of what it found, then size and place the next one."""
+        sweep = self._sweep
+        if sweep is None or step.window != sweep.next_window:
+            return  # a step of a sweep that forget() ended
+        common, floors = sweep.floors
+        sweep.stragglers |= any(at < floors.get(p, common) for p, at in step.claimed)
+        sweep.spent += step.seconds
+        heads: dict[int, datetime] = {}
+        for priority, at in step.claimed:  # a priority not known yet is claimed from its first row on
+            heads[priority] = min(at, heads.get(priority, at))
+        for priority, at in heads.items():
+            if priority not in self.floors:
+                self._raise(priority, at - self.margin)
+        if not step.short:
+            return  # the window holds more: the next step takes it again
+        low, _ = step.window
+        if low == EARLIEST:  # the last step: the sweep is done
+            self._sweep = None
+            self._sweep_cost = sweep.spent
+            self.sweep_every = (
+                self.base_sweep_every
+                if sweep.stragglers
+                else min(self.sweep_every * 2, self.base_sweep_every * MAX_SWEEP_FACTOR)
+            )
+            return
+        factor = min(WINDOW_GROWTH, max(WINDOW_SHRINK, SWEEP_STEP_SECONDS / max(step.seconds, 1e-6)))
+        if step.seconds <= SWEEP_STEP_SECONDS:
+            factor = WINDOW_GROWTH
+        sweep.top, sweep.window, sweep.windows = low, max(MIN_WINDOW, sweep.window * factor), sweep.windows + 1
+        if sweep.windows == 1:  # where the entries are densest: the next sweep starts from it
+            self._first_window = min(FIRST_WINDOW, sweep.window)
 
     def _raise(self, priority: int | None, candidate: datetime) -> None:
         """Move one floor up to ``candidate`` (None: the common one), unless a notification lowered it
@@ -192,3 +278,4 @@ class ClaimFloor:
         self.floor = None
         self.floors.clear()
         self.sweep_every = self.base_sweep_every
+        self._sweep = None

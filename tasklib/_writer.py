@@ -23,8 +23,10 @@ from tasklib.outcome import Action, decide_unstorable
 log = logging.getLogger("tasklib.worker")
 
 FLUSH_DELAY_SECONDS = 0.002
-#: Most outcomes one FINISH_MANY records (a few milliseconds of work on two cores).
-BATCH_LIMIT = 256
+#: Most outcomes one FINISH_MANY records: a few milliseconds of work, but a statement waits for CPU
+#: and WAL with the rest of the machine, and 256-row finishes were the longest worker statements
+#: of the 4 x 4 bursts (see ``CLAIM_BATCH_LIMIT`` in tasklib.worker for the measure).
+BATCH_LIMIT = 64
 
 Execute = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
 

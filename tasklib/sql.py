@@ -209,6 +209,10 @@ CLAIM_NEXT = _CLAIM.format(priority="")
 #: their rows) pile up there: 90,000 of them made a 256-row claim 2.8 ms instead of 0.23 ms, and
 #: they stay until VACUUM, so the cost outlasts the snapshot.
 CLAIM_AT_PRIORITY = _CLAIM.format(priority="\n          AND priority = %(priority)s")
+#: pending -> running: a sweep's step (``tasklib._claim``), across all priorities, in a window of
+#: ``scheduled_at``. It steps over the whole index as CLAIM_NEXT does, but an entry outside the
+#: window is rejected on its key, without the heap visit that makes a held snapshot's entries dear.
+CLAIM_IN_WINDOW = _CLAIM.format(priority="\n          AND scheduled_at < %(below)s")
 
 _OUTCOME = "(%(outcomes)s -> t.id::text)"
 #: ``state = 'running'`` written so that no index on state can serve it (``|| ''`` is the classic way

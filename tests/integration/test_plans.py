@@ -13,7 +13,7 @@ import json
 import re
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -69,6 +69,7 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
     ids = [[c[0] for c in batch] for batch in batches]
     return {
         "claim 256": (CLAIM_SETTINGS, sql.CLAIM_NEXT, [claim for _ in runs]),
+        "sweep step 256": (CLAIM_SETTINGS, sql.CLAIM_IN_WINDOW, [{**claim, "below": datetime.now(UTC)} for _ in runs]),
         "heartbeat 256": (
             WRITE_SETTINGS,
             sql.HEARTBEAT,
@@ -156,8 +157,8 @@ def test_worker_statements_stay_linear_after_an_empty_table_fills(tl: tasklib.Co
         finally:
             for conn in conns.values():
                 conn.close()
-    # The statements did their work: 3 claims, 3 finishes, 3 rescues of 256 rows each.
-    assert states == {"pending": 20_000 - 768 + 768, "running": 20_000 + 768 - 768, "completed": 768}, states
+    # The statements did their work: 3 claims and 3 sweep steps, 3 finishes, 3 rescues of 256 rows each.
+    assert states == {"pending": 20_000 - 1536 + 768, "running": 20_000 + 1536 - 768, "completed": 768}, states
     slow = {name: round(seconds * 1000, 1) for name, seconds in timings.items() if seconds > BOUND_SECONDS}
     assert not slow, f"statements slower than {BOUND_SECONDS * 1000:.0f} ms (ms): {slow}"
 
@@ -173,6 +174,7 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         running = _insert(admin, "running", 300, lock="10 minutes")
     expected = {
         "claim 256": ("tasks_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
+        "sweep step 256": ("tasks_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
         "finish 256": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "heartbeat 256": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "find expired locks": ("tasks_locked_idx", ("Seq Scan", "tasks_state_created_idx")),
@@ -318,6 +320,71 @@ def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Confi
                         break
     # The index pages and heap pages of the 256 rows: 38 here. Across all priorities: 631.
     assert taken == 256 and buffers < 200, (taken, buffers)
+
+
+def test_a_sweep_under_a_held_snapshot_goes_in_windows_and_finds_the_straggler(tl: tasklib.Config) -> None:
+    """100,000 tasks claimed over the last 20 s, their pending-index entries kept by an open
+    snapshot; one task among them still pending (its lock was held elsewhere when the claims
+    passed), below every floor. One statement from EARLIEST visits the heap for every kept entry.
+    The sweep's steps, run as TaskWorker._claim runs them, take the straggler, and no step visits
+    more than a quarter of those entries: an entry outside a step's window is rejected on the index
+    key, without a heap visit (a bound tested after the fetch would visit them all).
+
+    The index entries each step returns to the executor (one heap visit each) are read from the
+    statistics; each step's time is taken as proportional to them, so the windows are sized the
+    same way on any machine."""
+    url = tl.database_url
+    assert url is not None
+    with psycopg.connect(url, autocommit=True) as admin:
+        admin.execute(
+            "INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority)"
+            " SELECT gen_random_uuid(), %s, '{}', 'pending', 3,"
+            "        now() - interval '20 seconds' + g * interval '200 microseconds', now(), 0"
+            " FROM generate_series(1, 100000) AS g",
+            [NAME],
+        )
+        (straggler,) = admin.execute(
+            "UPDATE tasks SET name = %s WHERE id = (SELECT id FROM tasks ORDER BY scheduled_at OFFSET 50000 LIMIT 1)"
+            " RETURNING id",
+            [NAME + "_late"],
+        ).fetchone()  # type: ignore[misc]
+        admin.execute("VACUUM ANALYZE tasks")
+        with psycopg.connect(url) as holder:
+            holder.execute("SELECT txid_current()")  # idle in transaction: nothing claimed below can be cleaned
+            (last,) = admin.execute(
+                "WITH c AS (UPDATE tasks SET state = 'running', worker_id = 'w', started_at = now(),"
+                "           locked_until = now() + interval '1 hour' WHERE name = %s RETURNING scheduled_at)"
+                " SELECT max(scheduled_at) FROM c",
+                [NAME],
+            ).fetchone()  # type: ignore[misc]
+            names = [NAME, NAME + "_late"]
+            floor_state = ClaimFloor(sweep_every_seconds=0.0)
+            floor_state.floor_for_next(0.0)
+            # The claims came back short as the last of them was taken: the floors are just below it.
+            floor_state.observe(last + timedelta(seconds=0.1), [Step(None, 256)])
+            claim = {"names": names, "worker_id": "w2", "lock_seconds": 60.0, "limit": 256, "priority": None}
+            returned = "SELECT pg_stat_get_xact_tuples_returned('tasks_pending_idx'::regclass)"
+            with _worker_connection(url, CLAIM_SETTINGS) as conn:
+
+                def run(statement: str, params: dict[str, Any], keep: bool) -> tuple[list[Any], int]:
+                    with conn.transaction(force_rollback=not keep):
+                        (before,) = conn.execute(returned).fetchone()  # type: ignore[misc]
+                        rows = conn.execute(statement, params).fetchall()
+                        (after,) = conn.execute(returned).fetchone()  # type: ignore[misc]
+                    return [r for r in rows if r[1] is not None], after - before
+
+                _, whole = run(sql.CLAIM_NEXT, {**claim, "floor": EARLIEST}, keep=False)
+                floor_state.floor_for_next(1.0)  # a sweep is due
+                visits, taken = [], []
+                while (window := floor_state.sweep_window()) is not None:
+                    rows, entries = run(sql.CLAIM_IN_WINDOW, {**claim, "floor": window[0], "below": window[1]}, keep=True)
+                    visits.append(entries)
+                    taken += [r[1] for r in rows]
+                    seconds = 0.005 + entries * 2e-6  # a few ms of walking the index, 2 us a heap visit
+                    floor_state.swept(Step(None, 256, [(0, r[9]) for r in rows], window, seconds))
+    assert whole >= 100_000, whole
+    assert taken == [straggler] and len(visits) > 4, (taken, visits)
+    assert max(visits) < whole / 4, visits
 
 
 def test_the_look_for_vanished_workers_reads_the_lock_index_without_parallel_workers(tl: tasklib.Config) -> None:

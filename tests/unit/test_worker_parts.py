@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,7 +11,7 @@ import pytest
 
 import tasklib
 from tasklib._async_dispatcher import AsyncDispatcher, async_children
-from tasklib._claim import EARLIEST, ClaimFloor, Step
+from tasklib._claim import EARLIEST, SWEEP_STEP_SECONDS, ClaimFloor, Step
 from tasklib._connections import submit_note
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
 from tasklib._lockkeeper import Pacing, SessionWatch, foreign_claims, rescue_decisions, session_name
@@ -46,19 +47,58 @@ class Queue:
         common = floor.floor_for_next(clock)
         steps: list[Step] = []
         taken: list[str] = []
+        swept = 0.0
+        while swept < SWEEP_STEP_SECONDS and (window := floor.sweep_window()) is not None:
+            taken += self._take(floor, now, None, window[0], limit - len(taken), window, steps)
+            swept += 0.001
         for priority, at in [*floor.priorities_for(common), (None, common)]:
-            due = sorted(
-                (r for r in self.pending if r[1] <= now and r[1] >= at and priority in (None, r[0])),
-                key=lambda r: (-r[0], r[1], r[2]),
-            )[: limit - len(taken)]
-            for row in due:
-                self.pending.remove(row)
-            steps.append(Step(priority, limit - len(taken), [(p, a) for p, a, _ in due]))
-            taken += [key for _, _, key in due]
             if len(taken) >= limit:
                 break
+            taken += self._take(floor, now, priority, at, limit - len(taken), None, steps)
         floor.observe(now, steps)
         return taken
+
+    def _take(
+        self,
+        floor: ClaimFloor,
+        now: datetime,
+        priority: int | None,
+        at: datetime,
+        asked: int,
+        window: tuple[datetime, datetime] | None,
+        steps: list[Step],
+    ) -> list[str]:
+        below = window[1] if window else now + timedelta(microseconds=1)
+        due = sorted(
+            (r for r in self.pending if at <= r[1] < below and r[1] <= now and priority in (None, r[0])),
+            key=lambda r: (-r[0], r[1], r[2]),
+        )[:asked]
+        for row in due:
+            self.pending.remove(row)
+        step = Step(priority, asked, [(p, a) for p, a, _ in due], window, 0.001)
+        if window:
+            floor.swept(step)
+        else:
+            steps.append(step)
+        return [key for _, _, key in due]
+
+
+def sweep_due(floor: ClaimFloor, clock: float) -> bool:
+    """Whether the claim at ``clock`` starts (or goes on with) a sweep."""
+    floor.floor_for_next(clock)
+    return floor.sweep_window() is not None
+
+
+def finish_sweep(
+    floor: ClaimFloor, claimed: list[tuple[int, datetime]] | None = None, seconds: float = 0.001
+) -> list[tuple[datetime, datetime]]:
+    """Run the sweep in progress to its end, every step short, the first one taking ``claimed``;
+    the windows its steps covered."""
+    windows = []
+    while (window := floor.sweep_window()) is not None:
+        floor.swept(Step(None, 10, [] if windows else claimed or [], window, seconds))
+        windows.append(window)
+    return windows
 
 
 def test_first_claim_sweeps_and_a_short_claim_raises_the_floor() -> None:
@@ -133,19 +173,20 @@ def test_sweeps_space_out_while_they_find_nothing_and_come_back_when_they_do() -
     floor.observe(T0, across(10))  # empty queue
     clock = 0.0
     intervals = []
-    for _ in range(6):  # each sweep finds only rows a floored claim would have found too
+    for _ in range(6):  # each sweep finds nothing a floored claim would not have
         last = clock
-        while floor.floor_for_next(clock) != EARLIEST:
+        while not sweep_due(floor, clock):
             clock += 0.25
         intervals.append(clock - last)
-        floor.observe(T0, across(10, rows(T0)))
+        finish_sweep(floor)
     assert intervals == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]  # doubling up to MAX_SWEEP_FACTOR intervals
-    while floor.floor_for_next(clock) != EARLIEST:
+    while not sweep_due(floor, clock):
         clock += 0.25
-    floor.observe(T0, across(10, rows(T0 - timedelta(minutes=5))))  # a straggler below the floor
+    finish_sweep(floor, rows(T0 - timedelta(minutes=5)))  # a straggler below the floor
     assert floor.sweep_every == 1.0
     floor.forget()
-    assert floor.floor_for_next(clock + 0.01) == EARLIEST
+    assert floor.floor_for_next(clock + 0.01) == EARLIEST  # nothing known: one claim with no floor
+    assert floor.sweep_window() is None
 
 
 def test_a_late_commits_notification_lowers_the_floor_and_no_claim_in_flight_undoes_it() -> None:
@@ -181,12 +222,71 @@ def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
     floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=1.0)
     floor.floor_for_next(0.0)
     floor.observe(T0, across(10))
-    assert floor.floor_for_next(0.5) != EARLIEST
-    assert floor.floor_for_next(1.0) == EARLIEST  # stragglers below the floor are found within 1 s
-    floor.observe(T0, across(10))
-    assert floor.floor_for_next(1.5) != EARLIEST
+    assert not sweep_due(floor, 0.5)
+    assert sweep_due(floor, 1.0)  # stragglers below the floor are looked for within 1 s
+    finish_sweep(floor)
+    assert not sweep_due(floor, 1.5)
     floor.forget()
     assert floor.floor_for_next(1.6) == EARLIEST
+
+
+def test_a_sweep_walks_down_from_the_floors_in_windows_sized_by_their_time() -> None:
+    """Under a held snapshot every claimed task of the last 40 s keeps its entry below the floors
+    (7,000 a second here), and a step costs 2 us per entry in its window, plus 7 ms of walking the
+    index on keys. One statement from EARLIEST would take 570 ms; the windows keep each step near
+    SWEEP_STEP_SECONDS, cover everything from the highest floor down to EARLIEST without a gap,
+    and get wide fast below the kept entries."""
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=0.1)
+    floor.floor_for_next(0.0)
+    floor.observe(T0, across(10))  # the common floor: T0 - 0.1 s
+    floor.observe(T0 + timedelta(seconds=5), [Step(3, 10, rows(T0, priority=3))])  # priority 3's is higher
+    top = T0 + timedelta(seconds=4.9)
+    kept_from = top - timedelta(seconds=40)
+
+    def cost(window: tuple[datetime, datetime]) -> float:
+        low, below = max(window[0], kept_from), min(window[1], top)
+        kept = max(0.0, (below - low).total_seconds()) * 7000
+        return 0.007 + kept * 2e-6
+
+    assert sweep_due(floor, 1.0)
+    steps = []
+    while (window := floor.sweep_window()) is not None:
+        steps.append((window, cost(window)))
+        floor.swept(Step(None, 10, [], window, cost(window)))
+    windows = [w for w, _ in steps]
+    assert windows[0][1] == top and windows[-1][0] == EARLIEST
+    assert all(a[0] == b[1] for a, b in itertools.pairwise(windows))  # no gap, no overlap
+    assert max(seconds for _, seconds in steps) < 0.06 and cost((EARLIEST, top)) > 0.5
+    assert len(steps) < 64 and sum(seconds for _, seconds in steps) < 2 * cost((EARLIEST, top))
+    # The next sweep starts from the window the kept entries allowed, not from a wide one.
+    assert sweep_due(floor, 1000.0)
+    assert cost(floor.sweep_window()) < 0.06  # type: ignore[arg-type]
+
+
+def test_a_sweep_of_an_idle_queue_fits_in_one_claim() -> None:
+    """The worker makes a sweep's steps one after another while they fit in SWEEP_STEP_SECONDS:
+    the steps of an idle queue's sweep (half a millisecond each) all fit, so its sweep is done in
+    one claim, not one step per poll interval."""
+    floor = ClaimFloor(sweep_every_seconds=1.0)
+    floor.floor_for_next(0.0)
+    floor.observe(T0, across(10))
+    assert sweep_due(floor, 1.0)
+    assert len(finish_sweep(floor, seconds=0.0005)) * 0.0005 < SWEEP_STEP_SECONDS
+
+
+def test_a_sweep_takes_a_straggler_of_a_priority_never_seen() -> None:
+    """A task of priority 4 (never seen) sits 20 s below every floor: a row another session held
+    locked when the claims passed. The sweep takes it; floored claims never would."""
+    floor = ClaimFloor(sweep_every_seconds=1.0, margin_seconds=0.1)
+    queue = Queue()
+    assert queue.claim(floor, T0, 0.0, 4) == []  # the first claim: nothing yet
+    now = T0 + timedelta(seconds=30)
+    assert queue.claim(floor, now, 0.1, 4) == []  # the floors: just below T0 + 30 s
+    queue.add("straggler", T0 + timedelta(seconds=10), priority=4)  # its lock released now
+    assert queue.claim(floor, now, 0.5, 4) == []  # floored: above it
+    taken = [queue.claim(floor, now, 1.0 + 0.01 * n, 4) for n in range(20)]
+    assert ["straggler"] in taken and floor.sweep_every == 1.0  # found, so sweeps stay frequent
+    assert not queue.pending
 
 
 def test_the_floor_never_moves_down() -> None:
@@ -506,12 +606,16 @@ def test_a_rescue_look_runs_less_often_when_it_gets_slow() -> None:
 def test_a_slow_sweep_spaces_out_the_next_ones() -> None:
     floor = ClaimFloor(sweep_every_seconds=1)
     assert floor.floor_for_next(0.0) == EARLIEST
-    floor.observe(T0, across(10, rows(T0)), seconds=0.4)  # a sweep under a held snapshot: 400 ms
-    assert floor.floor_for_next(10.0) != EARLIEST  # 2 % of the time at most: 20 s to the next
+    floor.observe(T0, across(10, rows(T0)), seconds=0.4)  # the first claim under a held snapshot: 400 ms
+    assert not sweep_due(floor, 10.0)  # 2 % of the time at most: 20 s to the next
     floor.observe(T0, [Step(0, 10, rows(T0)), Step(None, 9)], seconds=0.001)  # (floored claims do not count)
-    assert floor.floor_for_next(20.1) == EARLIEST
-    floor.observe(T0, across(10, rows(T0)), seconds=0.002)  # fast again: back to the intervals (doubling: nothing new)
-    assert floor.floor_for_next(21.2) != EARLIEST and floor.floor_for_next(22.2) == EARLIEST
+    assert sweep_due(floor, 20.1)
+    steps = finish_sweep(floor, seconds=0.03)  # its steps add up: the next one is further away
+    spent = 0.03 * len(steps)
+    assert not sweep_due(floor, 20.1 + spent / 0.02 - 0.1) and sweep_due(floor, 20.1 + spent / 0.02 + 0.1)
+    finish_sweep(floor, seconds=0.0001)  # fast again: back to the intervals (doubling: nothing new)
+    last = 20.2 + spent / 0.02
+    assert not sweep_due(floor, last + 3.9) and sweep_due(floor, last + 4.1)
 
 
 def test_the_writer_keeps_a_batch_whose_statement_was_cancelled_and_stops_between_statements() -> None:
