@@ -50,7 +50,7 @@ of steps, made at the start of claims (as many as fit in ``SWEEP_STEP_SECONDS`` 
 least one), each across all priorities over a
 window of ``scheduled_at`` below the highest floor it started from, walking down: a window is
 sized from the last one's time to take about ``SWEEP_STEP_SECONDS`` (entries outside it are
-rejected on the index key, without a heap visit), grows fast where entries are few (the cleaned
+rejected on the index key, without a heap visit), doubles where entries are few (the cleaned
 past), and ends at ``EARLIEST``. Only the very first claim (nothing known yet) is a single step
 with no floor. A sweep's steps together take at most ``SWEEP_SHARE`` of the time between sweeps.
 """
@@ -146,9 +146,9 @@ class ClaimFloor:
         self.floor: datetime | None = None  # the common floor; None: nothing known yet, the next claim sweeps
         self.floors: dict[int, datetime] = {}  # per priority seen pending (claimed, or in a NOTIFY)
         self._last_sweep = float("-inf")
-        self._sweeping = False  # the claim in flight is a sweep
+        self._sweeping = False  # the claim in flight is the first one, with no floor
         self._sweep_cost = 0.0  # seconds the last sweep took
-        self._sweep: _Sweep | None = None  # the sweep in progress, a step per claim
+        self._sweep: _Sweep | None = None  # the sweep in progress (its steps start the next claims)
         self._first_window = FIRST_WINDOW  # of the next sweep's first step
         self._lowered: set[object] = set()  # priorities a notification lowered while a claim ran
 
@@ -238,9 +238,10 @@ class ClaimFloor:
                 else min(self.sweep_every * 2, self.base_sweep_every * MAX_SWEEP_FACTOR)
             )
             return
-        factor = min(WINDOW_GROWTH, max(WINDOW_SHRINK, SWEEP_STEP_SECONDS / max(step.seconds, 1e-6)))
         if step.seconds <= SWEEP_STEP_SECONDS:
             factor = WINDOW_GROWTH
+        else:
+            factor = max(WINDOW_SHRINK, SWEEP_STEP_SECONDS / step.seconds)
         sweep.top, sweep.window, sweep.windows = low, max(MIN_WINDOW, sweep.window * factor), sweep.windows + 1
         if sweep.windows == 1:  # where the entries are densest: the next sweep starts from it
             self._first_window = min(FIRST_WINDOW, sweep.window)
