@@ -13,7 +13,7 @@ import pytest
 
 import tasklib
 from tasklib.schedules import slot_time
-from tests.workers import read_log, start_worker, stop
+from tests.workers import read_log, start_worker, stop, wait_for
 
 APP = "tests.integration.recurring_jobs"
 TICK = f"{APP}.tick"
@@ -30,9 +30,15 @@ def slot_rows(url: str) -> list[tuple[str, str, float | None]]:
     return sorted(((k, s, None if d is None else float(d)) for k, s, d in rows), key=lambda r: slot_time(r[0]))  # type: ignore[arg-type, return-value]
 
 
-def run_schedulers(url: str, log: Path, seconds: float, envs: list[dict[str, str]]) -> None:
+def run_schedulers(url: str, log: Path, seconds: float, envs: list[dict[str, str]], from_first_slot: bool = False) -> None:
+    """Run workers for ``seconds``; with ``from_first_slot``, counted from the first slot row they
+    write (a worker takes 2 s or more to start on a loaded machine, and a window that began at the
+    start would hold one slot fewer, depending on where in its second the scheduler began)."""
+    before = len(slot_rows(url))
     procs = [start_worker(url, log, app=APP, env=env) for env in envs]
     try:
+        if from_first_slot:
+            assert wait_for(lambda: len(slot_rows(url)) > before, timeout=30)
         time.sleep(seconds)
     finally:
         for proc in procs:
@@ -59,7 +65,7 @@ def check_one_row_and_one_run_per_slot(url: str, log: Path, window: float) -> li
 
 def test_three_workers_make_one_row_per_slot(tl: tasklib.Config, database_url: str, tmp_path: Path) -> None:
     log = tmp_path / "log"
-    run_schedulers(database_url, log, 10.5, [{}, {}, {}])  # 10 s of scheduling once the three are up
+    run_schedulers(database_url, log, 10.0, [{}, {}, {}], from_first_slot=True)  # 10 s of scheduling once up
     rows = check_one_row_and_one_run_per_slot(database_url, log, 10)
     delays = sorted(d for _, s, d in rows if d is not None)
     assert delays[len(delays) // 2] < 0.5, f"slots start late: {delays}"  # woken at the slot, not at the next poll
@@ -71,7 +77,7 @@ def test_worker_clocks_two_seconds_apart_change_nothing(tl: tasklib.Config, data
     skews = [{"LD_PRELOAD": FAKETIME[0], "FAKETIME": offset} for offset in ("+2s", "-2s")]
     probe = tmp_path / "probe"
     run_schedulers(database_url, probe, 0.1, skews[:1])  # the injection works: that worker's clock is ahead
-    run_schedulers(database_url, log, 10.5, [*skews, {}])
+    run_schedulers(database_url, log, 10.0, [*skews, {}], from_first_slot=True)
     rows = check_one_row_and_one_run_per_slot(database_url, log, 10)
     delays = sorted(d for _, s, d in rows if d is not None)
     assert delays[len(delays) // 2] < 0.5 and min(delays) >= 0, f"skew moved the runs: {delays}"
