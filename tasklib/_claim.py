@@ -134,6 +134,14 @@ class _Sweep:
         return (EARLIEST if reaches_earliest else self.top - self.window), self.top
 
 
+def _heads(claimed: Sequence[tuple[int, datetime]]) -> dict[int, datetime]:
+    """The earliest ``scheduled_at`` taken per priority (a statement returns rows in any order)."""
+    heads: dict[int, datetime] = {}
+    for priority, at in claimed:
+        heads[priority] = min(at, heads.get(priority, at))
+    return heads
+
+
 class ClaimFloor:
     """Tracks one lane's floors. Per claim: ``floor_for_next``; then, while ``sweep_window`` gives
     one (and the claim's sweep budget lasts), a sweep step, reported with ``swept``; then the steps
@@ -191,9 +199,7 @@ class ClaimFloor:
             self._sweeping = False
             self._sweep_cost = seconds
         now_floor = claimed_at - self.margin
-        for step in steps:
-            if step.window is not None:
-                continue  # a sweep's step: reported by swept()
+        for step in steps:  # (a sweep's steps are reported by swept(), not here)
             if step.short and step.priority is not None:
                 self._raise(step.priority, now_floor)
                 if not step.claimed and step.priority not in self._lowered:
@@ -203,10 +209,7 @@ class ClaimFloor:
                     self._raise(priority, now_floor)
                 self._raise(None, now_floor)
             else:  # full: each priority it took goes to its first row; the common floor stays
-                heads: dict[int, datetime] = {}
-                for priority, at in step.claimed:
-                    heads[priority] = min(at, heads.get(priority, at))
-                for priority, at in heads.items():
+                for priority, at in _heads(step.claimed).items():
                     self._raise(priority, at - self.margin)
                 if self.floor is None:  # a full first sweep: nothing is known below the common floor
                     self.floor = EARLIEST
@@ -220,10 +223,7 @@ class ClaimFloor:
         common, floors = sweep.floors
         sweep.stragglers |= any(at < floors.get(p, common) for p, at in step.claimed)
         sweep.spent += step.seconds
-        heads: dict[int, datetime] = {}
-        for priority, at in step.claimed:  # a priority not known yet is claimed from its first row on
-            heads[priority] = min(at, heads.get(priority, at))
-        for priority, at in heads.items():
+        for priority, at in _heads(step.claimed).items():  # a priority not known yet: from its first row on
             if priority not in self.floors:
                 self._raise(priority, at - self.margin)
         if not step.short:

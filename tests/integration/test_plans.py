@@ -60,6 +60,17 @@ def _insert(conn: psycopg.Connection[Any], state: str, count: int, lock: str = "
     ).fetchall()
 
 
+def _insert_spread(conn: psycopg.Connection[Any], count: int, since: str, step: str) -> None:
+    """``count`` pending rows of priority 0, the first due ``since`` ago, each ``step`` after the last."""
+    conn.execute(
+        "INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority)"
+        " SELECT gen_random_uuid(), %(name)s, '{}', 'pending', 3,"
+        "        now() - CAST(%(since)s AS interval) + g * CAST(%(step)s AS interval), now(), 0"
+        " FROM generate_series(1, %(count)s) AS g",
+        {"name": NAME, "since": since, "step": step, "count": count},
+    )
+
+
 def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[str, Statement]:
     """Each statement with one parameter set per run (distinct rows, so no run sees another's effect)."""
     done = Action(TaskState.COMPLETED, 0, result_json="1")
@@ -282,13 +293,7 @@ def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Confi
     url = tl.database_url
     assert url is not None
     with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(
-            "INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority)"
-            " SELECT gen_random_uuid(), %s, '{}', 'pending', 3,"
-            "        now() - interval '10 minutes' + g * interval '1 millisecond', now(), 0"
-            " FROM generate_series(1, 102000) AS g",
-            [NAME],
-        )
+        _insert_spread(admin, 102_000, since="10 minutes", step="1 millisecond")
         admin.execute("VACUUM ANALYZE tasks")
         with psycopg.connect(url) as holder:
             holder.execute("SELECT txid_current()")  # idle in transaction: nothing claimed below can be cleaned
@@ -336,13 +341,7 @@ def test_a_sweep_under_a_held_snapshot_goes_in_windows_and_finds_the_straggler(t
     url = tl.database_url
     assert url is not None
     with psycopg.connect(url, autocommit=True) as admin:
-        admin.execute(
-            "INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority)"
-            " SELECT gen_random_uuid(), %s, '{}', 'pending', 3,"
-            "        now() - interval '20 seconds' + g * interval '200 microseconds', now(), 0"
-            " FROM generate_series(1, 100000) AS g",
-            [NAME],
-        )
+        _insert_spread(admin, 100_000, since="20 seconds", step="200 microseconds")
         (straggler,) = admin.execute(
             "UPDATE tasks SET name = %s WHERE id = (SELECT id FROM tasks ORDER BY scheduled_at OFFSET 50000 LIMIT 1)"
             " RETURNING id",
