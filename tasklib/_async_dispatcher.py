@@ -81,6 +81,8 @@ class AsyncDispatcher(Dispatcher):
         if free <= 0 or self.pool is None or not any(c.ready for c in self.pool.children):
             self._free_since = None
             return 0
+        if self._writer.full:  # outcomes are waiting to be recorded (see Dispatcher.wanted)
+            return 0
         now = self._clock()
         if self._free_since is None:
             self._free_since = now

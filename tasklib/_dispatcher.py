@@ -86,6 +86,8 @@ class Dispatcher:
         threshold = max(1, self.capacity() // 2) if self.fast else 1
         if free < threshold or self.pool is None or not any(c.ready for c in self.pool.children):
             return 0
+        if self._writer.full:  # outcomes are waiting to be recorded: more tasks would only add to them
+            return 0
         return free
 
     def recheck_in(self) -> float | None:

@@ -198,13 +198,16 @@ class LockKeeper:
                 outage.failed(exc)
 
     async def heartbeat(self) -> None:
-        """Extend our locks; tasks whose rows are no longer ours (cancelled, rescued) are stopped."""
+        """Extend our locks; tasks whose rows are no longer ours (cancelled, rescued) are stopped.
+        Finished tasks whose outcome the writer has not recorded yet are renewed too: their rows are
+        still running under this worker, and a rescue of one would run it again."""
         held = self._held()
-        if not held:
+        renew = held | self._unwritten()
+        if not renew:
             return
         rows = await self._connections.execute(
             sql.HEARTBEAT,
-            {"ids": list(held), "worker_id": self.worker_id, "lock_seconds": float(self.config.lock_timeout_seconds)},
+            {"ids": list(renew), "worker_id": self.worker_id, "lock_seconds": float(self.config.lock_timeout_seconds)},
         )
         # A task that finished meanwhile is not lost: only count those still held now.
         lost = (held - {r[0] for r in rows}) & self._held()

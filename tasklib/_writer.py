@@ -3,6 +3,9 @@
 Results that arrive within a couple of milliseconds share one ``FINISH_MANY`` statement (rows by
 primary key, outcomes in one jsonb object). A failed write keeps its batch for the next try, so an
 outage delays results but never drops them.
+
+The writer is also the worker's brake: while it holds ``MAX_UNWRITTEN`` outcomes the dispatchers
+claim nothing (``full``), and it wakes the claim loop once it has written its way back under.
 """
 
 from __future__ import annotations
@@ -27,14 +30,21 @@ FLUSH_DELAY_SECONDS = 0.002
 #: and WAL with the rest of the machine, and 256-row finishes were the longest worker statements
 #: of the 4 x 4 bursts (see ``CLAIM_BATCH_LIMIT`` in tasklib.worker for the measure).
 BATCH_LIMIT = 64
+#: Outcomes the writer may hold before the worker stops claiming. Without a bound, claims and task
+#: code outran the one write connection whenever writes slowed (a 40 s snapshot held elsewhere:
+#: 5,000-12,600 outcomes waiting, recorded up to 3.3 s after their task ended, locks not renewed,
+#: all of them to run again if the worker died). Four statements' worth keeps batches full.
+MAX_UNWRITTEN = 4 * BATCH_LIMIT
 
 Execute = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
 
 
 class OutcomeWriter:
-    def __init__(self, execute: Execute, worker_id: str) -> None:
+    def __init__(self, execute: Execute, worker_id: str, on_room: Callable[[], None] = lambda: None) -> None:
         self._execute = execute
         self._worker_id = worker_id
+        self._on_room = on_room  # called when a full writer has written its way back under the bound
+        self._braking = False
         self._finishes: list[tuple[Job, Action]] = []
         self._releases: list[Job] = []
         self._writing: list[Job] = []  # the batch whose statement is in flight
@@ -55,6 +65,20 @@ class OutcomeWriter:
     def unwritten_ids(self) -> set[Any]:
         """Tasks whose outcome or release this writer holds (buffered or being written)."""
         return {job.id for job, _ in self._finishes} | {job.id for job in self._releases} | {j.id for j in self._writing}
+
+    @property
+    def full(self) -> bool:
+        """Holding ``MAX_UNWRITTEN`` outcomes or more: claim nothing until ``on_room`` is called.
+        (Asking is what arms ``on_room``: a claim that was held back is woken, no one else.)"""
+        if len(self._finishes) + len(self._writing) + len(self._releases) >= MAX_UNWRITTEN:
+            self._braking = True
+            return True
+        return False
+
+    def _written(self) -> None:
+        if self._braking and not self.full:
+            self._braking = False
+            self._on_room()
 
     @property
     def pending(self) -> bool:
@@ -98,6 +122,7 @@ class OutcomeWriter:
                 raise
             finally:
                 self._writing = []
+            self._written()
         if self._releases:
             released, self._releases = self._releases, []
             self._writing = released
@@ -108,6 +133,7 @@ class OutcomeWriter:
                 raise
             finally:
                 self._writing = []
+            self._written()
 
     async def close(self, timeout: float = 30) -> None:
         """At exit: write what is buffered, retrying through a short outage."""

@@ -123,7 +123,7 @@ class TaskWorker:
         self._names: list[str] = []
         self._app_name = session_name(self.worker_id)
         self._connections: WorkerConnections | None = None
-        self._writer = OutcomeWriter(self._execute, self.worker_id)
+        self._writer = OutcomeWriter(self._execute, self.worker_id, on_room=self._wake.set)
         self._dispatcher = Dispatcher(config, concurrency, self._writer, self._wake.set)
         self._async_children = async_children(async_concurrency)
         self._async_dispatcher = AsyncDispatcher(

@@ -454,6 +454,51 @@ def test_postgres_restart_mid_run_loses_nothing(cluster: Cluster, tmp_path: Path
     assert resumed < 2.5, resumed  # reconnect attempts at most 1 s apart
 
 
+def test_a_slow_writer_holds_back_claims_instead_of_piling_up_outcomes(tl, monkeypatch, tmp_path: Path) -> None:
+    """Recording outcomes slower than tasks run (here every write is delayed 0.1 s; under a long
+    snapshot elsewhere it happens by itself): the worker claims only as fast as it records, so the
+    outcomes it holds unwritten stay bounded and every task still runs exactly once. Without the
+    brake all 3,000 outcomes piled up behind the writer."""
+    import asyncio
+
+    from tasklib import _writer
+    from tasklib._dispatcher import FAST_PREFETCH
+    from tasklib.worker import TaskWorker
+
+    original = _writer.OutcomeWriter._write
+
+    async def slow_write(self: _writer.OutcomeWriter, batch: list, fallback: bool = False) -> None:
+        await asyncio.sleep(0.1)
+        await original(self, batch, fallback)
+
+    monkeypatch.setattr(_writer.OutcomeWriter, "_write", slow_write)
+    log = tmp_path / "runs.log"
+    monkeypatch.setenv("TASKLIB_TEST_LOG", str(log))
+    total = 3000
+    tasklib.submit_many_sync(jobs.mark, [{"key": f"s{i}"} for i in range(total)])
+
+    async def run() -> int:
+        worker = TaskWorker(tl, concurrency=2, handle_signals=False)
+        runner = asyncio.create_task(worker.run())
+        most = 0
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not await asyncio.to_thread(all_done, tl.database_url, total):
+            writer = worker._writer
+            most = max(most, len(writer._finishes) + len(writer._writing))
+            await asyncio.sleep(0.01)
+        await worker.shutdown()
+        await runner
+        return most
+
+    most = asyncio.run(run())
+    assert all_done(tl.database_url, total), states(tl.database_url)
+    starts = collections.Counter(line[1] for line in read_log(log) if line[0] == "start")
+    assert len(starts) == total and set(starts.values()) == {1}
+    # Bounded by what the writer may hold plus what the dispatcher holds when the brake engages.
+    assert most <= _writer.MAX_UNWRITTEN + FAST_PREFETCH, most
+    assert most >= _writer.MAX_UNWRITTEN // 2, most  # the writer really was the slow part
+
+
 def test_worker_connections_carry_the_plan_settings(tl) -> None:
     """The worker's own claim and write connections use the settings the plan test relies on."""
     import asyncio

@@ -345,6 +345,7 @@ class FakeWriter:
     def __init__(self) -> None:
         self.finished: list[tuple[Job, Any]] = []
         self.released: list[Job] = []
+        self.full = False
 
     def finish(self, job: Job, action: Any) -> None:
         self.finished.append((job, action))
@@ -704,3 +705,71 @@ def test_slow_rescue_reads_come_less_often(monkeypatch: pytest.MonkeyPatch) -> N
     asyncio.run(rounds(5))  # fast again: every round
     assert conn.run.count(sql.EXPIRED_CLAIMS) == 6 and conn.run.count(sql.WORKER_SESSIONS) == 6
     assert conn.run.count(sql.VANISHED_WORKERS) == 1
+
+
+def test_a_full_writer_holds_back_claims_until_it_has_written_its_way_back() -> None:
+    """Outcomes waiting to be recorded stop both dispatchers from claiming; the writer wakes the
+    claim loop once (not per statement) when it is back under the bound."""
+    import asyncio
+
+    from tasklib._writer import BATCH_LIMIT, MAX_UNWRITTEN, OutcomeWriter
+    from tasklib.outcome import Action
+
+    async def execute(statement: str, params: dict[str, Any]) -> list[Any]:
+        return [(task_id,) for task_id in params.get("ids", [])]
+
+    async def scenario() -> None:
+        woken: list[int] = []
+        writer = OutcomeWriter(execute, "w", on_room=lambda: woken.append(1))
+        dispatcher, _, _, _ = make(size=4, concurrency=4)
+        async_dispatcher, _, _, _ = make_async(children=1, slots=20)
+        dispatcher._writer = async_dispatcher._writer = writer
+        dispatcher.avg_duration = 0.001  # fast tasks: the most a claim would ask for
+        assert dispatcher.wanted() > 0 and async_dispatcher.wanted() > 0
+        for _ in range(MAX_UNWRITTEN):
+            writer.finish(job(), Action(TaskState.COMPLETED, 0, result_json="1"))
+        assert dispatcher.wanted() == 0 and async_dispatcher.wanted() == 0
+        await writer.write_pending()
+        assert woken == [1] and not writer.full
+        assert dispatcher.wanted() > 0 and async_dispatcher.wanted() > 0
+        for _ in range(MAX_UNWRITTEN + BATCH_LIMIT):  # full again, but no claim asked meanwhile
+            writer.finish(job(), Action(TaskState.COMPLETED, 0, result_json="1"))
+        await writer.write_pending()
+        assert woken == [1]  # nobody was held back, nobody to wake
+
+    asyncio.run(scenario())
+
+
+class Renewals:
+    """Stands in for the worker's connections in front of a lock keeper's heartbeat: renews every
+    id asked for except those in ``gone`` (finished or taken over meanwhile)."""
+
+    def __init__(self, gone: set[uuid.UUID]) -> None:
+        self.gone, self.asked = gone, set[uuid.UUID]()
+
+    async def execute(self, statement: str, params: Any, **_: Any) -> list[Any]:
+        self.asked = set(params["ids"])
+        return [(i,) for i in params["ids"] if i not in self.gone]
+
+
+def test_a_heartbeat_renews_finished_tasks_whose_outcome_is_not_written_yet() -> None:
+    import asyncio
+
+    from tasklib import _lockkeeper
+
+    running, unwritten, written_meanwhile = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    conn = Renewals(gone={written_meanwhile})
+    lost: list[set[uuid.UUID]] = []
+    keeper = _lockkeeper.LockKeeper(
+        CONFIG,
+        "me",
+        conn,  # type: ignore[arg-type]
+        lambda: {running},
+        lambda: {unwritten, written_meanwhile},
+        lost.append,
+        lambda: None,
+        poll_interval=1.0,
+    )
+    asyncio.run(keeper.heartbeat())
+    assert conn.asked == {running, unwritten, written_meanwhile}
+    assert lost == []  # an outcome written meanwhile is not a lost task
