@@ -32,7 +32,7 @@ FLUSH_DELAY_SECONDS = 0.002
 BATCH_LIMIT = 64
 #: Outcomes the writer may hold before the worker stops claiming. Without a bound, claims and task
 #: code outran the one write connection whenever writes slowed (a 40 s snapshot held elsewhere:
-#: 5,000-12,600 outcomes waiting, recorded up to 3.3 s after their task ended, locks not renewed,
+#: 3,600-12,600 outcomes waiting, recorded up to 3.3 s after their task ended, locks not renewed,
 #: all of them to run again if the worker died). Four statements' worth keeps batches full.
 MAX_UNWRITTEN = 4 * BATCH_LIMIT
 
