@@ -173,8 +173,8 @@ def main() -> int:
             results["server"] = server_settings(conn)
         if results["server"]["autovacuum"] != "on":
             # Seen on CI-style machines (a conf.d file sets it off): dead row versions then stay for the
-            # whole run, the table outgrows shared_buffers and rates fall as it grows, which a
-            # production server with autovacuum on does not show. Said up front so no one compares.
+            # whole run, the table outgrows shared_buffers and rates fall as it grows. Said up front so
+            # figures from such a server are not compared with a production one's without knowing.
             print("note: autovacuum is off on this server; long measures drift down as dead rows pile up", flush=True)
         tasklib.init(tasklib.Config(database_url=url))
         shapes = [tuple(int(x) for x in shape.split(":")) for shape in args.dashboard_shapes.split(",")]
