@@ -272,19 +272,24 @@ def print_burst(r: dict[str, Any]) -> None:
     print(f"\nprefilled drain, 1 worker x concurrency 4 (reference): {ref:,.0f}/s")
     print(
         f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'from creation':>14} {'longest stmt':>13}"
-        f" {'cpu steal, slowest':>19}"
+        f" {'not disk wait':>13} {'cpu steal, slowest':>19}"
     )
     for key, b in r["burst"].items():
         print(
             f"{key:<28} {b['min_per_s']:>8,.0f}/s {b['median_per_s']:>8,.0f}/s {b['min_ratio']:>8.2f}"
             f" {b['min_ratio_from_creation']:>14.2f} {b['longest_statement_ms']:>10.0f} ms"
-            f" {_share(b.get('cpu_steal_of_slowest')):>19}"
+            f" {_disk_ms(b.get('longest_not_disk_ms')):>13} {_share(b.get('cpu_steal_of_slowest')):>19}"
         )
     print_held(r)
 
 
 def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
+
+
+def _disk_ms(value: float | None) -> str:
+    """Results recorded before the sampler told disk waits apart have no such figure."""
+    return "n/a" if value is None else f"{value:.0f} ms"
 
 
 def print_held(r: dict[str, Any]) -> None:
@@ -294,7 +299,9 @@ def print_held(r: dict[str, Any]) -> None:
                 f"{label} ({h['processes']} x {h['concurrency']}): clean {h['clean_per_s']:,.0f}/s, "
                 f"middle {h['held_per_s']:,.0f}/s ({h['held_ratio']:.2f}), "
                 f"first 10 s after {h['after_first_10s_ratio']:.2f}, "
-                f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms; "
+                f"10-20 s after {h['after_10s_ratio']:.2f}; longest statement {h['longest_statement_ms']:.0f} ms "
+                f"(waits {h.get('longest_statement_waits', 'n/a')}; longest not waiting on the disk "
+                f"{_disk_ms(h.get('longest_not_disk_ms'))}); "
                 f"cpu steal {', '.join(_share(v) for v in h.get('cpu_steal', {}).values()) or 'n/a'}"
             )
 
