@@ -61,6 +61,15 @@ SCHEMA_VERSION_GET = "SELECT obj_description('tasks'::regclass, 'pg_class')"
 SCHEMA_VERSION_SET = "COMMENT ON TABLE tasks IS {}"  # utility statement: a literal, not a parameter
 TABLE_EXISTS = "SELECT to_regclass('tasks') IS NOT NULL"
 
+#: Whether autovacuum cleans the table: the server's switch (with ``track_counts``, without which it
+#: never starts) and the table's own ``autovacuum_enabled`` option (absent means on).
+CLEANUP_SETTINGS = """
+SELECT current_setting('autovacuum')::boolean AND current_setting('track_counts')::boolean,
+       coalesce((SELECT option_value FROM pg_options_to_table(c.reloptions)
+                 WHERE option_name = 'autovacuum_enabled')::boolean, true)
+FROM pg_class AS c WHERE c.oid = 'tasks'::regclass
+"""
+
 # Submit (-> pending) --------------------------------------------------------------------------
 
 #: A submit's NOTIFY payload is "<task name> <scheduled_at as epoch seconds> <priority>": delivered

@@ -46,7 +46,7 @@ from tasklib.db import connect_kwargs
 from tasklib.errors import DatabaseError
 from tasklib.registry import registered_definitions
 from tasklib.retention import automatic_round
-from tasklib.schema import ensure_schema
+from tasklib.schema import check_cleanup, ensure_schema
 
 log = logging.getLogger("tasklib.worker")
 
@@ -281,6 +281,9 @@ class TaskWorker:
             try:
                 with psycopg.connect(url, connect_timeout=5, **connect_kwargs("tasklib-worker")) as conn:
                     ensure_schema(conn)
+                    problem = check_cleanup(conn)
+                if problem:
+                    log.warning(problem, extra={"event": "worker.autovacuum_off", "worker_id": self.worker_id})
                 return
             except psycopg.OperationalError as exc:
                 if time.monotonic() > deadline or self._stopping:

@@ -54,3 +54,36 @@ def test_dashboard_logs_json_too(tl: tasklib.Config, tmp_path: Path) -> None:
         proc.wait(15)
     lines = _objects(out.read_text())
     assert any("dashboard on http://127.0.0.1" in line["message"] for line in lines), lines
+
+
+def test_worker_warns_when_autovacuum_will_not_clean_the_table(tl: tasklib.Config, tmp_path: Path) -> None:
+    """Every task leaves two dead row versions; a worker says so at start when nothing will remove them."""
+    import psycopg
+
+    with psycopg.connect(tl.database_url or "", autocommit=True) as conn:
+        conn.execute("ALTER TABLE tasks SET (autovacuum_enabled = off)")
+    done = tasklib.submit_task_sync(jobs.mark, key="after-warning")
+    proc = start_worker(tl.database_url, tmp_path / "runs.log", "--log-format", "json")
+    try:
+        assert wait_for(lambda: tasklib.get_task(done).state == "completed", 30)  # type: ignore[union-attr]
+    finally:
+        stop(proc)
+    lines = _objects("".join(p.read_text() for p in tmp_path.glob("runs.*.out")))
+    warning = next(line for line in lines if line["event"] == "worker.autovacuum_off")
+    assert warning["level"] == "warning" and "tasks table (autovacuum_enabled)" in warning["message"]
+
+    with psycopg.connect(tl.database_url or "", autocommit=True) as conn:
+        conn.execute("ALTER TABLE tasks RESET (autovacuum_enabled)")
+        server_on = conn.execute("SELECT current_setting('autovacuum')::boolean").fetchone()[0]  # type: ignore[index]
+    for old in tmp_path.glob("runs.*.out"):
+        old.unlink()
+    proc = start_worker(tl.database_url, tmp_path / "runs.log", "--log-format", "json")
+    try:
+        assert wait_for(lambda: any("worker.started" in p.read_text() for p in tmp_path.glob("runs.*.out")), 30)
+    finally:
+        stop(proc)
+    lines = _objects("".join(p.read_text() for p in tmp_path.glob("runs.*.out")))
+    said = [line["message"] for line in lines if line["event"] == "worker.autovacuum_off"]
+    # With the table's option reset, only the server's switch can still be reported.
+    assert all("tasks table" not in message for message in said)
+    assert bool(said) == (not server_on)

@@ -186,3 +186,15 @@ def test_task_ids_are_uuid7_and_ordered_as_made(monkeypatch) -> None:
     frozen = ids.new_ids(10_000)
     assert frozen == sorted(frozen) and frozen[0] > made[-1]
     assert int(frozen[-1].hex[:12], 16) == ms + 10 + 2
+
+
+def test_autovacuum_off_is_reported_with_where_it_is_off() -> None:
+    from tasklib.schema import cleanup_problem
+
+    assert cleanup_problem(server_on=True, table_on=True) is None
+    server = cleanup_problem(server_on=False, table_on=True)
+    table = cleanup_problem(server_on=True, table_on=False)
+    both = cleanup_problem(server_on=False, table_on=False)
+    assert server and "on this server" in server and "tasks table" not in server
+    assert table and "tasks table" in table and "on this server" not in table
+    assert both and "on this server" in both and "tasks table" in both
