@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from datetime import UTC, datetime
@@ -248,6 +249,11 @@ def run_burst(results: dict[str, Any], url: str, n: int, runs: int) -> None:
     reference = median_of([burst.prefilled(url, n) for _ in range(3)])
     results["prefilled_c4"] = reference
     results["burst"] = burst.burst_matrix(url, n, runs, reference["per_s"])
+    # Every prefilled drain of the run (the three above and those beside each burst): the run's
+    # prefilled rate, sampled across the whole run instead of at its start only.
+    drains = [float(rate) for rate in reference["runs_per_s"]]
+    drains += [rate for cell in results["burst"].values() for rate in cell["prefilled_beside_per_s"]]
+    results["prefilled_c4_whole_run"] = {"median_per_s": statistics.median(drains), "runs": drains}
     run_held(results, url, 1)
 
 
@@ -269,14 +275,23 @@ def print_burst(r: dict[str, Any]) -> None:
     if "burst" not in r:
         return
     ref = r["prefilled_c4"]["per_s"]
-    print(f"\nprefilled drain, 1 worker x concurrency 4 (reference): {ref:,.0f}/s")
+    print(f"\nprefilled drain, 1 worker x concurrency 4 (reference, start of run): {ref:,.0f}/s")
+    whole = r.get("prefilled_c4_whole_run")
+    if whole:
+        rates = whole["runs"]
+        print(
+            f"prefilled drains through the run ({len(rates)}): median {whole['median_per_s']:,.0f}/s,"
+            f" {min(rates):,.0f}-{max(rates):,.0f}/s"
+        )
     print(
-        f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'from creation':>14} {'longest stmt':>13}"
-        f" {'not disk wait':>13} {'cpu steal, slowest':>19}"
+        f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'min/beside':>11}"
+        f" {'from creation':>14} {'longest stmt':>13} {'not disk wait':>13} {'cpu steal, slowest':>19}"
     )
     for key, b in r["burst"].items():
+        beside = b.get("min_ratio_beside")
         print(
             f"{key:<28} {b['min_per_s']:>8,.0f}/s {b['median_per_s']:>8,.0f}/s {b['min_ratio']:>8.2f}"
+            f" {'n/a' if beside is None else f'{beside:.2f}':>11}"
             f" {b['min_ratio_from_creation']:>14.2f} {b['longest_statement_ms']:>10.0f} ms"
             f" {_disk_ms(b.get('longest_not_disk_ms')):>13} {_share(b.get('cpu_steal_of_slowest')):>19}"
         )
