@@ -1,0 +1,79 @@
+"""The README's burst and held-snapshot tables from recorded runs:
+`python -m bench.summary bench/results/burst-2026-12-04b-run*.json`.
+
+Every figure is a ratio within one run (the machine's speed moves between runs); a cell's row
+gathers its bursts over all the runs given.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+TARGET = 0.8
+X, DASH = "\u00d7", "\u2013"  # the README's typography (spelled out for the linter)
+
+
+def _shape(cell: dict[str, Any]) -> str:
+    arrival = "chunks of 1,000" if cell["chunk"] else "one call"
+    return f"{cell['processes']} {X} {cell['concurrency']}, {arrival}"
+
+
+def burst_table(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        f"| Shape (workers {X} concurrency), arrival | min | median | min ÷ run's prefilled median, lowest run"
+        f" | runs whose min ≥ 0.8 {X} | the shape's own prefilled drains: min ÷ the same, lowest run"
+        " | lowest burst ÷ the drains beside it | longest worker statement (longest not waiting on the disk) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    n = len(runs)
+    for key in runs[0]["burst"]:
+        cells = [run["burst"][key] for run in runs]
+        rates = [b["per_s"] for cell in cells for b in cell["runs"]]
+        ratios = [cell["min_ratio_run"] for cell in cells]
+        met = sum(ratio >= TARGET for ratio in ratios)
+        rows.append(
+            f"| {_shape(cells[0])} | {min(rates):,.0f}/s | {statistics.median(rates):,.0f}/s | {min(ratios):.2f}"
+            f" | {met} of {n} | {min(cell['prefilled_beside_min_ratio_run'] for cell in cells):.2f}"
+            f" | {min(cell['min_ratio_beside'] for cell in cells):.2f}"
+            f" | {max(cell['longest_statement_ms'] for cell in cells):.0f} ms"
+            f" ({max(cell['longest_not_disk_ms'] for cell in cells):.0f} ms) |"
+        )
+    return "\n".join(rows)
+
+
+def held_table(runs: list[dict[str, Any]]) -> str:
+    rows = [
+        f"| Run | Clean rate | Held ÷ clean | First 10 s after | 10{DASH}20 s after"
+        f" | Control, none held: middle ÷ clean, first 10 s after, 10{DASH}20 s after"
+        " | Longest worker statement, held / control |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for i, run in enumerate(runs, 1):
+        h, c = run["held_snapshot"], run["held_control"]
+        rows.append(
+            f"| {i} | {h['clean_per_s']:,.0f}/s | {h['held_ratio']:.2f} | {h['after_first_10s_ratio']:.2f}"
+            f" | {h['after_10s_ratio']:.2f} | {c['held_ratio']:.2f}, {c['after_first_10s_ratio']:.2f},"
+            f" {c['after_10s_ratio']:.2f} | {h['longest_statement_ms']:.0f} / {c['longest_statement_ms']:.0f} ms |"
+        )
+    return "\n".join(rows)
+
+
+def main(paths: list[str]) -> int:
+    if not paths:
+        print(__doc__)
+        return 2
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    drains = [run["prefilled_c4_whole_run"]["median_per_s"] for run in runs if "prefilled_c4_whole_run" in run]
+    print(f"runs: {len(runs)}; prefilled medians: {', '.join(f'{d:,.0f}/s' for d in drains)}\n")
+    print(burst_table(runs))
+    print()
+    print(held_table(runs))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
