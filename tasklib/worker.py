@@ -345,7 +345,12 @@ class TaskWorker:
     async def _claim(self, lane: Lane, limit: int) -> list[Job]:
         """One claim of up to ``limit`` of a lane's tasks: while a sweep is in progress, its next
         steps first; then from the floors: each priority it knows of in turn, then all at once for
-        what is left (see ``tasklib._claim``)."""
+        what is left (see ``tasklib._claim``).
+
+        Each statement's rows go to the lane's dispatcher as soon as that statement returns (they
+        are committed, so they are this worker's to run): a claim that is short at its first
+        priority still asks across all priorities, and a task must not wait for that round trip,
+        nor for a sweep step, to start."""
         assert self._connections is not None
         started = time.monotonic()
         floor = lane.floor.floor_for_next(started)
@@ -363,12 +368,14 @@ class TaskWorker:
             lane.floor.swept(made.step)
             swept += made.step.seconds
             claimed_at, jobs = claimed_at or made.claimed_at, jobs + made.jobs
+            lane.dispatcher.hold(made.jobs)
         for priority, at in [*lane.floor.priorities_for(floor), (None, floor)]:
             if len(jobs) >= limit:
                 break
             made = await self._claim_step(params, priority, at, limit - len(jobs))
             steps.append(made.step)
             claimed_at, jobs = claimed_at or made.claimed_at, jobs + made.jobs
+            lane.dispatcher.hold(made.jobs)
         assert claimed_at is not None
         lane.floor.observe(claimed_at, steps, seconds=time.monotonic() - started)
         return jobs
@@ -401,7 +408,6 @@ class TaskWorker:
             wanted = min(lane.dispatcher.wanted(), CLAIM_BATCH_LIMIT)
             if wanted and lane.names:
                 jobs = await self._claim(lane, wanted)
-                lane.dispatcher.hold(jobs)
                 claimed_full |= len(jobs) == wanted
         return claimed_full
 

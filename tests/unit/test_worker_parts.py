@@ -773,3 +773,45 @@ def test_a_heartbeat_renews_finished_tasks_whose_outcome_is_not_written_yet() ->
     asyncio.run(keeper.heartbeat())
     assert conn.asked == {running, unwritten, written_meanwhile}
     assert lost == []  # an outcome written meanwhile is not a lost task
+
+
+class ClaimStatements:
+    """Stands in for the worker's connections in front of its claim: the first statement returns
+    ``rows``, every later one nothing; records what the lane's pool had been sent by then."""
+
+    def __init__(self, rows: list[dict[str, Any]], pool: FakePool) -> None:
+        self.rows, self.pool = rows, pool
+        self.sent_before: list[int] = []
+        self.priorities: list[int | None] = []
+
+    async def execute(self, statement: str, params: Any, **_: Any) -> list[Any]:
+        self.sent_before.append(len(self.pool.sent))
+        self.priorities.append(params["priority"])
+        rows, self.rows = self.rows, []
+        return rows or [{"claimed_at": T0, "id": None}]
+
+
+def test_a_claims_first_rows_start_before_its_later_statements_return() -> None:
+    """A claim short at its one known priority asks once more across all priorities; the rows the
+    first statement took are already running by then, not waiting for that round trip."""
+    import asyncio
+
+    from tasklib.worker import Lane, TaskWorker
+
+    worker = TaskWorker(CONFIG, concurrency=2, handle_signals=False)
+    dispatcher, pool, _, _ = make(size=2, concurrency=2)
+    lane = Lane(["n"], dispatcher, ClaimFloor(sweep_every_seconds=1e12))  # no sweep due after the first
+    lane.floor.floor_for_next(0.0)
+    lane.floor.observe(T0, across(2, rows(T0, priority=0)))  # the first claim: knows priority 0
+    taken = job()
+    row = {"claimed_at": T0, "id": taken.id, "name": "n", "kwargs_json": "{}", "retry_count": 0, "max_retries": 3}
+    row |= {"timeout_seconds": None, "priority": 0, "scheduled_at": T0, "started_at": T0}
+    statements = ClaimStatements([row], pool)
+    worker._connections = statements  # type: ignore[assignment]
+
+    jobs = asyncio.run(worker._claim(lane, 2))
+
+    assert [j.id for j in jobs] == [taken.id]
+    assert statements.priorities == [0, None]  # at its priority, then across all
+    assert statements.sent_before == [0, 1]  # the second statement found the first's task sent to a child
+    assert [seq for _, (_, batch) in pool.sent for seq, _, _ in batch] == [1]  # and sent once
