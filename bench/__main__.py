@@ -293,7 +293,7 @@ def print_burst(r: dict[str, Any]) -> None:
     print(
         f"{'burst into idle workers':<28} {'min':>9} {'median':>9} {'min/ref':>8} {'min/run':>8} {'min/beside':>11}"
         f" {'prefilled min/run':>18} {'from creation':>14} {'longest stmt':>13} {'not disk wait':>13}"
-        f" {'cpu steal, slowest':>19}"
+        f" {'cpu steal, slowest':>19} {'slowest: first done, longest gap':>33}"
     )
     for key, b in r["burst"].items():
         print(
@@ -302,6 +302,7 @@ def print_burst(r: dict[str, Any]) -> None:
             f" {_ratio(b.get('prefilled_beside_min_ratio_run')):>18}"
             f" {b['min_ratio_from_creation']:>14.2f} {b['longest_statement_ms']:>10.0f} ms"
             f" {_disk_ms(b.get('longest_not_disk_ms')):>13} {_share(b.get('cpu_steal_of_slowest')):>19}"
+            f" {_disk_ms(b.get('first_completion_ms_of_slowest')):>16}, {_disk_ms(b.get('longest_gap_ms_of_slowest')):>15}"
         )
     if whole:
         print(

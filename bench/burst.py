@@ -242,11 +242,21 @@ def burst(url: str, n: int, processes: int, concurrency: int, chunk: int | None)
                 visible = visible or clock.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
             first, last, done = wait_done(url, n, 180)
             steal.stop()
+        first_done_ms, longest_gap_ms = clock.execute(
+            "SELECT extract(epoch FROM min(completed_at) - %s) * 1000, max(gap) * 1000 FROM ("
+            " SELECT completed_at, extract(epoch FROM completed_at - lag(completed_at) OVER (ORDER BY completed_at)) AS gap"
+            " FROM tasks WHERE state = 'completed') AS c",
+            [visible],
+        ).fetchone()  # type: ignore[misc]
     return {
         "n": n,
         "completed": done,
         "per_s": done / (last - visible).total_seconds(),
         "per_s_from_creation": done / (last - first).total_seconds(),
+        # A slow burst is either uniformly slow or stalled: the time to its first completion and its
+        # longest pause between two completions tell which (a stall of a few hundred ms shows here).
+        "first_completion_ms": round(float(first_done_ms), 1),
+        "longest_gap_ms": round(float(longest_gap_ms or 0.0), 1),
         **sampler.report(),
         "cpu_steal": steal.share,
     }
@@ -294,6 +304,8 @@ def burst_matrix(url: str, n: int, runs: int, reference_per_s: float) -> dict[st
                 "longest_statement_ms": max(r["longest_statement_ms"] for r in results),
                 "longest_not_disk_ms": max(r["longest_not_disk_ms"] for r in results),
                 "cpu_steal_of_slowest": results[rates.index(min(rates))]["cpu_steal"],
+                "first_completion_ms_of_slowest": results[rates.index(min(rates))]["first_completion_ms"],
+                "longest_gap_ms_of_slowest": results[rates.index(min(rates))]["longest_gap_ms"],
                 "runs": results,
             }
     return out
