@@ -96,8 +96,11 @@ class StatementSampler:
     def longest(self) -> Statement:
         return max(self.statements.values(), key=lambda s: s.ms, default=Statement(""))
 
+    def longest_not_disk(self) -> Statement:
+        return max((s for s in self.statements.values() if not s.mostly_disk()), key=lambda s: s.ms, default=Statement(""))
+
     def longest_not_disk_ms(self) -> float:
-        return max((s.ms for s in self.statements.values() if not s.mostly_disk()), default=0.0)
+        return self.longest_not_disk().ms
 
     def report(self) -> dict[str, Any]:
         """The figures a run records: the longest statement, what its samples saw, and the longest
@@ -108,6 +111,8 @@ class StatementSampler:
             "longest_statement": longest.query,
             "longest_statement_waits": dict(longest.waits.most_common()),
             "longest_not_disk_ms": round(self.longest_not_disk_ms(), 1),
+            "longest_not_disk_statement": self.longest_not_disk().query,
+            "longest_not_disk_waits": dict(self.longest_not_disk().waits.most_common()),
         }
 
     def busy(self, start: float, end: float) -> dict[str, float]:
