@@ -99,20 +99,17 @@ class StatementSampler:
     def longest_not_disk(self) -> Statement:
         return max((s for s in self.statements.values() if not s.mostly_disk()), key=lambda s: s.ms, default=Statement(""))
 
-    def longest_not_disk_ms(self) -> float:
-        return self.longest_not_disk().ms
-
     def report(self) -> dict[str, Any]:
         """The figures a run records: the longest statement, what its samples saw, and the longest
         that was not mostly waiting for the disk."""
-        longest = self.longest
+        longest, quiet = self.longest, self.longest_not_disk()
         return {
             "longest_statement_ms": round(longest.ms, 1),
             "longest_statement": longest.query,
             "longest_statement_waits": dict(longest.waits.most_common()),
-            "longest_not_disk_ms": round(self.longest_not_disk_ms(), 1),
-            "longest_not_disk_statement": self.longest_not_disk().query,
-            "longest_not_disk_waits": dict(self.longest_not_disk().waits.most_common()),
+            "longest_not_disk_ms": round(quiet.ms, 1),
+            "longest_not_disk_statement": quiet.query,
+            "longest_not_disk_waits": dict(quiet.waits.most_common()),
         }
 
     def busy(self, start: float, end: float) -> dict[str, float]:
@@ -292,6 +289,7 @@ def burst_matrix(url: str, n: int, runs: int, reference_per_s: float) -> dict[st
                 r["reference_beside_per_s"] = (beside[i] + beside[i + 1]) / 2
                 r["ratio_beside"] = r["per_s"] / r["reference_beside_per_s"]
             rates = [r["per_s"] for r in results]
+            slowest = results[rates.index(min(rates))]
             from_creation = [r["per_s_from_creation"] for r in results]
             out[key] = {
                 "processes": processes,
@@ -308,9 +306,9 @@ def burst_matrix(url: str, n: int, runs: int, reference_per_s: float) -> dict[st
                 "min_ratio_from_creation": min(from_creation) / reference_per_s,
                 "longest_statement_ms": max(r["longest_statement_ms"] for r in results),
                 "longest_not_disk_ms": max(r["longest_not_disk_ms"] for r in results),
-                "cpu_steal_of_slowest": results[rates.index(min(rates))]["cpu_steal"],
-                "first_completion_ms_of_slowest": results[rates.index(min(rates))]["first_completion_ms"],
-                "longest_gap_ms_of_slowest": results[rates.index(min(rates))]["longest_gap_ms"],
+                "cpu_steal_of_slowest": slowest["cpu_steal"],
+                "first_completion_ms_of_slowest": slowest["first_completion_ms"],
+                "longest_gap_ms_of_slowest": slowest["longest_gap_ms"],
                 "runs": results,
             }
     return out

@@ -22,44 +22,69 @@ def _shape(cell: dict[str, Any]) -> str:
     return f"{cell['processes']} {X} {cell['concurrency']}, {arrival}"
 
 
+def _table(columns: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: a header row, its separator, then ``rows``."""
+    lines = [columns, ["---"] * len(columns), *rows]
+    return "\n".join(f"| {' | '.join(line)} |" for line in lines)
+
+
 def burst_table(runs: list[dict[str, Any]]) -> str:
-    rows = [
-        f"| Shape (workers {X} concurrency), arrival | min | median | min ÷ run's prefilled median, lowest run"
-        f" | runs whose min ≥ 0.8 {X} | the shape's own prefilled drains: min ÷ the same, lowest run"
-        " | lowest burst ÷ the drains beside it | longest worker statement (longest not waiting on the disk) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    columns = [
+        f"Shape (workers {X} concurrency), arrival",
+        "min",
+        "median",
+        "min ÷ run's prefilled median, lowest run",
+        f"runs whose min ≥ 0.8 {X}",
+        "the shape's own prefilled drains: min ÷ the same, lowest run",
+        "lowest burst ÷ the drains beside it",
+        "longest worker statement (longest not waiting on the disk)",
     ]
-    n = len(runs)
+    rows = []
     for key in runs[0]["burst"]:
         cells = [run["burst"][key] for run in runs]
         rates = [b["per_s"] for cell in cells for b in cell["runs"]]
         ratios = [cell["min_ratio_run"] for cell in cells]
-        met = sum(ratio >= TARGET for ratio in ratios)
         rows.append(
-            f"| {_shape(cells[0])} | {min(rates):,.0f}/s | {statistics.median(rates):,.0f}/s | {min(ratios):.2f}"
-            f" | {met} of {n} | {min(cell['prefilled_beside_min_ratio_run'] for cell in cells):.2f}"
-            f" | {min(cell['min_ratio_beside'] for cell in cells):.2f}"
-            f" | {max(cell['longest_statement_ms'] for cell in cells):.0f} ms"
-            f" ({max(cell['longest_not_disk_ms'] for cell in cells):.0f} ms) |"
+            [
+                _shape(cells[0]),
+                f"{min(rates):,.0f}/s",
+                f"{statistics.median(rates):,.0f}/s",
+                f"{min(ratios):.2f}",
+                f"{sum(ratio >= TARGET for ratio in ratios)} of {len(runs)}",
+                f"{min(cell['prefilled_beside_min_ratio_run'] for cell in cells):.2f}",
+                f"{min(cell['min_ratio_beside'] for cell in cells):.2f}",
+                f"{max(cell['longest_statement_ms'] for cell in cells):.0f} ms"
+                f" ({max(cell['longest_not_disk_ms'] for cell in cells):.0f} ms)",
+            ]
         )
-    return "\n".join(rows)
+    return _table(columns, rows)
 
 
 def held_table(runs: list[dict[str, Any]]) -> str:
-    rows = [
-        f"| Run | Clean rate | Held ÷ clean | First 10 s after | 10{DASH}20 s after"
-        f" | Control, none held: middle ÷ clean, first 10 s after, 10{DASH}20 s after"
-        " | Longest worker statement, held / control |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+    columns = [
+        "Run",
+        "Clean rate",
+        "Held ÷ clean",
+        "First 10 s after",
+        f"10{DASH}20 s after",
+        f"Control, none held: middle ÷ clean, first 10 s after, 10{DASH}20 s after",
+        "Longest worker statement, held / control",
     ]
+    rows = []
     for i, run in enumerate(runs, 1):
         h, c = run["held_snapshot"], run["held_control"]
         rows.append(
-            f"| {i} | {h['clean_per_s']:,.0f}/s | {h['held_ratio']:.2f} | {h['after_first_10s_ratio']:.2f}"
-            f" | {h['after_10s_ratio']:.2f} | {c['held_ratio']:.2f}, {c['after_first_10s_ratio']:.2f},"
-            f" {c['after_10s_ratio']:.2f} | {h['longest_statement_ms']:.0f} / {c['longest_statement_ms']:.0f} ms |"
+            [
+                str(i),
+                f"{h['clean_per_s']:,.0f}/s",
+                f"{h['held_ratio']:.2f}",
+                f"{h['after_first_10s_ratio']:.2f}",
+                f"{h['after_10s_ratio']:.2f}",
+                f"{c['held_ratio']:.2f}, {c['after_first_10s_ratio']:.2f}, {c['after_10s_ratio']:.2f}",
+                f"{h['longest_statement_ms']:.0f} / {c['longest_statement_ms']:.0f} ms",
+            ]
         )
-    return "\n".join(rows)
+    return _table(columns, rows)
 
 
 def main(paths: list[str]) -> int:
