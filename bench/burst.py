@@ -43,6 +43,7 @@ class Statement:
     """One worker statement as the sampler saw it: its longest age and what each sample found."""
 
     query: str
+    kind: str = ""
     ms: float = 0.0
     waits: collections.Counter[str] = field(default_factory=collections.Counter)
 
@@ -76,18 +77,19 @@ class StatementSampler:
                 now = time.time()
                 for pid, started, ms, query, autovacuum, waiting in conn.execute(
                     "SELECT pid, query_start, extract(epoch FROM clock_timestamp() - query_start) * 1000,"
-                    " left(query, 80), backend_type = 'autovacuum worker', wait_event_type || ':' || wait_event"
+                    " query, backend_type = 'autovacuum worker', wait_event_type || ':' || wait_event"
                     " FROM pg_stat_activity WHERE state = 'active' AND (application_name LIKE 'tasklib-worker %'"
                     " OR backend_type = 'autovacuum worker')"
                 ):
                     text = " ".join(query.split())
                     kind = "autovacuum" if autovacuum else _kind(text)
+                    text = text[:80]
                     self.samples.append((now, kind))
                     if waiting:
                         self.samples.append((now, f"{kind} waiting on {waiting}"))
                     if autovacuum or ms is None:
                         continue  # cleanup is reported in busy(), not as a worker statement
-                    seen = self.statements.setdefault((pid, started), Statement(text))
+                    seen = self.statements.setdefault((pid, started), Statement(text, kind))
                     seen.ms = max(seen.ms, float(ms))
                     seen.waits[waiting or "running"] += 1
                 time.sleep(0.02)
@@ -106,9 +108,11 @@ class StatementSampler:
         return {
             "longest_statement_ms": round(longest.ms, 1),
             "longest_statement": longest.query,
+            "longest_statement_kind": longest.kind,
             "longest_statement_waits": dict(longest.waits.most_common()),
             "longest_not_disk_ms": round(quiet.ms, 1),
             "longest_not_disk_statement": quiet.query,
+            "longest_not_disk_kind": quiet.kind,
             "longest_not_disk_waits": dict(quiet.waits.most_common()),
         }
 
@@ -129,8 +133,11 @@ class StatementSampler:
 
 
 def _kind(query: str) -> str:
+    if query.startswith("WITH claimed"):  # which of the claim's three shapes (tasklib.sql)
+        if "AND priority = $" in query:
+            return "claim-at-priority"
+        return "claim-in-window" if "AND scheduled_at < $" in query else "claim-next"
     for prefix, kind in (
-        ("WITH claimed", "claim"),
         ("UPDATE tasks AS t SET locked_until", "heartbeat"),
         ("SELECT id, worker_id, started_at, locked_until", "expired-claims"),
         ("UPDATE tasks AS t SET state = 'pending'", "release"),
