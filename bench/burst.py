@@ -136,6 +136,8 @@ def _kind(query: str) -> str:
     if query.startswith("WITH claimed"):  # which of the claim's three shapes (tasklib.sql)
         if "AND priority = $" in query:
             return "claim-at-priority"
+        if "gap.above" in query:
+            return "claim-other-priorities"
         return "claim-in-window" if "AND scheduled_at < $" in query else "claim-next"
     for prefix, kind in (
         ("UPDATE tasks AS t SET locked_until", "heartbeat"),

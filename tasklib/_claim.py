@@ -13,9 +13,13 @@ Why one per priority: the pending index leads with priority, and a btree scan ca
 starts at the index's first entry and tests every entry before the floor, so the entries a held
 snapshot keeps cost every claim again, and keep costing until VACUUM. So a claim asks for each
 priority it knows of in turn, highest first, each from that priority's own floor; when those leave
-it short, one claim across all priorities, from the lane's *common* floor, takes the rest, so a
-priority the worker has not heard of yet is never left waiting behind an empty queue. A priority
-that comes back empty is forgotten until seen again (in a claimed row, or in a submit's NOTIFY).
+it short, one statement over every *other* priority (the ranges between the known ones,
+``other_priorities``), from the lane's *common* floor, takes the rest, so a priority the worker has
+not heard of yet is never left waiting behind an empty queue. (It leaves the known priorities out
+because the common floor lags: it moves only when a whole claim comes back short, so after a
+stretch of full claims a scan of the known priorities from it would visit every entry claimed
+since, only to find what their own steps just found: nothing.) A priority that comes back empty is
+forgotten until seen again (in a claimed row, or in a submit's NOTIFY).
 
 Each floor only moves up (a notification aside, below), and only past what a claim took:
 
@@ -57,9 +61,13 @@ with no floor. A sweep's steps together take at most ``SWEEP_SHARE`` of the time
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from tasklib import sql
+from tasklib.states import PRIORITY_MAX, PRIORITY_MIN
 
 #: Rows may commit this long after their statement began and still be seen without a sweep. A
 #: submit or a manual retry whose transaction commits later says so: its NOTIFY carries its
@@ -132,6 +140,33 @@ class _Sweep:
             self.window >= LAST_WINDOW or self.top - EARLIEST <= self.window or self.windows + 1 >= MAX_SWEEP_STEPS
         )
         return (EARLIEST if reaches_earliest else self.top - self.window), self.top
+
+
+def other_priorities(known: Iterable[int]) -> tuple[list[int], list[int]]:
+    """The priorities outside ``known`` as ranges, highest first: each range is the priorities
+    strictly between its two bounds, as (lower bounds, upper bounds) for ``CLAIM_OTHER_PRIORITIES``.
+    With nothing known, one range holds every priority."""
+    edges = sorted(set(known), reverse=True)
+    uppers = [PRIORITY_MAX + 1, *edges]
+    lowers = [*edges, PRIORITY_MIN - 1]
+    ranges = [(low, high) for low, high in zip(lowers, uppers, strict=True) if high - low > 1]
+    return [low for low, _ in ranges], [high for _, high in ranges]
+
+
+def claim_statement(
+    priority: int | None, window: Window | None = None, others: Sequence[int] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """One step of a claim: the statement and the parameters of its own. A sweep's step over
+    ``window``; else at one ``priority``; else across every priority but ``others`` (the ones this
+    claim asked for one by one), or across all when it asked for none."""
+    if window is not None:
+        return sql.CLAIM_IN_WINDOW, {"below": window[1]}
+    if priority is not None:
+        return sql.CLAIM_AT_PRIORITY, {"priority": priority}
+    if others:
+        above, below = other_priorities(others)
+        return sql.CLAIM_OTHER_PRIORITIES, {"above": above, "below": below}
+    return sql.CLAIM_NEXT, {}
 
 
 def _heads(claimed: Sequence[tuple[int, datetime]]) -> dict[int, datetime]:

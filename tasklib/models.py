@@ -12,10 +12,7 @@ from sqlmodel import Field, SQLModel
 
 from tasklib.ids import new_id
 from tasklib.sql import UNIQUE_KEY_HELD
-from tasklib.states import SLOT_KEY_PREFIX, TaskState
-
-PRIORITY_MIN = -32768
-PRIORITY_MAX = 32767
+from tasklib.states import PRIORITY_MAX, PRIORITY_MIN, SLOT_KEY_PREFIX, TaskState
 
 _STATES_SQL = ", ".join(f"'{s.value}'" for s in TaskState)
 

@@ -198,30 +198,56 @@ WITH claimed AS (
     SET state = 'running', worker_id = %(worker_id)s, started_at = now(), completed_at = NULL,
         locked_until = now() + make_interval(secs => %(lock_seconds)s)
     WHERE id = ANY(ARRAY(
-        SELECT id FROM tasks
-        WHERE state = 'pending' AND scheduled_at <= now() AND scheduled_at >= %(floor)s
-          AND name = ANY(%(names)s){priority}
-        ORDER BY priority DESC, scheduled_at, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
+{pick}
     ))
     RETURNING id, name, kwargs::text AS kwargs_json, retry_count, max_retries, timeout_seconds, priority,
               scheduled_at, started_at
 )
 SELECT now() AS claimed_at, claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true
 """
-CLAIM_NEXT = _CLAIM.format(priority="")
+_PICK = """\
+        SELECT id FROM tasks
+        WHERE state = 'pending' AND scheduled_at <= now() AND scheduled_at >= %(floor)s
+          AND name = ANY(%(names)s){priority}
+        ORDER BY priority DESC, scheduled_at, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED"""
+CLAIM_NEXT = _CLAIM.format(pick=_PICK.format(priority=""))
 #: pending -> running: CLAIM_NEXT within one priority. The floor bounds the walk only with it: the
 #: index leads with priority, so without an equality on priority a btree scan cannot start at
 #: (priority, floor) and steps from the index's first entry, testing ``scheduled_at`` on every
 #: entry before the floor. Entries a held snapshot keeps (never marked dead, since no scan visits
 #: their rows) pile up there: 90,000 of them made a 256-row claim 2.8 ms instead of 0.23 ms, and
 #: they stay until VACUUM, so the cost outlasts the snapshot.
-CLAIM_AT_PRIORITY = _CLAIM.format(priority="\n          AND priority = %(priority)s")
+CLAIM_AT_PRIORITY = _CLAIM.format(pick=_PICK.format(priority="\n          AND priority = %(priority)s"))
+#: pending -> running: CLAIM_NEXT over every priority *except* the ones this claim just asked for
+#: one by one (``tasklib._claim.other_priorities``): the priority ranges between them, given as
+#: exclusive bounds (%(above)s, %(below)s), highest first, one index scan per range. Its floor is
+#: the lane's common floor, which only a short claim raises, so after a long stretch of full claims
+#: it lies seconds back; a scan over the asked priorities too would visit every entry claimed since
+#: (a heap visit each while a held snapshot keeps them: 106 ms measured), only to find nothing,
+#: since each of those priorities just came back short from its own floor. A range bound on the
+#: leading column is an index condition: the scan starts at the range and stops at its end.
+#: The outer LIMIT pulls from the ranges in order and stops, so a later range locks no row it
+#: does not take.
+CLAIM_OTHER_PRIORITIES = _CLAIM.format(
+    pick="""\
+        SELECT taken.id
+        FROM unnest(CAST(%(above)s AS integer[]), CAST(%(below)s AS integer[])) AS gap(above, below)
+        CROSS JOIN LATERAL (
+            SELECT id FROM tasks
+            WHERE state = 'pending' AND scheduled_at <= now() AND scheduled_at >= %(floor)s
+              AND name = ANY(%(names)s) AND priority > gap.above AND priority < gap.below
+            ORDER BY priority DESC, scheduled_at, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) AS taken
+        LIMIT %(limit)s"""
+)
 #: pending -> running: a sweep's step (``tasklib._claim``), across all priorities, in a window of
 #: ``scheduled_at``. It steps over the whole index as CLAIM_NEXT does, but an entry outside the
 #: window is rejected on its key, without the heap visit that makes a held snapshot's entries dear.
-CLAIM_IN_WINDOW = _CLAIM.format(priority="\n          AND scheduled_at < %(below)s")
+CLAIM_IN_WINDOW = _CLAIM.format(pick=_PICK.format(priority="\n          AND scheduled_at < %(below)s"))
 
 _OUTCOME = "(%(outcomes)s -> t.id::text)"
 #: ``state = 'running'`` written so that no index on state can serve it (``|| ''`` is the classic way

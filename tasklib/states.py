@@ -40,6 +40,10 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
 #: as soon as its task has finished.
 SLOT_KEY_PREFIX = "tasklib.slot:"
 
+#: The range of ``tasks.priority`` (a check constraint; higher runs first).
+PRIORITY_MIN = -32768
+PRIORITY_MAX = 32767
+
 
 def can_transition(source: TaskState | str, target: TaskState | str) -> bool:
     """Whether the state machine allows ``source -> target``."""

@@ -31,9 +31,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from tasklib import sql
 from tasklib._async_dispatcher import AsyncDispatcher, async_children
-from tasklib._claim import SWEEP_STEP_SECONDS, ClaimFloor, Step, Window
+from tasklib._claim import SWEEP_STEP_SECONDS, ClaimFloor, Step, Window, claim_statement
 from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, WorkerConnections, brief, listen
 from tasklib._dispatcher import Dispatcher
 from tasklib._forkserver import ForkServer
@@ -369,10 +368,12 @@ class TaskWorker:
             swept += made.step.seconds
             claimed_at, jobs = claimed_at or made.claimed_at, jobs + made.jobs
             lane.dispatcher.hold(made.jobs)
-        for priority, at in [*lane.floor.priorities_for(floor), (None, floor)]:
+        known = lane.floor.priorities_for(floor)
+        for priority, at in [*known, (None, floor)]:
             if len(jobs) >= limit:
                 break
-            made = await self._claim_step(params, priority, at, limit - len(jobs))
+            others = None if priority is not None or not known else [p for p, _ in known]
+            made = await self._claim_step(params, priority, at, limit - len(jobs), others=others)
             steps.append(made.step)
             claimed_at, jobs = claimed_at or made.claimed_at, jobs + made.jobs
             lane.dispatcher.hold(made.jobs)
@@ -381,19 +382,22 @@ class TaskWorker:
         return jobs
 
     async def _claim_step(
-        self, params: dict[str, Any], priority: int | None, floor: datetime, asked: int, window: Window | None = None
+        self,
+        params: dict[str, Any],
+        priority: int | None,
+        floor: datetime,
+        asked: int,
+        window: Window | None = None,
+        others: list[int] | None = None,
     ) -> _Claimed:
         """One statement of a claim: a sweep's step over ``window``, or from ``floor`` (at one
-        ``priority``, or across all)."""
+        ``priority``, or across all priorities, or across all but the ones in ``others``)."""
         assert self._connections is not None
-        if window is not None:
-            statement = sql.CLAIM_IN_WINDOW
-        else:
-            statement = sql.CLAIM_NEXT if priority is None else sql.CLAIM_AT_PRIORITY
+        statement, step_params = claim_statement(priority, window, others)
         started = time.monotonic()
         rows = await self._connections.execute(
             statement,
-            {**params, "floor": floor, "limit": asked, "priority": priority, "below": window and window[1]},
+            {**params, **step_params, "floor": floor, "limit": asked},
             role="claim",
             row_factory=dict_row,
         )

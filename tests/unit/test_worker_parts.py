@@ -11,12 +11,12 @@ import pytest
 
 import tasklib
 from tasklib._async_dispatcher import AsyncDispatcher, async_children
-from tasklib._claim import EARLIEST, SWEEP_STEP_SECONDS, ClaimFloor, Step
+from tasklib._claim import EARLIEST, SWEEP_STEP_SECONDS, ClaimFloor, Step, other_priorities
 from tasklib._connections import submit_note
 from tasklib._dispatcher import FAST_WINDOW, Dispatcher
 from tasklib._lockkeeper import Pacing, SessionWatch, foreign_claims, rescue_decisions, session_name
 from tasklib._pool import Child, Job, KillReason
-from tasklib.states import TaskState
+from tasklib.states import PRIORITY_MAX, PRIORITY_MIN, TaskState
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CONFIG = tasklib.Config(database_url="postgresql://u@h/db")
@@ -35,7 +35,8 @@ def across(limit: int, claimed: list[tuple[int, datetime]] | None = None) -> lis
 
 
 class Queue:
-    """Pending rows claimed the way CLAIM_AT_PRIORITY / CLAIM_NEXT do, in the worker's order of steps."""
+    """Pending rows claimed the way CLAIM_AT_PRIORITY / CLAIM_OTHER_PRIORITIES / CLAIM_NEXT do, in
+    the worker's order of steps."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[int, datetime, str]] = []
@@ -51,10 +52,12 @@ class Queue:
         while swept < SWEEP_STEP_SECONDS and (window := floor.sweep_window()) is not None:
             taken += self._take(floor, now, None, window[0], limit - len(taken), window, steps)
             swept += 0.001
-        for priority, at in [*floor.priorities_for(common), (None, common)]:
+        known = floor.priorities_for(common)
+        for priority, at in [*known, (None, common)]:
             if len(taken) >= limit:
                 break
-            taken += self._take(floor, now, priority, at, limit - len(taken), None, steps)
+            others = other_priorities(p for p, _ in known) if priority is None else None
+            taken += self._take(floor, now, priority, at, limit - len(taken), None, steps, others)
         floor.observe(now, steps)
         return taken
 
@@ -67,10 +70,19 @@ class Queue:
         asked: int,
         window: tuple[datetime, datetime] | None,
         steps: list[Step],
+        others: tuple[list[int], list[int]] | None = None,
     ) -> list[str]:
         below = window[1] if window else now + timedelta(microseconds=1)
+        ranges = list(zip(*others, strict=True)) if others else [(PRIORITY_MIN - 1, PRIORITY_MAX + 1)]
         due = sorted(
-            (r for r in self.pending if at <= r[1] < below and r[1] <= now and priority in (None, r[0])),
+            (
+                r
+                for r in self.pending
+                if at <= r[1] < below
+                and r[1] <= now
+                and priority in (None, r[0])
+                and any(low < r[0] < high for low, high in ranges)
+            ),
             key=lambda r: (-r[0], r[1], r[2]),
         )[:asked]
         for row in due:
@@ -216,6 +228,34 @@ def test_a_priority_that_comes_back_empty_is_forgotten_until_seen_again() -> Non
     assert floor.floors == {}  # one statement fewer per claim while priority 3 has nothing
     floor.lower_to(T0, priority=3)
     assert set(floor.floors) == {3}
+
+
+@pytest.mark.parametrize("known", [[], [0], [10, 0], [1, 0], [PRIORITY_MIN, 5], [PRIORITY_MAX], [3, -3, 0, 2]])
+def test_the_other_priorities_are_every_priority_but_the_known_ones_highest_first(known: list[int]) -> None:
+    above, below = other_priorities(known)
+    ranges = list(zip(above, below, strict=True))
+    assert all(high - low > 1 for low, high in ranges)  # no empty range (an index scan for nothing)
+    assert ranges == sorted(ranges, reverse=True)  # highest first: the outer LIMIT takes them in order
+    covered = [p for low, high in ranges for p in range(high - 1, low, -1)]
+    assert covered == sorted(set(range(PRIORITY_MIN, PRIORITY_MAX + 1)) - set(known), reverse=True)
+
+
+def test_a_claim_takes_priorities_it_never_heard_of_between_and_around_the_known_ones() -> None:
+    """Known: 10 and 0, both drained. Tasks of 5, 20 and -3 arrive with no notification (sent
+    before this worker listened): the claim's last step, over the other priorities, takes them in
+    priority order, without a sweep."""
+    floor = ClaimFloor(sweep_every_seconds=100.0, margin_seconds=0.1)
+    queue = Queue()
+    queue.add("ten", T0, priority=10)
+    queue.add("zero", T0, priority=0)
+    assert sorted(queue.claim(floor, T0 + timedelta(seconds=1), 0.0, 4)) == ["ten", "zero"]
+    for key, priority in (("five", 5), ("twenty", 20), ("minus", -3)):
+        queue.add(key, T0 + timedelta(seconds=2), priority=priority)
+        floor.floors.setdefault(10, T0)
+        floor.floors.setdefault(0, T0)  # still known: asked one by one first, then left out
+    now = T0 + timedelta(seconds=3)
+    assert queue.claim(floor, now, 0.1, 2) == ["twenty", "five"]
+    assert queue.claim(floor, now, 0.2, 2) == ["minus"]
 
 
 def test_a_sweep_comes_once_per_interval_and_after_errors() -> None:
@@ -782,18 +822,18 @@ class ClaimStatements:
     def __init__(self, rows: list[dict[str, Any]], pool: FakePool) -> None:
         self.rows, self.pool = rows, pool
         self.sent_before: list[int] = []
-        self.priorities: list[int | None] = []
+        self.priorities: list[int | tuple[list[int], list[int]]] = []
 
     async def execute(self, statement: str, params: Any, **_: Any) -> list[Any]:
         self.sent_before.append(len(self.pool.sent))
-        self.priorities.append(params["priority"])
+        self.priorities.append(params["priority"] if "priority" in params else (params["above"], params["below"]))
         rows, self.rows = self.rows, []
         return rows or [{"claimed_at": T0, "id": None}]
 
 
 def test_a_claims_first_rows_start_before_its_later_statements_return() -> None:
-    """A claim short at its one known priority asks once more across all priorities; the rows the
-    first statement took are already running by then, not waiting for that round trip."""
+    """A claim short at its one known priority asks once more across the other priorities; the rows
+    the first statement took are already running by then, not waiting for that round trip."""
     import asyncio
 
     from tasklib.worker import Lane, TaskWorker
@@ -812,6 +852,7 @@ def test_a_claims_first_rows_start_before_its_later_statements_return() -> None:
     jobs = asyncio.run(worker._claim(lane, 2))
 
     assert [j.id for j in jobs] == [taken.id]
-    assert statements.priorities == [0, None]  # at its priority, then across all
+    # At its priority, then across the others (above it, below it: the ranges' exclusive bounds).
+    assert statements.priorities == [0, ([0, PRIORITY_MIN - 1], [PRIORITY_MAX + 1, 0])]
     assert statements.sent_before == [0, 1]  # the second statement found the first's task sent to a child
     assert [seq for _, (_, batch) in pool.sent for seq, _, _ in batch] == [1]  # and sent once
