@@ -60,6 +60,17 @@ def burst_table(runs: list[dict[str, Any]]) -> str:
     return _table(columns, rows)
 
 
+def _first_pair(run: dict[str, Any]) -> dict[str, Any]:
+    """A burst run's one held-snapshot run and its control (an ``--only-held`` file lists them all)."""
+    return {"held": run["held_snapshot"], "control": run["held_control"]}
+
+
+def _not_disk(phase: dict[str, Any]) -> str:
+    """The longest statement not mostly waiting on the disk, with its kind when the run recorded it."""
+    kind = phase.get("longest_not_disk_kind")
+    return f"{phase['longest_not_disk_ms']:.0f} ms" + (f" ({kind})" if kind else "")
+
+
 def held_table(runs: list[dict[str, Any]]) -> str:
     columns = [
         "Run",
@@ -69,10 +80,11 @@ def held_table(runs: list[dict[str, Any]]) -> str:
         f"10{DASH}20 s after",
         f"Control, none held: middle ÷ clean, first 10 s after, 10{DASH}20 s after",
         "Longest worker statement, held / control",
+        "Longest not waiting on the disk, held / control",
     ]
     rows = []
-    for i, run in enumerate(runs, 1):
-        h, c = run["held_snapshot"], run["held_control"]
+    pairs = [(p["held"], p["control"]) for run in runs for p in run.get("held_runs") or [_first_pair(run)]]
+    for i, (h, c) in enumerate(pairs, 1):
         rows.append(
             [
                 str(i),
@@ -82,6 +94,7 @@ def held_table(runs: list[dict[str, Any]]) -> str:
                 f"{h['after_10s_ratio']:.2f}",
                 f"{c['held_ratio']:.2f}, {c['after_first_10s_ratio']:.2f}, {c['after_10s_ratio']:.2f}",
                 f"{h['longest_statement_ms']:.0f} / {c['longest_statement_ms']:.0f} ms",
+                f"{_not_disk(h)} / {_not_disk(c)}",
             ]
         )
     return _table(columns, rows)
@@ -92,10 +105,12 @@ def main(paths: list[str]) -> int:
         print(__doc__)
         return 2
     runs = [json.loads(Path(path).read_text()) for path in paths]
-    drains = [run["prefilled_c4_whole_run"]["median_per_s"] for run in runs if "prefilled_c4_whole_run" in run]
-    print(f"runs: {len(runs)}; prefilled medians: {', '.join(f'{d:,.0f}/s' for d in drains)}\n")
-    print(burst_table(runs))
-    print()
+    bursts = [run for run in runs if "burst" in run]
+    if bursts:
+        drains = [run["prefilled_c4_whole_run"]["median_per_s"] for run in bursts if "prefilled_c4_whole_run" in run]
+        print(f"runs: {len(bursts)}; prefilled medians: {', '.join(f'{d:,.0f}/s' for d in drains)}\n")
+        print(burst_table(bursts))
+        print()
     print(held_table(runs))
     return 0
 
