@@ -369,11 +369,11 @@ class TaskWorker:
             claimed_at, jobs = claimed_at or made.claimed_at, jobs + made.jobs
             lane.dispatcher.hold(made.jobs)
         known = lane.floor.priorities_for(floor)
+        asked = [p for p, _ in known]  # the last step, across priorities, leaves these out
         for priority, at in [*known, (None, floor)]:
             if len(jobs) >= limit:
                 break
-            others = None if priority is not None or not known else [p for p, _ in known]
-            made = await self._claim_step(params, priority, at, limit - len(jobs), others=others)
+            made = await self._claim_step(params, priority, at, limit - len(jobs), others=asked)
             steps.append(made.step)
             claimed_at, jobs = claimed_at or made.claimed_at, jobs + made.jobs
             lane.dispatcher.hold(made.jobs)

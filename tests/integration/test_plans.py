@@ -381,8 +381,7 @@ def test_a_claim_past_its_known_priorities_steps_over_none_of_their_kept_entries
             with _worker_connection(url, CLAIM_SETTINGS) as conn:
                 buffers, taken = 0, []
                 for priority, at in [*known, (None, floor)]:  # as TaskWorker._claim does
-                    others = [p for p, _ in known] if priority is None else None
-                    statement, params = claim_statement(priority, None, others)
+                    statement, params = claim_statement(priority, None, [p for p, _ in known])
                     params = {**claim, **params, "floor": at, "limit": 9 - len(taken)}
                     with conn.transaction(force_rollback=True):
                         (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params).fetchone()  # type: ignore[misc]

@@ -249,10 +249,10 @@ def test_a_claim_takes_priorities_it_never_heard_of_between_and_around_the_known
     queue.add("ten", T0, priority=10)
     queue.add("zero", T0, priority=0)
     assert sorted(queue.claim(floor, T0 + timedelta(seconds=1), 0.0, 4)) == ["ten", "zero"]
+    floor.floors.setdefault(10, T0)
+    floor.floors.setdefault(0, T0)  # still known: asked one by one first, then left out
     for key, priority in (("five", 5), ("twenty", 20), ("minus", -3)):
         queue.add(key, T0 + timedelta(seconds=2), priority=priority)
-        floor.floors.setdefault(10, T0)
-        floor.floors.setdefault(0, T0)  # still known: asked one by one first, then left out
     now = T0 + timedelta(seconds=3)
     assert queue.claim(floor, now, 0.1, 2) == ["twenty", "five"]
     assert queue.claim(floor, now, 0.2, 2) == ["minus"]
