@@ -55,8 +55,10 @@ class Task(SQLModel, table=True):
         # that filter on state = 'running' (finishing a batch by id) then cannot pick this index
         # over the primary key when statistics are stale.
         Index("tasks_locked_idx", "locked_until", postgresql_where=text("locked_until IS NOT NULL")),
-        # Listing: newest first, optionally within one state or one name (dashboard and list_tasks).
-        Index("tasks_created_idx", text("created_at DESC"), text("id DESC")),
+        # Listing: newest first within one state (dashboard and list_tasks). A list across states
+        # merges one short walk per state (sql.page_query). No index on created order alone (schema
+        # 6): a claim or an outcome changes state, so no update is HOT and each adds an entry to every
+        # index; that one cost three entries per task and 8-16 % of the queue's rate (bench/results).
         Index("tasks_state_created_idx", "state", text("created_at DESC"), text("id DESC")),
         # By name, then state: "failed tasks of send_email" is one range even when there are none
         # (with separate name and state indexes the planner walked every failed row hoping to meet

@@ -17,7 +17,7 @@ from tasklib import sql
 from tasklib.sql import UNIQUE_KEY_HELD
 from tasklib.states import SLOT_KEY_PREFIX
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 #: Storage settings for a queue table (schema 3). Every task is written three times (pending,
 #: running, finished) and none of those updates can be HOT (state is indexed), so the table makes
@@ -53,7 +53,8 @@ def create_statements() -> list[str]:
 
 
 #: version -> a function returning the statements that bring the previous version up to it.
-#: Additive only (new nullable columns, new indexes), so old workers keep running during a deploy.
+#: Additive (new nullable columns, new indexes) or dropping an index no statement of the version
+#: before needs for its correctness, so old workers keep running during a deploy.
 MIGRATIONS: dict[int, Callable[[], list[str]]] = {
     1: create_statements,
     # 2: the lock index's predicate moves from state to locked_until (see models.Task). Building an
@@ -87,6 +88,10 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "CREATE INDEX IF NOT EXISTS tasks_slot_idx ON tasks (name, scheduled_at DESC) "
         f"WHERE unique_key LIKE '{SLOT_KEY_PREFIX}%'",
     ],
+    # 6: no index on created order alone (see models.Task): lists read it per state. Dropping it
+    # only removes work; a dashboard of version 5 still running during a deploy lists all states
+    # with a sort until it is replaced.
+    6: lambda: ["DROP INDEX IF EXISTS tasks_created_idx"],
 }
 
 

@@ -315,6 +315,7 @@ def test_init_upgrades_a_version_1_table(database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("DROP INDEX tasks_locked_idx")
         conn.execute("CREATE INDEX tasks_running_lock_idx ON tasks (locked_until) WHERE state = 'running'")
+        conn.execute("CREATE INDEX tasks_created_idx ON tasks (created_at DESC, id DESC)")  # dropped by 6
         conn.execute("COMMENT ON TABLE tasks IS 'tasklib schema 1'")
         conn.execute("INSERT INTO tasks (id, name, kwargs) VALUES (gen_random_uuid(), 'kept', '{}')")
     tasklib.init(tasklib.Config(database_url=database_url))
@@ -323,6 +324,7 @@ def test_init_upgrades_a_version_1_table(database_url: str) -> None:
         comment = conn.execute("SELECT obj_description('tasks'::regclass, 'pg_class')").fetchone()[0]  # type: ignore[index]
         kept = conn.execute("SELECT count(*) FROM tasks WHERE name = 'kept'").fetchone()[0]  # type: ignore[index]
     assert "tasks_locked_idx" in indexes and "tasks_running_lock_idx" not in indexes
+    assert "tasks_created_idx" not in indexes
     assert comment == f"tasklib schema {SCHEMA_VERSION}" and kept == 1
     # the upgraded table has exactly the indexes and columns a new one gets (predicates included:
     # queries rely on partial indexes only when their predicates read the same)

@@ -250,6 +250,55 @@ def test_name_filters_read_one_range_per_state_and_keep_the_order(tl: tasklib.Co
             cursor = (last[0], last[1])
 
 
+def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config) -> None:
+    """With no index on created order alone (schema 6), a list of every state, newest or oldest
+    first, is one short walk of tasks_state_created_idx per state, merged: never a sort of the
+    table. Each page must be the rows, in the order, of the plain query. A tag filter reads its
+    own index instead."""
+    with psycopg.connect(tl.database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tasks (id, name, kwargs, state, created_at, completed_at, started_at, worker_id, locked_until)"
+            " SELECT gen_random_uuid(), 'app.job_' || (g % 20), '{}',"
+            " CASE WHEN g % 50 = 0 THEN 'running' WHEN g % 11 = 0 THEN 'failed' WHEN g % 7 = 0 THEN 'pending'"
+            " ELSE 'completed' END,"
+            " now() - (g / 3) * interval '1 second', now(), now(), 'w', now()"
+            " FROM generate_series(1, 60000) AS g"
+        )
+        conn.execute(
+            "UPDATE tasks SET completed_at = NULL, started_at = NULL, worker_id = NULL, locked_until = NULL"
+            " WHERE state = 'pending'"
+        )
+        conn.execute("UPDATE tasks SET locked_until = NULL WHERE state <> 'running'")
+        conn.execute(
+            "UPDATE tasks SET tags = jsonb_build_object('batch', 'b' || (created_at::time::text)) WHERE random() < 0.01"
+        )
+        conn.execute("ANALYZE tasks")
+        # A tag is found through its own index, sorted once, not by walking every state's rows.
+        query, params = sql.page_query(tag=("batch", "b00:00:00"))
+        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
+        assert "tasks_tagged_idx" in plan and "Merge Append" not in plan, plan
+        for descending in (True, False):
+            query, params = sql.page_query(descending=descending)
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
+            assert "Merge Append" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
+            assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
+            order = "DESC" if descending else "ASC"
+            cursor = None
+            for _ in range(3):
+                query, params = sql.page_query(descending=descending, cursor=cursor)
+                merged = [r[0] for r in conn.execute(query, {**params, "limit": 51}).fetchall()]
+                where, plain_params = sql.filter_clause(cursor=cursor, cursor_op="<" if descending else ">")
+                plain = [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM tasks {where} ORDER BY created_at {order}, id {order} LIMIT 51", plain_params
+                    ).fetchall()
+                ]
+                assert merged == plain and len(merged) == 51
+                last = conn.execute("SELECT created_at, id FROM tasks WHERE id = %s", [merged[-1]]).fetchone()
+                cursor = (last[0], last[1])
+
+
 def test_retention_and_schedule_reads_stay_on_their_indexes(tl: tasklib.Config) -> None:
     """Prune walks tasks_completed_idx from its keyset (not the table); the Schedules page reads
     tasks_slot_idx, one probe per recurring task, however many slots have accumulated."""
