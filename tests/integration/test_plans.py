@@ -234,20 +234,7 @@ def test_name_filters_read_one_range_per_state_and_keep_the_order(tl: tasklib.Co
         assert "Seq Scan" not in by_name and "Bitmap" not in by_name, by_name
         assert "Merge Append" in by_name, by_name  # short ordered walks per state, merged: no sort of every row
 
-        cursor = None
-        for _ in range(3):
-            query, params = sql.page_query(name="app.job_3", cursor=cursor)
-            merged = [r[0] for r in conn.execute(query, {**params, "limit": 51}).fetchall()]
-            where, plain_params = sql.filter_clause(name="app.job_3", cursor=cursor)
-            plain = [
-                r[0]
-                for r in conn.execute(
-                    f"SELECT id, created_at FROM tasks {where} ORDER BY created_at DESC, id DESC LIMIT 51", plain_params
-                ).fetchall()
-            ]
-            assert merged == plain and len(merged) == 51
-            last = conn.execute("SELECT created_at, id FROM tasks WHERE id = %s", [merged[-1]]).fetchone()
-            cursor = (last[0], last[1])
+        _assert_pages_match_the_plain_query(conn, name="app.job_3")
 
 
 def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config) -> None:
@@ -282,21 +269,26 @@ def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
             assert "Merge Append" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
             assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
-            order = "DESC" if descending else "ASC"
-            cursor = None
-            for _ in range(3):
-                query, params = sql.page_query(descending=descending, cursor=cursor)
-                merged = [r[0] for r in conn.execute(query, {**params, "limit": 51}).fetchall()]
-                where, plain_params = sql.filter_clause(cursor=cursor, cursor_op="<" if descending else ">")
-                plain = [
-                    r[0]
-                    for r in conn.execute(
-                        f"SELECT id FROM tasks {where} ORDER BY created_at {order}, id {order} LIMIT 51", plain_params
-                    ).fetchall()
-                ]
-                assert merged == plain and len(merged) == 51
-                last = conn.execute("SELECT created_at, id FROM tasks WHERE id = %s", [merged[-1]]).fetchone()
-                cursor = (last[0], last[1])
+            _assert_pages_match_the_plain_query(conn, descending=descending)
+
+
+def _assert_pages_match_the_plain_query(conn: psycopg.Connection[Any], descending: bool = True, **filters: Any) -> None:
+    """Three keyset pages of ``sql.page_query`` hold the rows, in the order, of one plain query."""
+    order = "DESC" if descending else "ASC"
+    cursor = None
+    for _ in range(3):
+        query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
+        merged = [r[0] for r in conn.execute(query, {**params, "limit": 51}).fetchall()]
+        where, plain_params = sql.filter_clause(cursor=cursor, cursor_op="<" if descending else ">", **filters)
+        plain = [
+            r[0]
+            for r in conn.execute(
+                f"SELECT id FROM tasks {where} ORDER BY created_at {order}, id {order} LIMIT 51", plain_params
+            ).fetchall()
+        ]
+        assert merged == plain and len(merged) == 51
+        last = conn.execute("SELECT created_at, id FROM tasks WHERE id = %s", [merged[-1]]).fetchone()
+        cursor = (last[0], last[1])  # type: ignore[index]
 
 
 def test_retention_and_schedule_reads_stay_on_their_indexes(tl: tasklib.Config) -> None:
