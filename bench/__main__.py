@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasklib  # noqa: E402
-from bench import baseline, burst, dashboard_bench, memory_bench, retention_bench  # noqa: E402
+from bench import baseline, burst, dashboard_bench, memory_bench, retention_bench, startup  # noqa: E402
 from bench import tasks as btasks  # noqa: E402
 from bench.common import percentiles, prefill, tasklib_process, truncate  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
@@ -153,6 +153,9 @@ def main() -> int:
         "--only-held", action="store_true", help="run just the held-snapshot measure and its control, --held-runs times"
     )
     parser.add_argument("--held-runs", type=int, default=1, help="held-snapshot runs (each with its no-snapshot control)")
+    parser.add_argument("--startup-runs", type=int, default=2, help="new-deployment latency runs per rate")
+    parser.add_argument("--skip-startup", action="store_true", help="skip the new-deployment claim latency measure")
+    parser.add_argument("--only-startup", action="store_true", help="run just the new-deployment claim latency measure")
     parser.add_argument("--skip-dashboard", action="store_true")
     parser.add_argument("--only-dashboard", action="store_true", help="run just the dashboard measure")
     parser.add_argument("--skip-retention", action="store_true", help="skip the prune-under-load measure")
@@ -194,6 +197,11 @@ def main() -> int:
             write(results, args.json, started)
             print_retention(results)
             return 0
+        if args.only_startup:
+            results["startup"] = startup.run(args.startup_runs)
+            write(results, args.json, started)
+            startup.print_startup(results)
+            return 0
         if args.only_held:
             run_held(results, url, args.held_runs)
             write(results, args.json, started)
@@ -221,6 +229,8 @@ def main() -> int:
         truncate(url)
         results["latency_baseline"] = baseline.pickup_latency(url, args.latency_count)
         results["latency"] = pickup_latency(url, args.latency_count)
+        if not args.skip_startup:
+            results["startup"] = startup.run(args.startup_runs)
         if not args.skip_memory:
             results["memory"] = memory_bench.run(url)
         if not args.skip_retention:
@@ -231,6 +241,7 @@ def main() -> int:
     print_table(results)
     memory_bench.print_memory(results)
     print_burst(results)
+    startup.print_startup(results)
     print_retention(results)
     print_dashboard(results)
     print(f"\nJSON: {args.json}")
