@@ -14,7 +14,7 @@ from typing import Any
 from tasklib import actions, sql
 from tasklib.actions import row_to_task
 from tasklib.config import FINISHED
-from tasklib.db import Database
+from tasklib.db import TAG_WALK_PLANNER_SETTINGS, Database
 from tasklib.errors import DatabaseError, ValidationError
 from tasklib.filters import TaskFilter
 from tasklib.models import Task
@@ -133,6 +133,28 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         return datetime.fromisoformat(at), uuid.UUID(ident)
     except (ValueError, UnicodeDecodeError):
         raise ValidationError("invalid page cursor") from None
+
+
+def merge_tag_walks(rows: list[dict[str, Any]], limit: int, descending: bool) -> list[dict[str, Any]] | None:
+    """The page of ``limit`` tagged rows from ``sql.tag_walk_query``'s bounded walks, or None when
+    the walks cannot tell it (the tag index's query must then answer).
+
+    A walk that reached its last row unfinished has read every row up to that one and none beyond.
+    The merged page is complete when it is full and ends at or before every such last row: a tagged
+    row the walk did not reach comes after it, so after the page. A walk that returned ``limit``
+    tagged rows needs no such check: the page, the first ``limit`` of all, ends at or before its last.
+    """
+
+    def key(row: dict[str, Any]) -> tuple[Any, Any]:
+        return row["created_at"], row["id"]
+
+    page = sorted((r for r in rows if r["walk_matched"]), key=key, reverse=descending)[:limit]
+    ends = [key(r) for r in rows if r["walk_row"] == sql.TAG_WALK_ROWS]
+    if ends and (len(page) < limit or any((key(page[-1]) < end) if descending else (key(page[-1]) > end) for end in ends)):
+        return None
+    for row in page:
+        del row["walk_branch"], row["walk_row"], row["walk_matched"]
+    return page
 
 
 class Monitor:
@@ -259,8 +281,7 @@ class Monitor:
         cursor = decode_cursor(after or before) if (after or before) else None  # type: ignore[arg-type]
         forward = before is None
         descending = (not oldest_first) if forward else oldest_first
-        query, params = sql.page_query(descending=descending, cursor=cursor, **flt.filters())
-        rows = [row_to_task(r) for r in self.db.rows(query, {**params, "limit": limit + 1})]
+        rows = [row_to_task(r) for r in self._page_rows(flt.filters(), descending, cursor, limit + 1)]
         more = len(rows) > limit
         rows = rows[:limit]
         if not forward:
@@ -272,6 +293,18 @@ class Monitor:
             previous=encode_cursor(rows[0]) if rows and has_previous else None,
             next=encode_cursor(rows[-1]) if rows and has_next else None,
         )
+
+    def _page_rows(
+        self, filters: dict[str, Any], descending: bool, cursor: tuple[object, object] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        if filters.get("tag") is not None:
+            query, params = sql.tag_walk_query(descending=descending, cursor=cursor, **filters)
+            walks = self.db.rows(query, {**params, "limit": limit}, settings=TAG_WALK_PLANNER_SETTINGS)
+            merged = merge_tag_walks(walks, limit, descending)
+            if merged is not None:
+                return merged
+        query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
+        return self.db.rows(query, {**params, "limit": limit})
 
     def live_workers(self) -> dict[str, datetime]:
         """Worker id -> when its first connection opened, for workers connected now."""

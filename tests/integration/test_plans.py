@@ -25,7 +25,13 @@ import tasklib
 from tasklib import sql
 from tasklib._claim import EARLIEST, ClaimFloor, Step, claim_statement, other_priorities
 from tasklib._lockkeeper import RESCUE_BATCH
-from tasklib.db import CLAIM_PLANNER_SETTINGS, WRITE_PLANNER_SETTINGS, connect_kwargs, set_statement
+from tasklib.db import (
+    CLAIM_PLANNER_SETTINGS,
+    TAG_WALK_PLANNER_SETTINGS,
+    WRITE_PLANNER_SETTINGS,
+    connect_kwargs,
+    set_statement,
+)
 from tasklib.outcome import Action
 from tasklib.states import TaskState
 
@@ -240,8 +246,8 @@ def test_name_filters_read_one_range_per_state_and_keep_the_order(tl: tasklib.Co
 def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config) -> None:
     """With no index on created order alone (schema 6), a list of every state, newest or oldest
     first, is one short walk of tasks_state_created_idx per state, merged: never a sort of the
-    table. Each page must be the rows, in the order, of the plain query. A tag filter reads its
-    own index instead."""
+    table. Each page must be the rows, in the order, of the plain query. ``page_query`` with a tag
+    reads the tag's own index (the dashboard's answer when its bounded walks cannot tell)."""
     with psycopg.connect(tl.database_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO tasks (id, name, kwargs, state, created_at, completed_at, started_at, worker_id, locked_until)"
@@ -260,7 +266,7 @@ def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config
             "UPDATE tasks SET tags = jsonb_build_object('batch', 'b' || (created_at::time::text)) WHERE random() < 0.01"
         )
         conn.execute("ANALYZE tasks")
-        # A tag is found through its own index, sorted once, not by walking every state's rows.
+        # The tag index's query: the tag's rows sorted once, not a walk of every state's rows.
         query, params = sql.page_query(tag=("batch", "b00:00:00"))
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
         assert "tasks_tagged_idx" in plan and "Merge Append" not in plan, plan
@@ -270,6 +276,64 @@ def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config
             assert "Merge Append" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
             assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
             _assert_pages_match_the_plain_query(conn, descending=descending)
+
+
+def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: tasklib.Config) -> None:
+    """A tag many recent rows hold is read like any list, one walk per state that stops at
+    TAG_WALK_ROWS rows, not by sorting every row that holds the tag (400 ms for 50,000 of them in a
+    five-million-row table); a tag no recent row holds is left to the tag index. Either way each
+    keyset page, newest or oldest first, holds the rows, in the order, of the plain query."""
+    from tasklib.db import Database
+    from tasklib.filters import TaskFilter
+    from tasklib.monitor import Monitor, merge_tag_walks
+
+    with psycopg.connect(tl.database_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO tasks (id, name, kwargs, state, created_at, completed_at, started_at, worker_id, tags)"
+            " SELECT gen_random_uuid(), 'app.job_' || (g % 20), '{}',"
+            " CASE WHEN g % 11 = 0 THEN 'failed' WHEN g % 7 = 0 THEN 'cancelled' ELSE 'completed' END,"
+            " now() - (g / 3) * interval '1 second', now(), now(), 'w',"
+            # "common": 1 row in 40 throughout; "old": only rows older than the newest 40,000.
+            ' CASE WHEN g % 40 = 0 THEN \'{"batch": "common"}\'::jsonb'
+            ' WHEN g > 40000 AND g % 40 = 1 THEN \'{"batch": "old"}\'::jsonb END'
+            " FROM generate_series(1, 60000) AS g"
+        )
+        conn.execute("ANALYZE tasks")
+        query, params = sql.tag_walk_query(tag=("batch", "common"))
+        with conn.transaction():
+            conn.execute(
+                "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in TAG_WALK_PLANNER_SETTINGS.items())
+            )
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
+        assert "tasks_state_created_idx" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
+        assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
+
+    db = Database(tl.database_url)  # type: ignore[arg-type]
+    monitor = Monitor(db)
+    try:
+        # (tag, newest first, walks tell the page): the old rows are where an oldest-first walk starts.
+        for tag, descending, answered in (
+            (("batch", "common"), True, True),
+            (("batch", "common"), False, True),
+            (("batch", "old"), True, False),
+            (("batch", "old"), False, True),
+        ):
+            query, params = sql.tag_walk_query(descending=descending, tag=tag)
+            walks = db.rows(query, {**params, "limit": 51}, settings=TAG_WALK_PLANNER_SETTINGS)
+            assert (merge_tag_walks(walks, 51, descending) is not None) is answered, (tag, descending)
+            order = "DESC" if descending else "ASC"
+            cursor: str | None = None
+            keyset: tuple[object, object] | None = None
+            for _ in range(3):
+                page = monitor.page(TaskFilter(tag=tag), after=cursor, oldest_first=not descending)
+                where, plain_params = sql.filter_clause(tag=tag, cursor=keyset, cursor_op="<" if descending else ">")
+                plain = db.rows(
+                    f"SELECT id FROM tasks {where} ORDER BY created_at {order}, id {order} LIMIT 50", plain_params
+                )
+                assert [t.id for t in page.tasks] == [r["id"] for r in plain] and len(plain) == 50, (tag, descending)
+                cursor, keyset = page.next, (page.tasks[-1].created_at, page.tasks[-1].id)
+    finally:
+        db.close()
 
 
 def _assert_pages_match_the_plain_query(conn: psycopg.Connection[Any], descending: bool = True, **filters: Any) -> None:

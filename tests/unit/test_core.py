@@ -198,3 +198,27 @@ def test_autovacuum_off_is_reported_with_where_it_is_off() -> None:
     assert server and "on this server" in server and "tasks table" not in server
     assert table and "tasks table" in table and "on this server" not in table
     assert both and "on this server" in both and "tasks table" in both
+
+
+def test_tag_walks_merge_only_when_no_unread_row_could_enter_the_page() -> None:
+    from tasklib import sql
+    from tasklib.monitor import merge_tag_walks
+
+    end = sql.TAG_WALK_ROWS
+
+    def row(at: int, branch: int, place: int, matched: bool = True) -> dict:
+        return {"created_at": at, "id": at, "walk_branch": branch, "walk_row": place, "walk_matched": matched}
+
+    # Newest first, a page of 2: branch 0 found 2 tagged rows; branch 1 stopped unfinished at 50.
+    page = merge_tag_walks([row(100, 0, 1), row(90, 0, 7), row(50, 1, end, matched=False)], 2, descending=True)
+    assert page is not None and [r["id"] for r in page] == [100, 90] and set(page[0]) == {"created_at", "id"}
+    # Branch 1 stopped at 95: a tagged row of it older than 95 but newer than 90 may exist unread.
+    assert merge_tag_walks([row(100, 0, 1), row(90, 0, 7), row(95, 1, end, matched=False)], 2, True) is None
+    # A walk that stopped unfinished and a page that is not full: the rest may be anywhere.
+    assert merge_tag_walks([row(100, 0, 1), row(50, 1, end, matched=False)], 2, True) is None
+    # Every walk finished: a short page is the whole answer; the last row read may itself be tagged.
+    assert [r["id"] for r in merge_tag_walks([row(100, 0, 1), row(10, 1, 3)], 5, True) or []] == [100, 10]
+    assert [r["id"] for r in merge_tag_walks([row(100, 0, 1), row(90, 1, end)], 2, True) or []] == [100, 90]
+    # Oldest first, the same rule the other way round.
+    assert merge_tag_walks([row(1, 0, 1), row(2, 0, 2), row(9, 1, end, matched=False)], 2, False) is not None
+    assert merge_tag_walks([row(1, 0, 1), row(5, 0, 2), row(3, 1, end, matched=False)], 2, False) is None
