@@ -105,6 +105,11 @@ def pages(url: str, rows: int, recent: int, repeats: int = 30) -> dict[str, Any]
         "/tasks?sort=oldest": "/tasks?sort=oldest",
         "/tasks?state=failed&name=…": "/tasks?state=failed&name=app.tasks.job_7",
         "/tasks?tag=batch=b10": "/tasks?tag=batch%3Db10",
+        # A tag on 1 % of the rows that no failed row holds: the walk of failed rows cannot prove the
+        # page empty, so the tag index's query answers (it reads every row holding the tag).
+        "/tasks?state=failed&tag=batch=b10": "/tasks?state=failed&tag=batch%3Db10",
+        # A tag no row holds: every state's walk runs its full length, then the tag index finds nothing.
+        "/tasks?tag=batch=none": "/tasks?tag=batch%3Dnone",
         "/tasks/{id} (failed)": f"/tasks/{sample_id}",
         # The worst case for "why isn't it running?": lowest priority, newest, so it counts the
         # whole backlog ahead of it (up to the cap).
