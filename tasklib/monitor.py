@@ -153,7 +153,7 @@ def merge_tag_walks(rows: list[dict[str, Any]], limit: int, descending: bool) ->
     if ends and (len(page) < limit or any((key(page[-1]) < end) if descending else (key(page[-1]) > end) for end in ends)):
         return None
     for row in page:
-        del row["walk_branch"], row["walk_row"], row["walk_matched"]
+        del row["walk_row"], row["walk_matched"]
     return page
 
 

@@ -762,8 +762,8 @@ def tag_walk_query(
     each walk stops after ``TAG_WALK_ROWS`` rows, so a tag that none of a state's recent rows hold
     costs that many rows, not the state's whole history.
 
-    Rows are ``COLUMNS`` plus ``walk_branch``, ``walk_row`` (the row's place in its walk, from 1)
-    and ``walk_matched``: each branch returns its first ``%(limit)s`` rows that hold the tag, and
+    Rows are ``COLUMNS`` plus ``walk_row`` (the row's place in its walk, from 1) and
+    ``walk_matched``: each branch returns its first ``%(limit)s`` rows that hold the tag, and
     also the walk's last row if the walk got that far before finding them, so the caller can tell
     whether the merged page is complete (``tasklib.monitor.merge_tag_walks``).
     """
@@ -772,14 +772,14 @@ def tag_walk_query(
     params["f_tag_key"], params["f_tag_value"] = tag
     params["walk_rows"] = TAG_WALK_ROWS
     branches = [
-        f"SELECT {COLUMNS}, {i} AS walk_branch, walk_row, {_TAG} AS walk_matched FROM ("
+        f"SELECT {COLUMNS}, walk_row, {_TAG} AS walk_matched FROM ("
         f" SELECT *, row_number() OVER (ORDER BY {order}) AS walk_row FROM ("
         f"  SELECT * FROM tasks {_and(where, pair)} ORDER BY {order} LIMIT %(walk_rows)s) AS walk) AS numbered"
         f" WHERE {_TAG} OR walk_row = %(walk_rows)s ORDER BY {order} LIMIT %(limit)s"
-        for i, pair in enumerate(_branch_pairs(params, name, names, state, states))
+        for pair in _branch_pairs(params, name, names, state, states)
     ]
     if not branches:
-        return f"SELECT {COLUMNS}, 0 AS walk_branch, 0 AS walk_row, true AS walk_matched FROM tasks WHERE false", params
+        return f"SELECT {COLUMNS}, 0 AS walk_row, true AS walk_matched FROM tasks WHERE false", params
     return " UNION ALL ".join(f"({b})" for b in branches), params
 
 

@@ -207,7 +207,7 @@ def test_tag_walks_merge_only_when_no_unread_row_could_enter_the_page() -> None:
     end = sql.TAG_WALK_ROWS
 
     def row(at: int, branch: int, place: int, matched: bool = True) -> dict:
-        return {"created_at": at, "id": at, "walk_branch": branch, "walk_row": place, "walk_matched": matched}
+        return {"created_at": at, "id": at, "walk_row": place, "walk_matched": matched}
 
     # Newest first, a page of 2: branch 0 found 2 tagged rows; branch 1 stopped unfinished at 50.
     page = merge_tag_walks([row(100, 0, 1), row(90, 0, 7), row(50, 1, end, matched=False)], 2, descending=True)
