@@ -14,7 +14,7 @@ from typing import Any
 from tasklib import actions, sql
 from tasklib.actions import row_to_task
 from tasklib.config import FINISHED
-from tasklib.db import TAG_WALK_PLANNER_SETTINGS, Database
+from tasklib.db import TAG_INDEX_PLANNER_SETTINGS, TAG_WALK_PLANNER_SETTINGS, Database
 from tasklib.errors import DatabaseError, ValidationError
 from tasklib.filters import TaskFilter
 from tasklib.models import Task
@@ -303,6 +303,8 @@ class Monitor:
             merged = merge_tag_walks(walks, limit, descending)
             if merged is not None:
                 return merged
+            query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
+            return self.db.rows(query, {**params, "limit": limit}, settings=TAG_INDEX_PLANNER_SETTINGS)
         query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
         return self.db.rows(query, {**params, "limit": limit})
 

@@ -27,6 +27,7 @@ from tasklib._claim import EARLIEST, ClaimFloor, Step, claim_statement, other_pr
 from tasklib._lockkeeper import RESCUE_BATCH
 from tasklib.db import (
     CLAIM_PLANNER_SETTINGS,
+    TAG_INDEX_PLANNER_SETTINGS,
     TAG_WALK_PLANNER_SETTINGS,
     WRITE_PLANNER_SETTINGS,
     connect_kwargs,
@@ -307,6 +308,15 @@ def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: taskl
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
         assert "tasks_state_created_idx" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
         assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
+        # When the walks cannot tell, the tag index answers, through bitmaps only: never a walk of a
+        # state's range that filters every row of it (the walks have just been tried).
+        query, params = sql.page_query(state="completed", tag=("batch", "old"))  # walked, unless told not to
+        with conn.transaction():
+            conn.execute(
+                "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in TAG_INDEX_PLANNER_SETTINGS.items())
+            )
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
+        assert "tasks_tagged_idx" in plan and "Index Scan using" not in plan and "Seq Scan" not in plan, plan
 
     db = Database(tl.database_url)  # type: ignore[arg-type]
     monitor = Monitor(db)
