@@ -13,7 +13,6 @@ ones the same queue once settled. The ratio that matters is first window p99 ove
 
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from typing import Any
@@ -22,7 +21,8 @@ import psycopg
 
 import tasklib
 from bench import tasks as btasks
-from bench.burst import StatementSampler, running_workers
+from bench.burst import StatementSampler, running_workers, wait_done
+from bench.common import percentiles
 from tests.pg import fresh_database
 
 #: Submission windows, in seconds since the producer started: the first is the new deployment.
@@ -56,11 +56,7 @@ def one_run(processes: int, concurrency: int, rate: float, seconds: float) -> di
             with psycopg.connect(url, autocommit=True) as conn:
                 began = conn.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
                 sent = _produce(rate, seconds, threading.Event())
-                deadline = time.monotonic() + 60
-                while time.monotonic() < deadline:
-                    if conn.execute("SELECT count(*) FROM tasks WHERE state = 'completed'").fetchone()[0] >= sent:  # type: ignore[index]
-                        break
-                    time.sleep(0.1)
+                wait_done(url, sent, 60)
                 rows = conn.execute(
                     "SELECT extract(epoch FROM scheduled_at - %s), extract(epoch FROM started_at - scheduled_at) * 1000"
                     " FROM tasks WHERE started_at IS NOT NULL",
@@ -68,7 +64,7 @@ def one_run(processes: int, concurrency: int, rate: float, seconds: float) -> di
                 ).fetchall()
                 # Autovacuum's first ANALYZE of the table is when its plans could first see rows.
                 analyzed = conn.execute(
-                    "SELECT extract(epoch FROM coalesce(last_autoanalyze, last_analyze) - %s), autoanalyze_count"
+                    "SELECT extract(epoch FROM coalesce(last_autoanalyze, last_analyze) - %s)"
                     " FROM pg_stat_user_tables WHERE relname = 'tasks'",
                     [began],
                 ).fetchone()
@@ -77,15 +73,13 @@ def one_run(processes: int, concurrency: int, rate: float, seconds: float) -> di
         latencies = sorted(float(ms) for at, ms in rows if low <= float(at) < high)
         if len(latencies) < 100:  # too few for a p99
             continue
-        q = statistics.quantiles(latencies, n=100)
+        spread = percentiles(latencies)
         windows.append(
             {
                 "from_s": low,
                 "to_s": high,
-                "tasks": len(latencies),
-                "p50_ms": round(statistics.median(latencies), 2),
-                "p95_ms": round(q[94], 2),
-                "p99_ms": round(q[98], 2),
+                "tasks": spread["count"],
+                **{k: round(spread[k], 2) for k in ("p50_ms", "p95_ms", "p99_ms")},
                 "max_ms": round(latencies[-1], 2),
             }
         )

@@ -70,12 +70,13 @@ def translated_errors() -> Iterator[None]:
 #: workers plan one: 6-7 ms instead of 1-2 ms on an idle machine, up to 300 ms in the held-snapshot
 #: bench's control run (no snapshot held), where it was the longest worker statement.
 _NO_PARALLEL = {"max_parallel_workers_per_gather": "0"}
-CLAIM_PLANNER_SETTINGS = {"enable_sort": "off", "enable_bitmapscan": "off", "enable_seqscan": "off", **_NO_PARALLEL}
+_ORDERED_WALK = {"enable_sort": "off", "enable_bitmapscan": "off", "enable_seqscan": "off"}
+CLAIM_PLANNER_SETTINGS = {**_ORDERED_WALK, **_NO_PARALLEL}
 #: For the dashboard's bounded tag walk (``sql.tag_walk_query``), in its own transaction: each state's
 #: range must be walked in order until the walk stops. A state that statistics call small (5,506
 #: failed rows, against a walk of up to 10,000) was otherwise bitmap-scanned whole and sorted, which
 #: costs every row the state holds by the time the statement runs.
-TAG_WALK_PLANNER_SETTINGS = {"enable_sort": "off", "enable_bitmapscan": "off", "enable_seqscan": "off"}
+TAG_WALK_PLANNER_SETTINGS = dict(_ORDERED_WALK)
 #: For the tag index's query, which answers when those walks cannot: the walks have just been tried,
 #: so it must not walk a state's index ordered and filter every row (failed rows and a tag none of
 #: them hold, five million rows: 272 ms for 250,000 rows). Bitmaps only: the tag index's rows, ANDed

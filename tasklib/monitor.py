@@ -297,16 +297,16 @@ class Monitor:
     def _page_rows(
         self, filters: dict[str, Any], descending: bool, cursor: tuple[object, object] | None, limit: int
     ) -> list[dict[str, Any]]:
+        settings = None
         if filters.get("tag") is not None:
             query, params = sql.tag_walk_query(descending=descending, cursor=cursor, **filters)
             walks = self.db.rows(query, {**params, "limit": limit}, settings=TAG_WALK_PLANNER_SETTINGS)
             merged = merge_tag_walks(walks, limit, descending)
             if merged is not None:
                 return merged
-            query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
-            return self.db.rows(query, {**params, "limit": limit}, settings=TAG_INDEX_PLANNER_SETTINGS)
+            settings = TAG_INDEX_PLANNER_SETTINGS  # the walks could not tell: the tag index answers
         query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
-        return self.db.rows(query, {**params, "limit": limit})
+        return self.db.rows(query, {**params, "limit": limit}, settings=settings)
 
     def live_workers(self) -> dict[str, datetime]:
         """Worker id -> when its first connection opened, for workers connected now."""

@@ -300,27 +300,26 @@ def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: taskl
             " FROM generate_series(1, 60000) AS g"
         )
         conn.execute("ANALYZE tasks")
-        query, params = sql.tag_walk_query(tag=("batch", "common"))
-        with conn.transaction():
-            conn.execute(
-                "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in TAG_WALK_PLANNER_SETTINGS.items())
-            )
-            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
-        assert "tasks_state_created_idx" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
-        assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
-        # When the walks cannot tell, the tag index answers, through bitmaps only: never a walk of a
-        # state's range that filters every row of it (the walks have just been tried).
-        query, params = sql.page_query(state="completed", tag=("batch", "old"))  # walked, unless told not to
-        with conn.transaction():
-            conn.execute(
-                "SELECT " + ", ".join(f"set_config('{k}', '{v}', true)" for k, v in TAG_INDEX_PLANNER_SETTINGS.items())
-            )
-            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
-        assert "tasks_tagged_idx" in plan and "Index Scan using" not in plan and "Seq Scan" not in plan, plan
 
     db = Database(tl.database_url)  # type: ignore[arg-type]
     monitor = Monitor(db)
+
+    def plan(query: str, params: dict[str, Any], settings: dict[str, str]) -> str:
+        """The plan under those settings, set the way the dashboard sets them (``Database.rows``)."""
+        return "\n".join(
+            r[0] for r in db.rows("EXPLAIN " + query, {**params, "limit": 51}, as_dict=False, settings=settings)
+        )
+
     try:
+        walks = plan(*sql.tag_walk_query(tag=("batch", "common")), TAG_WALK_PLANNER_SETTINGS)
+        assert "tasks_state_created_idx" in walks and "Seq Scan" not in walks and "Bitmap" not in walks, walks
+        assert "Sort" not in walks.replace("Sort Key", ""), walks  # each walk comes out in order
+        # When the walks cannot tell, the tag index answers, through bitmaps only: never a walk of a
+        # state's range that filters every row of it (the walks have just been tried). Without the
+        # settings, this one is walked.
+        index = plan(*sql.page_query(state="completed", tag=("batch", "old")), TAG_INDEX_PLANNER_SETTINGS)
+        assert "tasks_tagged_idx" in index and "Index Scan using" not in index and "Seq Scan" not in index, index
+
         # (tag, newest first, walks tell the page): the old rows are where an oldest-first walk starts.
         for tag, descending, answered in (
             (("batch", "common"), True, True),
