@@ -73,16 +73,20 @@ def main() -> int:
             for name in order:
                 rates[name].append(measures[name]())
             print(round_, {name: round(values[-1]) for name, values in rates.items()}, flush=True)
-    median = {name: statistics.median(values) for name, values in rates.items()}
+
+    def over(a: str, b: str) -> float:
+        """The median of the per-round ratios a / b: each pair saw the same spell of the machine."""
+        return statistics.median(x / y for x, y in zip(rates[a], rates[b], strict=True))
+
     out = {
         "what": __doc__,
         "commit": subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip(),
         "orders": orders,
         "per_s": rates,
-        "median_per_s": median,
-        "beside_inserts_over_prefilled": median["prefilled_beside_inserts"] / median["prefilled"],
-        "burst_over_prefilled": median["burst"] / median["prefilled"],
-        "burst_over_beside_inserts": median["burst"] / median["prefilled_beside_inserts"],
+        "median_per_s": {name: statistics.median(values) for name, values in rates.items()},
+        "beside_inserts_over_prefilled": over("prefilled_beside_inserts", "prefilled"),
+        "burst_over_prefilled": over("burst", "prefilled"),
+        "burst_over_beside_inserts": over("burst", "prefilled_beside_inserts"),
     }
     args.json.write_text(json.dumps(out, indent=1) + "\n")
     print({k: round(v, 3) for k, v in out.items() if k.endswith(("prefilled", "inserts"))})
