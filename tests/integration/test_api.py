@@ -316,6 +316,7 @@ def test_init_upgrades_a_version_1_table(database_url: str) -> None:
         conn.execute("DROP INDEX tasks_locked_idx")
         conn.execute("CREATE INDEX tasks_running_lock_idx ON tasks (locked_until) WHERE state = 'running'")
         conn.execute("CREATE INDEX tasks_created_idx ON tasks (created_at DESC, id DESC)")  # dropped by 6
+        conn.execute("ALTER TABLE tasks RESET (fillfactor, autovacuum_vacuum_threshold)")  # set by 3
         conn.execute("COMMENT ON TABLE tasks IS 'tasklib schema 1'")
         conn.execute("INSERT INTO tasks (id, name, kwargs) VALUES (gen_random_uuid(), 'kept', '{}')")
     tasklib.init(tasklib.Config(database_url=database_url))
@@ -334,10 +335,23 @@ def test_init_upgrades_a_version_1_table(database_url: str) -> None:
         assert _shape(new_url) == _shape(database_url)
 
 
-def _shape(url: str) -> tuple[set[str], list[tuple[str, str]]]:
+def test_init_upgrades_a_version_6_table_to_fillfactor_50(database_url: str) -> None:
+    """Schema 7 leaves room on every page for a batch's next row versions (see STORAGE_SETTINGS):
+    a version-6 table, filled to 85 %, gets fillfactor 50 from init and keeps its other settings."""
+    tasklib.init(tasklib.Config(database_url=database_url))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ALTER TABLE tasks SET (fillfactor = 85)")
+        conn.execute("COMMENT ON TABLE tasks IS 'tasklib schema 6'")
+    tasklib.init(tasklib.Config(database_url=database_url))
+    options = set(_shape(database_url)[2])
+    assert "fillfactor=50" in options and "autovacuum_vacuum_threshold=20000" in options
+
+
+def _shape(url: str) -> tuple[set[str], list[tuple[str, str]], list[str]]:
     with psycopg.connect(url) as conn:
         indexes = {r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE tablename = 'tasks'")}
         columns = conn.execute(
             "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'tasks' ORDER BY 1"
         ).fetchall()
-    return indexes, columns  # type: ignore[return-value]
+        options = conn.execute("SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = 'tasks'::regclass").fetchone()
+    return indexes, columns, sorted(options[0])  # type: ignore[return-value,index]
