@@ -35,8 +35,7 @@ import psycopg
 
 import tasklib
 from bench import burst as bburst
-from bench import tasks as btasks
-from bench.common import ROOT, truncate
+from bench.common import ROOT, prefill
 from tests.pg import fresh_database
 
 N = 20_000
@@ -81,10 +80,8 @@ def update_pages(conn: psycopg.Connection[Any], start: str, end: str) -> dict[st
 
 
 def drain(url: str) -> dict[str, Any]:
-    truncate(url)
-    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(N)])
+    prefill(url, N)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("VACUUM ANALYZE tasks")
         start = _lsn(conn)
         with bburst.running_workers(url, 1, 4):
             first, last, done = bburst.wait_done(url, N, 300, since="started_at")
@@ -126,7 +123,7 @@ def main() -> int:
         for round_ in range(args.rounds):
             for fillfactor in random.sample(fillfactors, len(fillfactors)):
                 with psycopg.connect(url, autocommit=True) as conn:
-                    conn.execute(f"ALTER TABLE tasks SET (fillfactor = {int(fillfactor)})")
+                    conn.execute(f"ALTER TABLE tasks SET (fillfactor = {fillfactor})")
                 for name, measure in (("drain", drain), ("steady", steady)):
                     results[name][fillfactor].append(measure(url))
                     print(round_, fillfactor, name, results[name][fillfactor][-1], flush=True)
