@@ -107,11 +107,11 @@ def test_slots_missed_while_no_worker_ran(tl: tasklib.Config, database_url: str,
     (default) or only the most recent one (catch_up=True): the one row created after its own slot."""
     env = {"TASKLIB_TEST_EVERY": "2", "TASKLIB_TEST_CATCH_UP": "1" if catch_up else "0"}
     log = tmp_path / "log"
-    run_schedulers(database_url, log, 3, [env])
+    run_schedulers(database_url, log, 3, [env], from_first_slot=True)
     queued = slot_rows(database_url)[-1]
     assert queued[1] == "pending"
     time.sleep(9)
-    run_schedulers(database_url, log, 3, [env])
+    run_schedulers(database_url, log, 3, [env], from_first_slot=True)
     with psycopg.connect(database_url) as conn:
         late_rows = conn.execute(
             """SELECT unique_key, state FROM tasks
