@@ -129,7 +129,7 @@ def test_slots_missed_while_no_worker_ran(tl: tasklib.Config, database_url: str,
 
 def test_without_the_decorator_nothing_new_is_scheduled(tl: tasklib.Config, database_url: str, tmp_path: Path) -> None:
     log = tmp_path / "log"
-    run_schedulers(database_url, log, 2.5, [{}])
+    run_schedulers(database_url, log, 2.5, [{}], from_first_slot=True)
     rows = slot_rows(database_url)
     pending = [key for key, state, _ in rows if state == "pending"]
     assert len(pending) == 1
