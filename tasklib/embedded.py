@@ -132,8 +132,16 @@ def is_running() -> bool:
 def start() -> str:
     """Start the server if needed (initialising its data folder on first use); return its URL."""
     root = home()
-    if is_running():
-        return url()
+    # A running server is not enough: another process may have started it a moment ago and not yet
+    # created the database (two processes starting at once), so every path ensures it.
+    if not is_running():
+        _start_locked(root)
+    _ensure_database()
+    return url()
+
+
+def _start_locked(root: Path) -> None:
+    """Initialise and start the server under the folder's lock, unless another process did."""
     with _locked(root):
         if not is_running():
             user = _run_as()
@@ -174,8 +182,6 @@ def start() -> str:
                 f"tasklib: connect with: psql {url()}   stop with: tasklib db stop",
                 file=sys.stderr,
             )
-    _ensure_database()
-    return url()
 
 
 def _refuse_taken_port() -> None:

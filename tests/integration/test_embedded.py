@@ -103,6 +103,19 @@ def test_two_processes_starting_at_once_share_one_server() -> None:
         assert served(env)
 
 
+def test_running_server_without_its_database() -> None:
+    """The loser of two processes starting at once finds the server up before the winner created the
+    database: it must create (or wait for) the database too, not connect to a missing one."""
+    with embedded_home() as env:
+        assert tasklib(env, "init-db").returncode == 0
+        admin = f"postgresql://postgres@127.0.0.1:{env['TASKLIB_EMBEDDED_PORT']}/postgres"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("DROP DATABASE tasklib")
+        again = tasklib(env, "init-db")
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert served(env)
+
+
 def test_start_after_an_unclean_stop() -> None:
     """kill -9 of the server leaves postmaster.pid behind; the next start must still work, even when
     the pid in that file now belongs to some other process."""
