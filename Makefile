@@ -40,9 +40,11 @@ systools:
 	  else echo "missing:$$missing (sudo apt-get install$$missing); the tests that need them skip" >&2; fi; \
 	fi
 
-## The whole suite: unit, integration (real PostgreSQL) and e2e (real Chromium).
+## The whole suite: unit, integration (real PostgreSQL), chaos and e2e (real Chromium), in parallel
+## processes (each test has a database of its own). TEST_WORKERS=1 runs it in one process.
+TEST_WORKERS ?= 3
 test: install browser systools
-	$(PY) -m pytest tests e2e
+	$(PY) -m pytest -n $(TEST_WORKERS) tests e2e
 
 test-unit: install
 	$(PY) -m pytest tests/unit

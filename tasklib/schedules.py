@@ -2,7 +2,7 @@
 
 A schedule is part of a task's registration (``@tasklib.task(cron=...)`` or ``every=``). Slot times
 are a pure function of the schedule and a clock reading, so every worker computes the same slots
-without talking to the others; the database clock is the one used (``tasklib._scheduler``), so
+without talking to the others; the database clock is the one used (``tasklib.worker.scheduler``), so
 worker clocks that disagree by a few seconds change nothing. A slot's row carries the key
 ``tasklib.slot:<task>:<epoch seconds>``, unique in the table for as long as the row exists.
 

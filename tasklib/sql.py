@@ -74,7 +74,7 @@ FROM pg_class AS c WHERE c.oid = 'tasks'::regclass
 
 #: A submit's NOTIFY payload is "<task name> <scheduled_at as epoch seconds> <priority>": delivered
 #: at commit, it tells workers how far back the task they could not see yet lies, and at which
-#: priority (``tasklib._claim``).
+#: priority (``tasklib.worker.claim``).
 _NOTIFY_CLOCK = "CAST(extract(epoch FROM now()) AS text)"
 #: The priority as a submit statement binds it (bulk statements have no row to read it from).
 _PRIORITY = "CAST(CAST(%(priority)s AS integer) AS text)"
@@ -143,7 +143,7 @@ SELECT CAST(id AS text), NULL FROM tasks
 WHERE unique_key = CAST(%(unique_key)s AS text) AND {_KEY_HELD} AND NOT EXISTS (SELECT 1 FROM ins)
 """
 INSERT_TASK_UNIQUE = INSERT_UNIQUE.format(scheduled_at="now() + make_interval(secs => CAST(%(delay)s AS double precision))")
-#: INSERT the row of one recurring-task slot, due at the slot's time (``tasklib._scheduler``); a
+#: INSERT the row of one recurring-task slot, due at the slot's time (``tasklib.worker.scheduler``); a
 #: slot that already has a row (any state) inserts nothing.
 INSERT_SLOT = INSERT_UNIQUE.format(scheduled_at="CAST(%(at)s AS timestamptz)")
 
@@ -187,7 +187,7 @@ COUNT_BY_STATE = "SELECT state, count(*) FROM tasks GROUP BY state"
 #: then oldest due first (scheduled_at, then id: FIFO within a priority).
 #: SKIP LOCKED lets many workers claim side by side without waiting on each other's rows. The ids
 #: come back as an array (an InitPlan run once) so the UPDATE finds its rows by primary key.
-#: ``%(floor)s`` bounds the walk of tasks_pending_idx from below (see ``tasklib._claim``): when a
+#: ``%(floor)s`` bounds the walk of tasks_pending_idx from below (see ``tasklib.worker.claim``): when a
 #: long transaction elsewhere holds back cleanup, the entries of already-claimed rows stay in the
 #: index, and without the bound every claim would step over all of them (a heap visit each).
 #: The outer LEFT JOIN returns one row even when nothing was claimed, carrying the server's now():
@@ -221,7 +221,7 @@ CLAIM_NEXT = _CLAIM.format(pick=_PICK.format(condition=""))
 #: they stay until VACUUM, so the cost outlasts the snapshot.
 CLAIM_AT_PRIORITY = _CLAIM.format(pick=_PICK.format(condition="\n          AND priority = %(priority)s"))
 #: pending -> running: CLAIM_NEXT over every priority *except* the ones this claim just asked for
-#: one by one (``tasklib._claim.other_priorities``): the priority ranges between them, given as
+#: one by one (``tasklib.worker.claim.other_priorities``): the priority ranges between them, given as
 #: exclusive bounds (%(above)s, %(below)s), highest first, one index scan per range. Its floor is
 #: the lane's common floor, which only a short claim raises, so after a long stretch of full claims
 #: it lies seconds back; a scan over the asked priorities too would visit every entry claimed since
@@ -244,7 +244,7 @@ CLAIM_OTHER_PRIORITIES = _CLAIM.format(
         ) AS taken
         LIMIT %(limit)s"""
 )
-#: pending -> running: a sweep's step (``tasklib._claim``), across all priorities, in a window of
+#: pending -> running: a sweep's step (``tasklib.worker.claim``), across all priorities, in a window of
 #: ``scheduled_at``. It steps over the whole index as CLAIM_NEXT does, but an entry outside the
 #: window is rejected on its key, without the heap visit that makes a held snapshot's entries dear.
 CLAIM_IN_WINDOW = _CLAIM.format(pick=_PICK.format(condition="\n          AND scheduled_at < %(below)s"))

@@ -10,13 +10,13 @@ import pydantic_core
 from psycopg.rows import dict_row
 
 from tasklib import sql
-from tasklib._child import run_one
-from tasklib._claim import EARLIEST
-from tasklib._pool import Job
 from tasklib.api import current_config, database, list_tasks
 from tasklib.models import Task
 from tasklib.outcome import Outcome, decide
 from tasklib.registry import definition_for, registered_definitions
+from tasklib.worker.child import run_one
+from tasklib.worker.claim import EARLIEST
+from tasklib.worker.jobs import Job
 
 
 def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:

@@ -266,10 +266,10 @@ def test_cancel_and_retry_transitions(tl) -> None:
 def test_retries_tell_workers_when_and_at_which_priority(tl) -> None:
     """A manual retry makes a task pending at the database's now(): its NOTIFY carries that time and
     the priority, as a submit's does, so a worker's claim floor reaches it even when the retry's
-    transaction commits late (``tasklib._claim``). Bulk retries notify once per name and priority."""
+    transaction commits late (``tasklib.worker.claim``). Bulk retries notify once per name and priority."""
     from tasklib import actions
-    from tasklib._connections import submit_note
     from tasklib.filters import TaskFilter
+    from tasklib.worker.connections import submit_note
     from tests.factory import make_task
 
     one = make_task(tl.database_url, "failed", priority=7)

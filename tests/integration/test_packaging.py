@@ -94,7 +94,7 @@ def test_readme_commands_are_what_ci_and_make_run() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo: install\n\t\$\(PY\) -m examples\.demo", makefile, re.M)
-    assert re.search(r"^test: install browser systools\n\t\$\(PY\) -m pytest tests e2e$", makefile, re.M)
+    assert re.search(r"^test: install browser systools\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) tests e2e$", makefile, re.M)
 
 
 def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> None:
@@ -157,8 +157,8 @@ def test_embedded_postgres_lifecycle() -> None:
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
-def test_readme_documents_every_cli_option() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_command_line_page_documents_every_cli_option() -> None:
+    readme = (ROOT / "docs" / "cli.md").read_text()
     parser = build_parser()
     subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     for name, sub in [("tasklib", parser), *subparsers.choices.items()]:
@@ -166,7 +166,7 @@ def test_readme_documents_every_cli_option() -> None:
         for action in sub._actions:
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
-                    assert option in readme, f"README does not mention {name} {option}"
+                    assert option in readme, f"docs/cli.md does not mention {name} {option}"
 
 
 def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:

@@ -23,8 +23,6 @@ import pytest
 
 import tasklib
 from tasklib import sql
-from tasklib._claim import EARLIEST, ClaimFloor, Step, claim_statement, other_priorities
-from tasklib._lockkeeper import RESCUE_BATCH
 from tasklib.db import (
     CLAIM_PLANNER_SETTINGS,
     TAG_INDEX_PLANNER_SETTINGS,
@@ -35,6 +33,8 @@ from tasklib.db import (
 )
 from tasklib.outcome import Action
 from tasklib.states import TaskState
+from tasklib.worker.claim import EARLIEST, ClaimFloor, Step, claim_statement, other_priorities
+from tasklib.worker.liveness import RESCUE_BATCH
 
 NAME = "tests.integration.jobs.mark"
 #: The session settings of the worker's claim and write connections, applied as the worker does.

@@ -461,9 +461,9 @@ def test_a_slow_writer_holds_back_claims_instead_of_piling_up_outcomes(tl, monke
     brake all 3,000 outcomes piled up behind the writer."""
     import asyncio
 
-    from tasklib import _writer
-    from tasklib._dispatcher import FAST_PREFETCH
     from tasklib.worker import TaskWorker
+    from tasklib.worker import writer as _writer
+    from tasklib.worker.executors import FAST_PREFETCH
 
     original = _writer.OutcomeWriter._write
 
@@ -504,7 +504,7 @@ def test_worker_connections_carry_the_plan_settings(tl) -> None:
     import asyncio
 
     async def settings() -> tuple[str, str]:
-        from tasklib._connections import WorkerConnections
+        from tasklib.worker.connections import WorkerConnections
 
         connections = WorkerConnections(tl.database_url, "tasklib-worker test")
         claim, write = await connections.connection("claim"), await connections.connection("write")
@@ -555,7 +555,7 @@ def _fork_server_of(worker_pid: int) -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except (OSError, ValueError):
             continue
-        if ppid == worker_pid and b"tasklib._forkserver" in cmdline:
+        if ppid == worker_pid and b"tasklib.worker.forkserver" in cmdline:
             return int(entry.name)
     return None
 

@@ -11,7 +11,6 @@ import uuid
 import pytest
 
 import tasklib
-from tasklib._protocol import decode_available, encode
 from tasklib.config import redact_url
 from tasklib.outcome import Outcome, OutcomeKind, backoff_delay, decide
 from tasklib.registry import definition_for
@@ -137,17 +136,6 @@ def test_var_keyword_tasks_accept_json_extras() -> None:
     assert definition.validate({"a": 1, "b": [1, "x"]}) == {"a": 1, "b": [1, "x"]}
     with pytest.raises(tasklib.ValidationError):
         definition.validate({"a": object()})
-
-
-def test_frames_survive_partial_reads() -> None:
-    data = encode(("run", [(1, "n", "{}")])) + encode((1, "ok", "2"))
-    buffer = bytearray()
-    messages = []
-    for i in range(len(data)):
-        buffer += data[i : i + 1]
-        messages += decode_available(buffer)
-    assert messages == [("run", [(1, "n", "{}")]), (1, "ok", "2")]
-    assert buffer == b""
 
 
 def test_errors_share_one_root() -> None:

@@ -7,7 +7,7 @@ tracker process (~7 MB) for semaphores TaskLib never uses, and pickles a process
 
 How it works. ``ForkServer.start`` runs ``python -c … main()`` with the worker's interpreter, its
 current environment and ``sys.path``, and one end of a socket pair. The server imports
-``tasklib._child``, ``tasklib._async_child`` and the task modules (and the worker's script, as
+``tasklib.worker.child``, ``tasklib.worker.async_child`` and the task modules (and the worker's script, as
 ``__mp_main__``, when tasks are defined there), freezes those objects out of the garbage collector
 (so a child's collections do not copy the pages they sit on), and says it is ready. Each ``spawn``
 sends the three pipe ends a child needs (its input, its output, and where its exit status goes)
@@ -42,7 +42,7 @@ _PID = struct.Struct("!i")
 #: import from where the worker found them.
 _BOOT = (
     "import sys, json; a = json.loads(sys.argv[1]); sys.path[:] = a['sys_path']; "
-    "from tasklib._forkserver import main; main(a)"
+    "from tasklib.worker.forkserver import main; main(a)"
 )
 
 
@@ -143,8 +143,8 @@ def _main_location() -> dict[str, str]:
 
 def _preload(setup: dict[str, Any]) -> None:
     # Imported once here, shared by every child.
-    import tasklib._async_child
-    import tasklib._child  # noqa: F401
+    import tasklib.worker.async_child
+    import tasklib.worker.child  # noqa: F401
 
     try:
         # The worker's script (minus its ``if __name__ == "__main__"`` block), for tasks defined there.
@@ -172,7 +172,7 @@ def _install_main(namespace: dict[str, Any]) -> None:
 
 def main(setup: dict[str, Any]) -> None:
     """The server's loop (runs in its own interpreter, started by ``ForkServer.start``)."""
-    from tasklib._child import _die_with_parent
+    from tasklib.worker.child import _die_with_parent
 
     # Service managers signal the whole process group; the worker alone decides when task code
     # stops, so the server (the parent of every child) must outlive SIGTERM and Ctrl+C.
@@ -242,11 +242,11 @@ def _in_child(sock: socket.socket, server_fds: list[int], request: bytes, fds: l
             os.close(fd)
         order = json.loads(request)
         if order["async"]:
-            from tasklib._async_child import async_child_main
+            from tasklib.worker.async_child import async_child_main
 
             async_child_main(fds[0], fds[1], *order["args"])
         else:
-            from tasklib._child import child_main
+            from tasklib.worker.child import child_main
 
             child_main(fds[0], fds[1], *order["args"])
         code = 0

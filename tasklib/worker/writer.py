@@ -1,11 +1,10 @@
-"""The worker's outcome writer: buffers finished and released tasks and writes them in batches.
+"""Outcome → write: decide what each attempt's outcome means, then record outcomes in batches.
 
-Results that arrive within a couple of milliseconds share one ``FINISH_MANY`` statement (rows by
-primary key, outcomes in one jsonb object). A failed write keeps its batch for the next try, so an
-outage delays results but never drops them.
-
-The writer is also the worker's brake: while it holds ``MAX_UNWRITTEN`` outcomes the dispatchers
-claim nothing (``full``), and it wakes the claim loop once it has written its way back under.
+Outcomes that arrive within a couple of milliseconds share one ``FINISH_MANY`` statement, each
+conditioned on this worker's claim. A failed write keeps its batch for the next try: an outage
+delays results but never drops them. The writer is also the worker's brake: at ``MAX_UNWRITTEN``
+outcomes it has no room, and the claim loop waits for room before claiming more
+(docs/design/outcomes.md).
 """
 
 from __future__ import annotations
@@ -19,70 +18,82 @@ from typing import Any
 import psycopg
 
 from tasklib import sql
-from tasklib._connections import MAX_BACKOFF_SECONDS, Outage, brief
-from tasklib._pool import Job
-from tasklib.outcome import Action, decide_unstorable
+from tasklib.config import Config
+from tasklib.outcome import Action, Outcome, decide, decide_unstorable
+from tasklib.states import TaskState
+from tasklib.worker.connections import MAX_BACKOFF_SECONDS, Outage, brief
+from tasklib.worker.jobs import Job
 
 log = logging.getLogger("tasklib.worker")
 
 FLUSH_DELAY_SECONDS = 0.002
-#: Most outcomes one FINISH_MANY records: a few milliseconds of work, but a statement waits for CPU
-#: and WAL with the rest of the machine, and 256-row finishes were the longest worker statements
-#: of the 4 x 4 bursts (see ``CLAIM_BATCH_LIMIT`` in tasklib.worker for the measure).
+#: Most outcomes one statement records: a long statement holds its row locks and the connection.
 BATCH_LIMIT = 64
-#: Outcomes the writer may hold before the worker stops claiming. Without a bound, claims and task
-#: code outran the one write connection whenever writes slowed (a 40 s snapshot held elsewhere:
-#: 3,600-12,600 outcomes waiting, recorded up to 3.3 s after their task ended, locks not renewed,
-#: all of them to run again if the worker died). Four statements' worth keeps batches full.
+#: Outcomes the writer may hold before the worker stops claiming: four statements' worth.
 MAX_UNWRITTEN = 4 * BATCH_LIMIT
+#: How a decided outcome is named in structured logs (``--log-format json``).
+_OUTCOME_NAMES = {TaskState.COMPLETED: "completed", TaskState.FAILED: "failed", TaskState.PENDING: "retry"}
 
 Execute = Callable[[str, dict[str, Any]], Awaitable[list[tuple[Any, ...]]]]
 
 
 class OutcomeWriter:
-    def __init__(self, execute: Execute, worker_id: str, on_room: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, execute: Execute, worker_id: str, config: Config) -> None:
         self._execute = execute
         self._worker_id = worker_id
-        self._on_room = on_room  # called when a full writer has written its way back under the bound
-        self._braking = False
+        self._config = config
+        self.processed = 0  # attempts run to an outcome
         self._finishes: list[tuple[Job, Action]] = []
         self._releases: list[Job] = []
         self._writing: list[Job] = []  # the batch whose statement is in flight
         self._wanted = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._stopping = False
 
-    def finish(self, job: Job, action: Action) -> None:
-        """Record an outcome (completed, failed, or pending again for a retry)."""
+    # -- in ---------------------------------------------------------------------------------------
+
+    def complete(self, job: Job, outcome: Outcome, duration: float) -> None:
+        """An attempt ended: decide its task's next state (``outcome.decide``) and buffer it."""
+        action = decide(outcome, job.retry_count, job.max_retries, self._config)
         self._finishes.append((job, action))
-        if len(self._finishes) >= BATCH_LIMIT or not self._wanted.is_set():
-            self._wanted.set()
+        self.processed += 1
+        self._changed()
+        if log.isEnabledFor(logging.INFO):
+            _log_outcome(job, action, duration)
 
     def release(self, job: Job) -> None:
         """Hand a claimed task back without counting an attempt (it never ran, or was stopped at shutdown)."""
         self._releases.append(job)
+        self._changed()
+
+    def _changed(self) -> None:
+        if self._unwritten() >= MAX_UNWRITTEN:
+            self._room.clear()
         self._wanted.set()
+
+    # -- backpressure -----------------------------------------------------------------------------
+
+    def _unwritten(self) -> int:
+        return len(self._finishes) + len(self._writing) + len(self._releases)
+
+    def has_room(self) -> bool:
+        """Below ``MAX_UNWRITTEN`` outcomes: the worker may claim more."""
+        return self._unwritten() < MAX_UNWRITTEN
+
+    async def wait_for_room(self) -> None:
+        """Until the writer has written its way back below ``MAX_UNWRITTEN``."""
+        await self._room.wait()
 
     def unwritten_ids(self) -> set[Any]:
         """Tasks whose outcome or release this writer holds (buffered or being written)."""
         return {job.id for job, _ in self._finishes} | {job.id for job in self._releases} | {j.id for j in self._writing}
 
     @property
-    def full(self) -> bool:
-        """Holding ``MAX_UNWRITTEN`` outcomes or more: claim nothing until ``on_room`` is called.
-        (Asking is what arms ``on_room``: a claim that was held back is woken, no one else.)"""
-        if len(self._finishes) + len(self._writing) + len(self._releases) >= MAX_UNWRITTEN:
-            self._braking = True
-            return True
-        return False
-
-    def _written(self) -> None:
-        if self._braking and not self.full:
-            self._braking = False
-            self._on_room()
-
-    @property
     def pending(self) -> bool:
         return bool(self._finishes or self._releases)
+
+    # -- out --------------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Make ``run()`` return once the statement in flight (if any) is done; ``close()`` then
@@ -111,18 +122,16 @@ class OutcomeWriter:
 
     async def write_pending(self) -> None:
         while self._finishes:
-            # At most BATCH_LIMIT rows a statement, even when results piled up behind a slow write:
-            # one huge UPDATE would hold its row locks (and the connection) for that much longer.
             batch, self._finishes = self._finishes[:BATCH_LIMIT], self._finishes[BATCH_LIMIT:]
             self._writing = [job for job, _ in batch]
             try:
                 await self._write(batch)
-            except BaseException:  # an error, or cancelled: keep them for the next try
-                self._finishes[:0] = batch  # (a result is never dropped)
+            except BaseException:  # an error, or cancelled: keep them for the next try (never dropped)
+                self._finishes[:0] = batch
                 raise
             finally:
                 self._writing = []
-            self._written()
+                self._written()
         if self._releases:
             released, self._releases = self._releases, []
             self._writing = released
@@ -133,7 +142,11 @@ class OutcomeWriter:
                 raise
             finally:
                 self._writing = []
-            self._written()
+                self._written()
+
+    def _written(self) -> None:
+        if self.has_room():
+            self._room.set()
 
     async def close(self, timeout: float = 30) -> None:
         """At exit: write what is buffered, retrying through a short outage."""
@@ -171,3 +184,28 @@ class OutcomeWriter:
                     log.warning(
                         "task %s %s was cancelled or rescued while it ran: its outcome is not recorded", job.name, job.id
                     )
+
+
+def _log_outcome(job: Job, action: Action, duration: float) -> None:
+    what = {
+        TaskState.COMPLETED: "completed",
+        TaskState.FAILED: "failed",
+        TaskState.PENDING: f"failed, retry in {action.delay_seconds:.1f}s",
+    }[action.state]
+    outcome = _OUTCOME_NAMES[action.state]
+    log.info(
+        "task %s %s %s in %.1f ms",
+        what,
+        job.name,
+        job.id,
+        duration * 1000,
+        extra={
+            "event": f"task.{outcome}",
+            "task_id": str(job.id),
+            "task_name": job.name,
+            "attempt": job.retry_count + 1,
+            "duration_ms": round(duration * 1000, 3),
+            "outcome": outcome,
+            "retry_in_seconds": action.delay_seconds if action.state is TaskState.PENDING else None,
+        },
+    )

@@ -1,21 +1,8 @@
-"""Liveness: renew the locks this worker holds (heartbeat) and rescue claims whose worker is gone.
+"""Liveness: renew the locks this worker holds (heartbeat) and rescue the claims of workers that are gone.
 
-Each round heartbeats before it rescues, and a rescue never takes this worker's own claims: after
-an outage longer than the lock timeout, the worker first renews what it still runs, and what it
-finished meanwhile is written by its writer, instead of being rescued and run again.
-
-A rescue is a failed attempt like any other: ``outcome.decide`` chooses retry (with backoff) or
-failure, exactly as for an exception, and ``RESCUE_MANY`` applies that only to claims whose lock is
-still expired and still held by the worker that lost it.
-
-Dead workers are found two ways. A killed process's connections close at once, so a worker that
-holds claims but has had no session open for ``VANISHED_AFTER_SECONDS`` (as this worker observed it
-throughout, with its own connection up) is gone: its claims are rescued without waiting for their
-locks, which default to ten minutes. Every round looks at the workers' sessions only (no table is
-read); a worker learns of the others from those looks, and, once when it starts, from the owners of
-unexpired claims, so that workers which died before it started are found too. A worker cut off by
-the network may keep its sessions open on the server for a long time, and one that started and died
-between two looks is never seen; for those, lock expiry remains the fallback.
+A rescue is a failed attempt like any other (``outcome.decide``), applied only to claims still held
+by the worker that lost them. Dead workers are found by their sessions closing, or by their locks
+expiring (docs/design/liveness.md).
 """
 
 from __future__ import annotations
@@ -25,39 +12,38 @@ import logging
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 import psycopg
 from psycopg.rows import dict_row
 
 from tasklib import sql
-from tasklib._connections import Outage, WorkerConnections
 from tasklib.config import Config
 from tasklib.outcome import Outcome, OutcomeKind, decide
+from tasklib.worker.connections import Outage, WorkerConnections
+from tasklib.worker.writer import OutcomeWriter
 
 log = logging.getLogger("tasklib.worker")
 
-#: Expired claims handled per rescue statement (more are taken in the same round, one batch at a
-#: time): a few hundred rows keep each statement in the tens of milliseconds.
+#: Expired claims handled per rescue statement (more are taken in the same round, a batch at a time).
 RESCUE_BATCH = 256
-#: How long a worker holding claims must stay without any session before its claims are rescued.
-#: Long enough that a PostgreSQL restart (every session closes; live workers reconnect within about a
-#: second) or a worker's reconnect never counts as a death; short next to the default lock.
+#: How long a worker holding claims must stay without any session before its claims are rescued:
+#: longer than a reconnect after a PostgreSQL restart, short next to the default lock.
 VANISHED_AFTER_SECONDS = 5.0
-#: After this worker's own connection failed, how long it rescues nothing once it is back. An
-#: outage that cut everyone (a PostgreSQL restart) also stopped every other worker's heartbeats, so
-#: their locks may have expired meanwhile; they reconnect within about a second and renew their
-#: claims and write the outcomes they held. Rescuing first would run those tasks again.
+#: After this worker's own connection failed, how long it rescues nothing once back: the others'
+#: heartbeats stopped too, and they need a moment to renew what they still run.
 RECONNECT_GRACE_SECONDS = 5.0
-
-
-#: A repeated look takes at most this share of the time between two looks. Both rescue reads walk
-#: an index range, and while a long transaction elsewhere holds back cleanup such a range keeps the
-#: dead entries of every task finished since: the look for unexpired claims' owners measured 0.54
-#: busy sessions (a quarter of this machine's CPU) with two workers looking every second under a
-#: 40 s snapshot, before it was replaced by a look at sessions. A rescue is then found later.
+#: A repeated look at claims takes at most this share of the time between two looks.
 VANISHED_CHECK_SHARE = 0.02
+
+
+class HeldWork(Protocol):
+    """What liveness needs of the worker's executors: the jobs they hold, and a way to stop lost ones."""
+
+    def held_ids(self) -> set[uuid.UUID]: ...
+
+    def stop_lost(self, lost: set[uuid.UUID]) -> None: ...
 
 
 def session_name(worker_id: str) -> str:
@@ -148,27 +134,26 @@ def foreign_claims(rows: Iterable[dict[str, Any]], worker_id: str, known: set[uu
     return [r for r in rows if r["worker_id"] != worker_id or r["id"] not in known]
 
 
-class LockKeeper:
-    """Runs ``loop()`` in the background: heartbeats every ``heartbeat_interval``, rescues every ``poll_interval``."""
+class Liveness:
+    """Runs ``loop()`` in the background: heartbeats every ``heartbeat_interval``, rescues every
+    ``poll_interval``; sets ``wake`` when a rescue made tasks pending again."""
 
     def __init__(
         self,
         config: Config,
         worker_id: str,
         connections: WorkerConnections,
-        held: Callable[[], set[uuid.UUID]],
-        unwritten: Callable[[], set[uuid.UUID]],
-        on_lost: Callable[[set[uuid.UUID]], None],
-        on_rescued: Callable[[], None],
+        work: HeldWork,
+        writer: OutcomeWriter,
+        wake: asyncio.Event,
         poll_interval: float,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
         self._connections = connections
-        self._held = held
-        self._unwritten = unwritten
-        self._on_lost = on_lost
-        self._on_rescued = on_rescued
+        self._work = work
+        self._writer = writer
+        self._wake = wake
         self.poll_interval = poll_interval
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
         self.sessions = SessionWatch(session_name(worker_id))
@@ -201,8 +186,8 @@ class LockKeeper:
         """Extend our locks; tasks whose rows are no longer ours (cancelled, rescued) are stopped.
         Finished tasks whose outcome the writer has not recorded yet are renewed too: their rows are
         still running under this worker, and a rescue of one would run it again."""
-        held = self._held()
-        renew = held | self._unwritten()
+        held = self._work.held_ids()
+        renew = held | self._writer.unwritten_ids()
         if not renew:
             return
         rows = await self._connections.execute(
@@ -210,9 +195,9 @@ class LockKeeper:
             {"ids": list(renew), "worker_id": self.worker_id, "lock_seconds": float(self.config.lock_timeout_seconds)},
         )
         # A task that finished meanwhile is not lost: only count those still held now.
-        lost = (held - {r[0] for r in rows}) & self._held()
+        lost = (held - {r[0] for r in rows}) & self._work.held_ids()
         if lost:
-            self._on_lost(lost)
+            self._work.stop_lost(lost)
 
     async def rescue(self) -> int:
         """Fail or retry (by policy) the claims of workers that stopped renewing their locks."""
@@ -226,7 +211,7 @@ class LockKeeper:
             self.expired_pacing.ran(looked, time.monotonic())
             if not found:
                 break
-            expired = foreign_claims(found, self.worker_id, self._held() | self._unwritten())
+            expired = foreign_claims(found, self.worker_id, self._work.held_ids() | self._writer.unwritten_ids())
             if not expired:
                 break
             rescued = await self._apply(sql.RESCUE_MANY, rescue_decisions(expired, self.config))
@@ -234,7 +219,7 @@ class LockKeeper:
             if len(found) < RESCUE_BATCH or not rescued:
                 break  # all done, or another worker is rescuing the same rows
         if total:
-            self._on_rescued()
+            self._wake.set()
         return total
 
     async def rescue_vanished(self) -> int:
@@ -265,7 +250,7 @@ class LockKeeper:
                 if not rescued:
                     break  # it reconnected meanwhile, or another worker took them: look again next round
         if total:
-            self._on_rescued()
+            self._wake.set()
         return total
 
     async def _apply(self, statement: str, decisions: list[tuple[Any, str, Any, Any]]) -> set[Any]:

@@ -1,101 +1,39 @@
-"""Where a worker's next claim starts: a floor on ``scheduled_at`` per priority, decided without a
-database.
+"""Claim: where each claim starts (``ClaimFloor``) and which statements make it (``ClaimPlanner``).
 
-Why a floor: claiming moves a row out of the pending index, but its old index entry stays until
-nothing in the database can still see the row as pending. While some long transaction elsewhere
-holds the cleanup horizon back (an analytics query, a session idle in transaction), those entries
-pile up at the front of the index, exactly where every claim starts, and each claim would visit
-every one of them. With a floor the claim starts just below the oldest task it could still be
-missing, so its cost follows the tasks it takes, not the tasks taken before it.
-
-Why one per priority: the pending index leads with priority, and a btree scan can start at
-(priority, floor) only when the claim names one priority (``CLAIM_AT_PRIORITY``); otherwise it
-starts at the index's first entry and tests every entry before the floor, so the entries a held
-snapshot keeps cost every claim again, and keep costing until VACUUM. So a claim asks for each
-priority it knows of in turn, highest first, each from that priority's own floor; when those leave
-it short, one statement over every *other* priority (the ranges between the known ones,
-``other_priorities``), from the lane's *common* floor, takes the rest, so a priority the worker has
-not heard of yet is never left waiting behind an empty queue. (It leaves the known priorities out
-because the common floor lags: it moves only when a whole claim comes back short, so after a
-stretch of full claims a scan of the known priorities from it would visit every entry claimed
-since, only to find what their own steps just found: nothing.) A priority that comes back empty is
-forgotten until seen again (in a claimed row, or in a submit's NOTIFY).
-
-Each floor only moves up (a notification aside, below), and only past what a claim took:
-
-* after a **short** step (fewer rows than asked for), which took everything claimable at its
-  priority up to its own ``now()``: that priority's floor goes to just below that ``now()``; a
-  short claim across all priorities does this for every priority, and for the common floor;
-* after a **full** step: each priority it took rows of goes to just below the ``scheduled_at`` of
-  the first row it took there (rows of one priority are taken in ``scheduled_at`` order, so
-  everything before that row was taken already). A full claim across all priorities leaves the
-  common floor where it was: the priorities below its last row were never reached, and their
-  rows may be older than anything it took (a worker that starts after tasks of four priorities
-  were submitted takes the two highest in its first claim, and knows nothing of the other two).
-
-So a lower priority's older task is never passed over because a higher priority kept claims full:
-its floor moves only when a claim at its own priority moves it. (An earlier single floor did pass
-it over, and it then waited for a sweep.)
-
-Why it is safe: every path that makes a task pending stamps it with the database's ``now()`` (or a
-later time), so anything a floored claim can miss is a row committed more than
-``FLOOR_MARGIN_SECONDS`` after its statement began, a row another session had locked, or a row of
-a priority the worker has not heard of that sits below the common floor. A submit's NOTIFY,
-delivered at commit, carries the ``scheduled_at`` and priority it wrote, and the worker lowers
-that priority's floor to it (``lower_to``): a transactional submit that commits seconds later is
-claimed at once. A **sweep** finds the rest: once per sweep interval, which starts at the poll
-interval and doubles, up to ``MAX_SWEEP_FACTOR`` times it, while sweeps find nothing a floored claim
-would not have, and drops back to the poll interval as soon as one does.
-
-Why a sweep goes in windows: under a held snapshot everything below the floors is dead entries of
-claimed tasks, and a claim with no floor visits each of them (a heap visit each: 300-700 ms after
-40 s at full speed, one statement holding the claim connection all along). So a sweep is a series
-of steps, made at the start of claims (as many as fit in ``SWEEP_STEP_SECONDS`` of the claim, at
-least one), each across all priorities over a
-window of ``scheduled_at`` below the highest floor it started from, walking down: a window is
-sized from the last one's time to take about ``SWEEP_STEP_SECONDS`` (entries outside it are
-rejected on the index key, without a heap visit), doubles where entries are few (the cleaned
-past), and ends at ``EARLIEST``. Only the very first claim (nothing known yet) is a single step
-with no floor. A sweep's steps together take at most ``SWEEP_SHARE`` of the time between sweeps.
+Both are plain objects with no I/O: the planner yields statements and receives their rows, the
+worker runs them, and tests answer them from memory. Why floors, per priority, and sweeps in
+windows: docs/design/claim.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasklib import sql
 from tasklib.states import PRIORITY_MAX, PRIORITY_MIN
+from tasklib.worker.jobs import Job
 
-#: Rows may commit this long after their statement began and still be seen without a sweep. A
-#: submit or a manual retry whose transaction commits later says so: its NOTIFY carries its
-#: ``scheduled_at`` (``lower_to``). Why not wider: under a held snapshot every claim walks the dead
-#: index entries of the tasks claimed within the margin below its floor, a second's worth at full
-#: speed. Same-run A/B, 2 x 4 workers, four 40 s snapshots each: 0.1 s against 1.0 s cut the
-#: claim's busy time per task by 16 % and raised the held rate from 12,500/s to 14,400/s (mean).
+#: Most rows one claim statement takes (a long claim holds its rows and the connection).
+CLAIM_BATCH_LIMIT = 64
+#: Rows may commit this long after their statement began and still be seen without a sweep.
 FLOOR_MARGIN_SECONDS = 0.1
 #: The floor of a sweep: lower than any ``scheduled_at`` a task can have.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 #: Sweeps that find nothing new space out up to this many poll intervals.
 MAX_SWEEP_FACTOR = 8
-#: A sweep takes at most this share of the time between two sweeps. Under a held snapshot a sweep
-#: walks every index entry the snapshot keeps (hundreds of milliseconds after 40 s); paced, what
-#: only a sweep can find waits longer then, but the workers' own claims keep their speed.
+#: A sweep takes at most this share of the time between two sweeps.
 SWEEP_SHARE = 0.02
 #: What one step of a sweep should take: its windows are sized from the last step's time to this.
 SWEEP_STEP_SECONDS = 0.03
 #: The window of a sweep's first step, at most (later ones follow the time each took).
 FIRST_WINDOW = timedelta(seconds=1)
-#: A step's window is at most this many times the last one's, and at least this share of it. Growth
-#: is slow because a window's time says nothing of what lies below it: after windows grew over an
-#: idle stretch, the next one may land on a dense one.
+#: A step's window is at most this many times the last one's, and at least this share of it.
 WINDOW_GROWTH, WINDOW_SHRINK = 2.0, 0.25
-#: Windows never get narrower, a window that took no longer than ``SWEEP_STEP_SECONDS`` is followed
-#: by one at least twice as wide, and a sweep's last step comes after at most ``MAX_SWEEP_STEPS``:
-#: a step also walks the index outside its window (on keys only, some 30 ns an entry), so past a
-#: million kept entries no window meets ``SWEEP_STEP_SECONDS``, and a sweep must still end.
+#: Windows never get narrower than this, and a sweep ends after at most ``MAX_SWEEP_STEPS`` steps.
 MIN_WINDOW = timedelta(milliseconds=100)
 MAX_SWEEP_STEPS = 128
 #: A window this wide reaches ``EARLIEST``: the sweep's last step.
@@ -178,7 +116,7 @@ def _heads(claimed: Sequence[tuple[int, datetime]]) -> dict[int, datetime]:
 
 
 class ClaimFloor:
-    """Tracks one lane's floors. Per claim: ``floor_for_next``; then, while ``sweep_window`` gives
+    """One executor's floors, driven by ``ClaimPlanner``: per claim ``floor_for_next``; while ``sweep_window`` gives
     one (and the claim's sweep budget lasts), a sweep step, reported with ``swept``; then the steps
     of ``priorities_for``, and ``observe`` with what each step took."""
 
@@ -315,3 +253,92 @@ class ClaimFloor:
         self.floors.clear()
         self.sweep_every = self.base_sweep_every
         self._sweep = None
+
+
+@dataclass(frozen=True)
+class ClaimQuery:
+    """One statement of a claim, with every parameter it needs."""
+
+    statement: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ClaimReply:
+    """What one claim statement returned: the server's ``now()``, the jobs, how long it took."""
+
+    claimed_at: datetime
+    jobs: list[Job]
+    seconds: float
+
+    @classmethod
+    def from_rows(cls, rows: Sequence[dict[str, Any]], seconds: float) -> ClaimReply:
+        """From a claim statement's rows (one row with a NULL id when it claimed nothing)."""
+        return cls(rows[0]["claimed_at"], [Job.from_row(row) for row in rows if row["id"] is not None], seconds)
+
+
+def _taken(jobs: Sequence[Job]) -> list[tuple[int, datetime]]:
+    return [(job.priority, job.scheduled_at) for job in jobs]
+
+
+class ClaimPlanner:
+    """Plans the claims of one executor's task ``names``: sweep steps first while a sweep is in
+    progress, then each priority it knows of from its own floor, then every other priority."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        worker_id: str,
+        lock_seconds: float,
+        sweep_every_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
+        margin_seconds: float = FLOOR_MARGIN_SECONDS,
+    ) -> None:
+        self.floor = ClaimFloor(sweep_every_seconds, margin_seconds)
+        self._params: dict[str, Any] = {"names": list(names), "worker_id": worker_id, "lock_seconds": float(lock_seconds)}
+        self._clock = clock
+
+    def claim(self, limit: int) -> Generator[ClaimQuery, ClaimReply, list[Job]]:
+        """Yields each statement of one claim of up to ``limit`` jobs and receives its reply; returns
+        every job claimed. Sweep steps go on while they are cheap (an idle queue's sweep is one step)."""
+        started = self._clock()
+        floor = self.floor.floor_for_next(started)
+        jobs: list[Job] = []
+        steps: list[Step] = []
+        claimed_at: datetime | None = None
+        swept = 0.0
+        while len(jobs) < limit and swept < SWEEP_STEP_SECONDS and (window := self.floor.sweep_window()):
+            asked = limit - len(jobs)
+            reply = yield self._query(None, window[0], asked, window=window)
+            self.floor.swept(Step(None, asked, _taken(reply.jobs), window, reply.seconds))
+            swept += reply.seconds
+            claimed_at, jobs = claimed_at or reply.claimed_at, jobs + reply.jobs
+        known = self.floor.priorities_for(floor)
+        others = [priority for priority, _ in known]  # the last step, across priorities, leaves these out
+        for priority, at in [*known, (None, floor)]:
+            if len(jobs) >= limit:
+                break
+            asked = limit - len(jobs)
+            reply = yield self._query(priority, at, asked, others=others)
+            steps.append(Step(priority, asked, _taken(reply.jobs), None, reply.seconds))
+            claimed_at, jobs = claimed_at or reply.claimed_at, jobs + reply.jobs
+        assert claimed_at is not None
+        self.floor.observe(claimed_at, steps, seconds=self._clock() - started)
+        return jobs
+
+    def _query(
+        self,
+        priority: int | None,
+        floor: datetime,
+        limit: int,
+        window: Window | None = None,
+        others: list[int] | None = None,
+    ) -> ClaimQuery:
+        statement, params = claim_statement(priority, window, others)
+        return ClaimQuery(statement, {**self._params, **params, "floor": floor, "limit": limit})
+
+    def lower_to(self, scheduled_at: datetime, priority: int | None) -> None:
+        self.floor.lower_to(scheduled_at, priority)
+
+    def forget(self) -> None:
+        self.floor.forget()

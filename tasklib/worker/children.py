@@ -1,4 +1,4 @@
-"""The worker's pre-forked child processes (from ``_forkserver``) and the parent's side of talking to them."""
+"""The worker's child processes (forked by ``forkserver``) and the parent's side of their pipes."""
 
 from __future__ import annotations
 
@@ -8,15 +8,13 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
-from typing import Any
-from uuid import UUID
+from typing import Any, Protocol
 
-from tasklib._forkserver import ForkServer
-from tasklib._protocol import decode_available, encode
+from tasklib.worker.forkserver import ForkServer
+from tasklib.worker.jobs import Job
+from tasklib.worker.messages import FromChild, ToChild, decode_available, encode
 
 log = logging.getLogger("tasklib.worker")
 
@@ -27,49 +25,6 @@ class KillReason(StrEnum):
     TIMEOUT = "timeout"  # the task ran past its timeout: the attempt failed
     CANCEL = "cancel"  # the task was cancelled or taken over: nothing to record
     SHUTDOWN = "shutdown"  # the worker is stopping: the task goes back to pending, no attempt counted
-
-
-@dataclass(slots=True, eq=False)
-class Job:
-    """A claimed task as the worker holds it (the columns it needs, nothing more)."""
-
-    id: UUID
-    name: str
-    kwargs_json: str
-    retry_count: int
-    max_retries: int
-    timeout_seconds: int | None
-    priority: int
-    scheduled_at: datetime
-    started_at: datetime  # identifies the claim: finishing requires the row to still carry it
-    seq: int = 0  # the worker's own number for this job, used on the pipes to its children
-    cancelled: bool = False
-    recalling: bool = False  # asked its child to give it back (not started yet)
-    # Async children run everything they are sent at once, so each job keeps its own times.
-    sent_at: float = 0.0  # monotonic time it was sent to an async child
-    cancel_sent_at: float | None = None  # when its async child was asked to cancel it
-    overdue: bool = False  # past its timeout and the grace after it: its child is being killed
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Job:
-        """From a CLAIM_NEXT row (named columns)."""
-        return cls(
-            id=row["id"],
-            name=row["name"],
-            kwargs_json=row["kwargs_json"],
-            retry_count=row["retry_count"],
-            max_retries=row["max_retries"],
-            timeout_seconds=row["timeout_seconds"],
-            priority=row["priority"],
-            scheduled_at=row["scheduled_at"],
-            started_at=row["started_at"],
-        )
-
-    @property
-    def queue_order(self) -> tuple[int, datetime, UUID]:
-        """The order tasks start in: priority first, then due time, then id (FIFO within a priority).
-        Python orders UUIDs as PostgreSQL does (by their 128-bit value)."""
-        return (-self.priority, self.scheduled_at, self.id)
 
 
 @dataclass(eq=False)
@@ -103,25 +58,31 @@ class Child:
             pass
 
 
+class ChildEvents(Protocol):
+    """What a pool reports to the executor that owns it."""
+
+    def on_message(self, child: Child, message: FromChild) -> None: ...
+
+    def on_death(self, child: Child, reason: str) -> None: ...
+
+
 class ChildPool:
-    """Starts, feeds and replaces ``size`` children. Callbacks report results and deaths to the worker."""
+    """Starts, feeds and replaces ``size`` children, reporting their messages and deaths to ``events``."""
 
     def __init__(
         self,
         size: int,
         server: ForkServer,
-        on_message: Callable[[Child, Any], None],
-        on_death: Callable[[Child, str], None],
+        events: ChildEvents,
         default_memory_limit_mb: int | None = None,
         run_async: bool = False,
     ) -> None:
         self.size = size
         self.server = server
-        self.run_async = run_async  # children of ``_async_child`` (many tasks at once) instead of ``_child``
+        self.run_async = run_async  # children of ``async_child`` (many tasks at once) instead of ``child``
         self.default_memory_limit_mb = default_memory_limit_mb
         self.children: list[Child] = []
-        self._on_message = on_message
-        self._on_death = on_death
+        self._events = events
         self._loop: asyncio.AbstractEventLoop | None = None
         self._respawn_delay = 0.0
         self.closing = False
@@ -150,7 +111,7 @@ class ChildPool:
         self._loop.add_reader(status_fd, self._exited, child)
         return child
 
-    def send(self, child: Child, message: Any) -> None:
+    def send(self, child: Child, message: ToChild) -> None:
         child.write_buffer += encode(message)
         self._flush_writes(child)
 
@@ -181,7 +142,7 @@ class ChildPool:
             return
         child.read_buffer += chunk
         for message in decode_available(child.read_buffer):
-            self._on_message(child, message)
+            self._events.on_message(child, message)  # type: ignore[arg-type]
 
     def _exited(self, child: Child) -> None:
         assert self._loop is not None
@@ -200,14 +161,14 @@ class ChildPool:
         except (BlockingIOError, OSError):
             pass
         for message in decode_available(child.read_buffer):
-            self._on_message(child, message)
+            self._events.on_message(child, message)  # type: ignore[arg-type]
         self._discard(child)
         if len(status) == 4:
             code = int.from_bytes(status, "big", signed=True)
             reason = f"killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         else:
             reason = "died with its fork server"
-        self._on_death(child, reason)
+        self._events.on_death(child, reason)
         if self.closing:
             return
         if child.ready:

@@ -11,7 +11,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
@@ -63,17 +64,22 @@ def brief(exc: BaseException) -> str:
 class WorkerConnections:
     """The claim and write connections of one worker, each opened on first use."""
 
-    def __init__(self, url: str, application_name: str) -> None:
-        self.url = url
+    def __init__(self, url: str | Callable[[], str], application_name: str) -> None:
+        self._url = url  # resolved on first use: the embedded server starts only when a worker runs
         # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
         self.application_name = application_name
-        # "schedule" is opened only by workers with recurring tasks (``tasklib._scheduler``).
+        # "schedule" is opened only by workers with recurring tasks (``tasklib.worker.scheduler``).
         self._conns: dict[Role, psycopg.AsyncConnection[Any] | None] = {"claim": None, "write": None, "schedule": None}
+
+    def url(self) -> str:
+        if callable(self._url):
+            self._url = self._url()
+        return self._url
 
     async def connection(self, role: Role) -> psycopg.AsyncConnection[Any]:
         conn = self._conns[role]
         if conn is None or conn.closed or conn.broken:
-            conn = await psycopg.AsyncConnection.connect(self.url, **connect_kwargs(self.application_name))
+            conn = await psycopg.AsyncConnection.connect(self.url(), **connect_kwargs(self.application_name))
             await conn.execute(_SETTINGS[role])
             self._conns[role] = conn
         return conn
@@ -120,16 +126,22 @@ def submit_note(payload: str) -> tuple[float | None, int | None]:
         return None, None
 
 
-async def listen(
-    url: str,
-    application_name: str,
-    on_submit: Callable[[float | None, int | None], None],
-    on_cancel: Callable[[uuid.UUID], None],
-) -> None:
-    """LISTEN until cancelled, reconnecting with backoff: submits call ``on_submit``, cancels ``on_cancel``.
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A submit committed (or the listener reconnected: both None, anything may be due)."""
 
-    ``on_submit`` is also called after every (re)connect: anything submitted while nobody listened.
-    """
+    scheduled_at: float | None = None  # epoch seconds
+    priority: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    task_id: uuid.UUID
+
+
+async def notifications(url: str, application_name: str) -> AsyncIterator[Submitted | CancelRequested]:
+    """LISTEN until cancelled, reconnecting with backoff. After every (re)connect it yields a bare
+    ``Submitted``: anything may have been submitted while nobody listened."""
     backoff = 0.1
     outage = Outage("listening for submits")
     while True:
@@ -139,16 +151,15 @@ async def listen(
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_CANCEL}")
                 backoff = 0.1
                 outage.ok()
-                on_submit(None, None)
+                yield Submitted()
                 async for note in conn.notifies():
                     if note.channel != sql.NOTIFY_CHANNEL_CANCEL:
-                        on_submit(*submit_note(note.payload))
+                        yield Submitted(*submit_note(note.payload))
                         continue
                     try:
-                        task_id = uuid.UUID(note.payload)
+                        yield CancelRequested(uuid.UUID(note.payload))
                     except ValueError:
                         continue
-                    on_cancel(task_id)
         except psycopg.Error as exc:
             outage.failed(exc)
             await asyncio.sleep(backoff)

@@ -1,14 +1,9 @@
 """The child process that runs task code. Pre-forked, reused across tasks, killed on timeout.
 
-Protocol (see ``_protocol``; ``seq`` is the worker's own number for a job): the parent sends
-``("run", [(seq, name, kwargs_json), …])`` and
-``("recall", [seq, …])``. The child answers ``("ready", pid)`` once, then one
-``(seq, status, payload)`` per task it ran, in order (status ``ok`` with the result as JSON, or
-``error`` with a traceback), and ``("recalled", [seq, …])`` for queued tasks it gave back.
-
-A reader thread takes messages while the main thread runs task code, so a recall is answered at
-once even during a long task: a recalled task is guaranteed never to start here, which lets the
-worker move it to an idle child (or drop it when cancelled) without ever running it twice.
+It answers ``Ready`` once, then one ``Finished`` per task it ran, in the order it was sent them
+(``messages``). A reader thread takes messages while task code runs, so a ``Recall`` is answered at
+once even during a long task: a recalled task never starts here, which lets the worker move it to
+an idle child (or drop it when cancelled) without ever running it twice.
 """
 
 from __future__ import annotations
@@ -29,8 +24,19 @@ from typing import Any
 
 import pydantic_core
 
-from tasklib._protocol import encode, read_messages, write_all
 from tasklib.registry import refuse_nul
+from tasklib.worker.messages import (
+    Finished,
+    Ready,
+    Recall,
+    Recalled,
+    Run,
+    Status,
+    TaskOrder,
+    encode,
+    read_messages,
+    write_all,
+)
 
 _PR_SET_PDEATHSIG = 1
 
@@ -93,7 +99,7 @@ def load_call(definitions: dict[str, Any], name: str, kwargs_json: str) -> tuple
     return definition, definition.load(json.loads(kwargs_json))
 
 
-def failure(exc: BaseException, limit_mb: int | None = None) -> tuple[str, str]:
+def failure(exc: BaseException, limit_mb: int | None = None) -> tuple[Status, str]:
     """``("error", traceback)`` for an exception a task raised, without TaskLib's own frame."""
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
     text = "".join(traceback.format_exception(type(exc), exc, tb))
@@ -102,7 +108,7 @@ def failure(exc: BaseException, limit_mb: int | None = None) -> tuple[str, str]:
     return "error", _clean(text)
 
 
-def success(result: Any) -> tuple[str, str]:
+def success(result: Any) -> tuple[Status, str]:
     """``("ok", JSON)`` for a task's return value, or an error when it cannot be stored."""
     try:
         text = pydantic_core.to_json(result).decode()
@@ -118,7 +124,7 @@ def success(result: Any) -> tuple[str, str]:
 
 def run_one(
     definitions: dict[str, Any], name: str, kwargs_json: str, default_memory_limit_mb: int | None = None
-) -> tuple[str, str]:
+) -> tuple[Status, str]:
     """Run one task; returns (status, payload). Never raises."""
     limit_mb = default_memory_limit_mb
     try:
@@ -136,7 +142,7 @@ def run_one(
 
 
 def child_main(read_fd: int, write_fd: int, modules: list[str], default_memory_limit_mb: int | None = None) -> None:
-    """Entry point of a child (forked by ``_forkserver``): its input and output pipe ends."""
+    """Entry point of a child (forked by ``forkserver``): its input and output pipe ends."""
     # Ctrl+C reaches the whole process group; the worker decides when task code stops, not the tty.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -146,11 +152,11 @@ def child_main(read_fd: int, write_fd: int, modules: list[str], default_memory_l
     from tasklib.registry import registered_definitions
 
     definitions = registered_definitions()
-    queue: deque[tuple[int, str, str]] = deque()
+    queue: deque[TaskOrder] = deque()
     work = threading.Condition()
     write_lock = threading.Lock()
 
-    def send(message: Any) -> None:
+    def send(message: Ready | Recalled | Finished) -> None:
         data = encode(message)
         with write_lock:  # two threads write: frames must not interleave
             write_all(write_fd, data)
@@ -164,25 +170,25 @@ def child_main(read_fd: int, write_fd: int, modules: list[str], default_memory_l
 
     def read_loop() -> None:
         for message in read_messages(read_fd):
-            if message[0] == "run":
+            if isinstance(message, Run):
                 with work:
-                    queue.extend(message[1])
+                    queue.extend(message.tasks)
                     work.notify()
-            elif message[0] == "recall":
-                wanted = set(message[1])
+            elif isinstance(message, Recall):
+                wanted = set(message.seqs)
                 with work:
-                    recalled = [item[0] for item in queue if item[0] in wanted]
-                    kept = [item for item in queue if item[0] not in wanted]
+                    recalled = tuple(order.seq for order in queue if order.seq in wanted)
+                    kept = [order for order in queue if order.seq not in wanted]
                     queue.clear()
                     queue.extend(kept)
-                send(("recalled", recalled))
+                send(Recalled(recalled))
 
     threading.Thread(target=reader, name="tasklib-child-reader", daemon=True).start()
-    send(("ready", os.getpid()))
+    send(Ready(os.getpid()))
     while True:
         with work:
             while not queue:
                 work.wait()
-            seq, name, kwargs_json = queue.popleft()
-        status, payload = run_one(definitions, name, kwargs_json, default_memory_limit_mb)
-        send((seq, status, payload))
+            order = queue.popleft()
+        status, payload = run_one(definitions, order.name, order.kwargs_json, default_memory_limit_mb)
+        send(Finished(order.seq, status, payload))

@@ -12,22 +12,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import psycopg
 
 from tasklib import sql
-from tasklib._connections import MAX_BACKOFF_SECONDS, Outage
 from tasklib.config import Config
 from tasklib.ids import new_id
 from tasklib.registry import TaskDefinition
 from tasklib.schedules import slot_key
+from tasklib.worker.connections import MAX_BACKOFF_SECONDS, Outage, WorkerConnections
 
 log = logging.getLogger("tasklib.worker")
-
-Run = Callable[[str, dict[str, Any]], Awaitable[list[Any]]]
 
 #: A pass runs at least this often even when no slot is near: a sleep computed from one clock reading
 #: never runs long (the database clock may be set, a laptop may sleep).
@@ -39,13 +36,18 @@ BOUNDARY_MARGIN_SECONDS = 0.01
 class Scheduler:
     """Schedules the slots of the recurring tasks among ``definitions``."""
 
-    def __init__(self, definitions: dict[str, TaskDefinition], config: Config, run: Run, on_due: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        definitions: dict[str, TaskDefinition],
+        config: Config,
+        connections: WorkerConnections,
+        wake: asyncio.Event,
+    ) -> None:
         self.definitions = {name: d for name, d in definitions.items() if d.schedule is not None}
         self.config = config
-        self.run = run
-        #: Called when a pass wakes at a slot boundary: the slot's row is due, and polling would find
-        #: it only at the claim loop's next poll.
-        self.on_due = on_due
+        self._connections = connections
+        #: Set when a pass wakes at a slot boundary: the slot's row is due now, not at the next poll.
+        self._wake = wake
         self._inserted: dict[str, datetime] = {}  # task -> the next slot this worker already inserted
 
     def slot_params(self, definition: TaskDefinition, slot: datetime) -> dict[str, Any]:
@@ -63,6 +65,9 @@ class Scheduler:
             "tags": json.dumps(schedule.tags()),
             "unique_key": slot_key(definition.name, slot),
         }
+
+    async def run(self, statement: str, params: dict[str, Any]) -> list[Any]:
+        return await self._connections.execute(statement, params, role="schedule")
 
     async def tick(self, now: datetime) -> datetime:
         """One pass at database time ``now``; returns the earliest next slot (when to pass again)."""
@@ -99,7 +104,7 @@ class Scheduler:
                 wait = (soonest - now).total_seconds() - (asyncio.get_running_loop().time() - started)
                 if wait + BOUNDARY_MARGIN_SECONDS <= MAX_SLEEP_SECONDS:
                     await asyncio.sleep(max(0.0, wait) + BOUNDARY_MARGIN_SECONDS)
-                    self.on_due()
+                    self._wake.set()
                 else:
                     await asyncio.sleep(MAX_SLEEP_SECONDS)
             except psycopg.Error as exc:

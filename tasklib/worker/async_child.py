@@ -1,13 +1,9 @@
 """The child process that runs ``async def`` tasks: many at once, on one event loop of its own.
 
-It speaks the sync child's protocol (``_child``) with two differences: everything it is sent starts
-at once (there is no queue, so no recall), and the parent may send ``("cancel", [seq, …])`` to cancel
-running tasks. Answers come in the order tasks finish, each ``(seq, status, payload)`` with status
-``ok``, ``error``, ``timeout`` (it ran past its timeout and was cancelled) or ``cancelled``.
-
-The child enforces each task's timeout itself, by cancelling it. A task that swallows the
-cancellation, or blocks the loop with sync code, cannot be stopped from inside: the parent kills
-the whole child after a grace period (see ``_async_dispatcher``).
+Everything it is sent starts at once (no queue, so no recall); ``Cancel`` cancels running tasks.
+Answers come in the order tasks finish. The child enforces each task's timeout by cancelling it; a
+task that swallows the cancellation or blocks the loop is stopped by the worker killing the whole
+child after a grace period (``async_executor``).
 """
 
 from __future__ import annotations
@@ -19,12 +15,12 @@ import os
 import signal
 from typing import Any
 
-from tasklib._child import _die_with_parent, failure, load_call, success
-from tasklib._protocol import decode_available, encode, write_all
 from tasklib.outcome import timeout_error
+from tasklib.worker.child import _die_with_parent, failure, load_call, success
+from tasklib.worker.messages import Cancel, Finished, Ready, Run, Status, TaskOrder, decode_available, encode, write_all
 
 
-async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, timeout: int | None) -> tuple[str, str]:
+async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, timeout: int | None) -> tuple[Status, str]:
     """Run one async task to (status, payload). Never raises but CancelledError (a cancel)."""
     deadline = asyncio.timeout(timeout or None)  # None: no deadline, and never expired
     try:
@@ -46,7 +42,7 @@ async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, ti
 
 
 def async_child_main(read_fd: int, write_fd: int, modules: list[str]) -> None:
-    """Entry point of an async child (forked by ``_forkserver``): its input and output pipe ends."""
+    """Entry point of an async child (forked by ``forkserver``): its input and output pipe ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
@@ -65,25 +61,26 @@ async def _serve(read_fd: int, write_fd: int, definitions: dict[str, Any]) -> No
     buffer = bytearray()
     os.set_blocking(read_fd, False)
 
-    def send(message: Any) -> None:
+    def send(message: Ready | Finished) -> None:
         # Blocking on purpose: the worker reads continuously, and a result must never be dropped.
         write_all(write_fd, encode(message))
 
-    async def one(seq: int, name: str, kwargs_json: str, timeout: int | None) -> None:
+    async def one(order: TaskOrder) -> None:
+        status: Status
         try:
-            status, payload = await run_async(definitions, name, kwargs_json, timeout)
+            status, payload = await run_async(definitions, order.name, order.kwargs_json, order.timeout_seconds)
         except asyncio.CancelledError:
             status, payload = "cancelled", ""
         finally:
-            running.pop(seq, None)
-        send((seq, status, payload))
+            running.pop(order.seq, None)
+        send(Finished(order.seq, status, payload))
 
-    def on_message(message: Any) -> None:
-        if message[0] == "run":
-            for seq, name, kwargs_json, timeout in message[1]:
-                running[seq] = loop.create_task(one(seq, name, kwargs_json, timeout))
-        elif message[0] == "cancel":
-            for seq in message[1]:
+    def on_message(message: object) -> None:
+        if isinstance(message, Run):
+            for order in message.tasks:
+                running[order.seq] = loop.create_task(one(order))
+        elif isinstance(message, Cancel):
+            for seq in message.seqs:
                 task = running.get(seq)
                 if task is not None:
                     task.cancel()
@@ -103,5 +100,5 @@ async def _serve(read_fd: int, write_fd: int, definitions: dict[str, Any]) -> No
             on_message(message)
 
     loop.add_reader(read_fd, readable)
-    send(("ready", os.getpid()))
+    send(Ready(os.getpid()))
     await closed

@@ -1,0 +1,407 @@
+"""TaskWorker: composes the worker's parts at start and runs the claim loop.
+
+claim (``claim``) → execute (``executors``: children run the code) → outcome → write (``writer``),
+with ``liveness`` renewing locks and rescuing, ``scheduler`` inserting recurring slots, and
+``connections`` holding the database connections and the LISTEN loop. docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from tasklib.config import Config, Retention, redact_url
+from tasklib.db import connect_kwargs
+from tasklib.errors import DatabaseError
+from tasklib.registry import TaskDefinition, registered_definitions
+from tasklib.retention import automatic_round
+from tasklib.schema import check_cleanup, ensure_schema
+from tasklib.worker.async_executor import AsyncExecutor
+from tasklib.worker.claim import CLAIM_BATCH_LIMIT, ClaimPlanner, ClaimReply
+from tasklib.worker.connections import (
+    MAX_BACKOFF_SECONDS,
+    CancelRequested,
+    Outage,
+    WorkerConnections,
+    brief,
+    notifications,
+)
+from tasklib.worker.executors import Executor, ProcessExecutor
+from tasklib.worker.forkserver import ForkServer
+from tasklib.worker.liveness import Liveness, session_name
+from tasklib.worker.scheduler import Scheduler
+from tasklib.worker.writer import OutcomeWriter
+
+log = logging.getLogger("tasklib.worker")
+
+WATCHDOG_INTERVAL_SECONDS = 0.05
+#: At shutdown, how long the writer may finish the statement in flight before it is cancelled.
+WRITER_STOP_SECONDS = 5.0
+#: How many ``async def`` tasks a worker runs at once unless told otherwise.
+DEFAULT_ASYNC_CONCURRENCY = 10
+
+
+@dataclass(eq=False)
+class Lane:
+    """One executor and the planner of its claims (each claims only the task names it runs)."""
+
+    executor: Executor
+    planner: ClaimPlanner
+
+
+class Lanes:
+    """Every lane of a worker, addressed as one by liveness, the listener and shutdown."""
+
+    def __init__(self, lanes: list[Lane]) -> None:
+        self.lanes = lanes
+
+    def held_ids(self) -> set[uuid.UUID]:
+        return set().union(*(lane.executor.held_ids() for lane in self.lanes))
+
+    def stop_lost(self, lost: set[uuid.UUID]) -> None:
+        for lane in self.lanes:
+            lane.executor.stop_lost(lost)
+
+    def running(self) -> int:
+        return sum(lane.executor.running() for lane in self.lanes)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+def split_names(definitions: dict[str, TaskDefinition], async_concurrency: int) -> tuple[list[str], list[str]]:
+    """(sync names, async names): ``async def`` tasks get their own lane unless ``async_concurrency`` is 0."""
+    async_names = sorted(n for n, d in definitions.items() if async_concurrency and inspect.iscoroutinefunction(d.func))
+    return sorted(set(definitions) - set(async_names)), async_names
+
+
+class TaskWorker:
+    """Runs registered tasks from the ``tasks`` table. ``await run()`` blocks until shut down."""
+
+    def __init__(
+        self,
+        config: Config,
+        concurrency: int = 1,
+        poll_interval_seconds: float = 1.0,
+        *,
+        modules: list[str] | None = None,
+        handle_signals: bool = True,
+        async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if async_concurrency < 0:
+            raise ValueError("async_concurrency must be >= 0 (0 runs async tasks in the sync children)")
+        if poll_interval_seconds <= 0:
+            raise ValueError("poll_interval_seconds must be > 0")
+        self.config = config
+        self.concurrency = concurrency
+        self.async_concurrency = async_concurrency
+        self.poll_interval = poll_interval_seconds
+        self.worker_id = config.worker_id or default_worker_id()
+        self.handle_signals = handle_signals
+        self._extra_modules = modules or []
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._grace: float | None = None  # shutdown(grace_seconds=…) overrides the config
+        self._force = False
+        self._stopped = asyncio.Event()
+        self._started = False
+        self._run_task: asyncio.Task[Any] | None = None
+        self._app_name = session_name(self.worker_id)
+        self._connections = WorkerConnections(config.resolved_database_url, self._app_name)
+        self._writer = OutcomeWriter(self._execute, self.worker_id, config)
+        self._lanes = Lanes([])
+
+    @property
+    def processed(self) -> int:
+        """Tasks this worker has run to an outcome."""
+        return self._writer.processed
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until ``shutdown()`` or SIGINT/SIGTERM (a second signal stops running tasks at once)."""
+        self._started = True
+        self._run_task = asyncio.current_task()
+        url = self.config.resolved_database_url()
+        await asyncio.to_thread(self._prepare_schema, url)
+        definitions = registered_definitions()
+        if not definitions:
+            log.warning("no tasks are registered: this worker will claim nothing (use --app to import them)")
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        server = self._fork_server(definitions)
+        await server.start()
+        self._lanes = Lanes(self._make_lanes(definitions, server))
+        for lane in self._lanes.lanes:
+            lane.executor.start()
+        async_lane = any(isinstance(lane.executor, AsyncExecutor) for lane in self._lanes.lanes)
+        log.info(
+            "worker %s started: concurrency %d, async concurrency %d, %d task(s) registered, database %s",
+            self.worker_id,
+            self.concurrency,
+            self.async_concurrency if async_lane else 0,
+            len(definitions),
+            redact_url(url),
+            extra={"event": "worker.started", "worker_id": self.worker_id},
+        )
+        liveness = Liveness(
+            self.config, self.worker_id, self._connections, self._lanes, self._writer, self._wake, self.poll_interval
+        )
+        writer = asyncio.create_task(self._writer.run(), name="tasklib-write")
+        background = [
+            asyncio.create_task(self._listen(url), name="tasklib-listen"),
+            asyncio.create_task(liveness.loop(), name="tasklib-locks"),
+            asyncio.create_task(self._watchdog(), name="tasklib-watchdog"),
+        ]
+        scheduler = Scheduler(definitions, self.config, self._connections, self._wake)
+        if scheduler.definitions:
+            background.append(asyncio.create_task(scheduler.loop(), name="tasklib-schedule"))
+        if self.config.retention is not None:
+            background.append(asyncio.create_task(self._retention_loop(url), name="tasklib-retention"))
+        try:
+            await self._claim_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            # Not cancelled outright: a finish cut off mid-statement could be lost or half-known. A
+            # statement that hangs (a partition) is cancelled after a while; its batch stays buffered.
+            self._writer.stop()
+            if not (await asyncio.wait({writer}, timeout=WRITER_STOP_SECONDS))[0]:
+                writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            await self._writer.close()
+            await asyncio.gather(*(lane.executor.close() for lane in self._lanes.lanes))
+            server.close()
+            await self._connections.close()
+            self._remove_signals(loop)
+            self._stopped.set()
+            log.info(
+                "worker %s stopped after %d task(s)",
+                self.worker_id,
+                self.processed,
+                extra={"event": "worker.stopped", "worker_id": self.worker_id},
+            )
+
+    async def shutdown(self, grace_seconds: float | None = None) -> None:
+        """Stop claiming, let running tasks finish (up to the grace period), release the rest.
+
+        Returns once ``run()`` has finished (at once if it is not running).
+        """
+        if grace_seconds is not None:
+            self._grace = grace_seconds
+        self._stop()
+        if self._started and asyncio.current_task() is not self._run_task:
+            await self._stopped.wait()
+
+    def _fork_server(self, definitions: dict[str, TaskDefinition]) -> ForkServer:
+        modules = sorted({d.func.__module__ for d in definitions.values()} | set(self._extra_modules))
+        main = any(m in ("__main__", "__mp_main__") for m in modules)
+        return ForkServer([m for m in modules if m not in ("__main__", "__mp_main__")], preload_main=main)
+
+    def _make_lanes(self, definitions: dict[str, TaskDefinition], server: ForkServer) -> list[Lane]:
+        """A sync lane when sync tasks exist (or none at all, so a worker started before its tasks'
+        modules were given still looks alive), an async lane when async tasks do."""
+        sync_names, async_names = split_names(definitions, self.async_concurrency)
+        executors: list[Executor] = []
+        if sync_names or not async_names:
+            executors.append(ProcessExecutor(sync_names, self.concurrency, server, self._writer, self._wake, self.config))
+        if async_names:
+            executors.append(
+                AsyncExecutor(async_names, self.async_concurrency, server, self._writer, self._wake, self.config)
+            )
+        return [Lane(executor, self._planner(executor.names)) for executor in executors]
+
+    def _planner(self, names: list[str]) -> ClaimPlanner:
+        return ClaimPlanner(names, self.worker_id, self.config.lock_timeout_seconds, self.poll_interval)
+
+    def _stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+
+    def _prepare_schema(self, url: str) -> None:
+        """Create/upgrade the table, waiting for the database if it is not up yet (containers start together)."""
+        delay, deadline = 0.5, time.monotonic() + 60
+        while True:
+            try:
+                with psycopg.connect(url, connect_timeout=5, **connect_kwargs("tasklib-worker")) as conn:
+                    ensure_schema(conn)
+                    problem = check_cleanup(conn)
+                if problem:
+                    log.warning(problem, extra={"event": "worker.autovacuum_off", "worker_id": self.worker_id})
+                return
+            except psycopg.OperationalError as exc:
+                if time.monotonic() > deadline or self._stopping:
+                    raise DatabaseError(f"cannot reach {redact_url(url)}: {brief(exc)}") from exc
+                log.warning("database not reachable yet (%s); retrying in %.1fs", brief(exc), delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.handle_signals:
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass  # not the main thread: the caller handles signals and calls shutdown()
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.handle_signals:
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                pass
+
+    def _on_signal(self, sig: int) -> None:
+        if self._stopping:
+            log.warning("second %s: stopping running tasks now", signal.Signals(sig).name)
+            self._force = True
+        else:
+            log.info(
+                "%s received: finishing running tasks (up to %.0fs), claiming nothing new; again to force",
+                signal.Signals(sig).name,
+                self.config.shutdown_grace_seconds,
+            )
+        self._stop()
+
+    async def _execute(self, statement: str, params: dict[str, Any]) -> list[Any]:
+        return await self._connections.execute(statement, params)
+
+    async def _listen(self, url: str) -> None:
+        async for event in notifications(url, self._app_name):
+            if isinstance(event, CancelRequested):
+                self._lanes.stop_lost({event.task_id})
+                continue
+            if event.scheduled_at is not None:
+                at = datetime.fromtimestamp(event.scheduled_at, UTC)
+                for lane in self._lanes.lanes:
+                    lane.planner.lower_to(at, event.priority)
+            if not self._stopping:
+                self._wake.set()
+
+    # -- claiming ---------------------------------------------------------------------------------
+
+    async def _claim(self, lane: Lane, limit: int) -> int:
+        """Run one claim's statements; each statement's jobs go to the executor as soon as it returns."""
+        plan = lane.planner.claim(limit)
+        claimed = 0
+        try:
+            query = next(plan)
+            while True:
+                started = time.monotonic()
+                rows = await self._connections.execute(query.statement, query.params, role="claim", row_factory=dict_row)
+                reply = ClaimReply.from_rows(rows, time.monotonic() - started)
+                lane.executor.hold(reply.jobs)
+                claimed += len(reply.jobs)
+                query = plan.send(reply)
+        except StopIteration:
+            return claimed
+
+    async def _claim_round(self) -> bool:
+        """Claim for every lane with room; True when some claim came back full (more may be due)."""
+        claimed_full = False
+        for lane in self._lanes.lanes:
+            wanted = min(lane.executor.wanted(), CLAIM_BATCH_LIMIT)
+            if wanted and lane.executor.names:
+                claimed_full |= await self._claim(lane, wanted) == wanted
+        return claimed_full
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        outage = Outage("claiming tasks")
+        while not self._stopping:
+            # Cleared before the round, never after it: a wake-up that arrives while the round awaits
+            # its statements must keep the wait below from sleeping a whole poll interval.
+            self._wake.clear()
+            if not self._writer.has_room():  # outcomes wait to be recorded: more tasks would add to them
+                await self._first(self._writer.wait_for_room(), self._wake.wait())
+                continue
+            try:
+                claimed_full = await self._claim_round()
+                backoff = 0.1
+                outage.ok()
+            except psycopg.Error as exc:
+                for lane in self._lanes.lanes:
+                    lane.planner.forget()
+                outage.failed(exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            if claimed_full:
+                continue  # more may be due: claim again at once
+            rechecks = [t for t in (lane.executor.recheck_in() for lane in self._lanes.lanes) if t is not None]
+            try:
+                await asyncio.wait_for(self._wake.wait(), min([self.poll_interval, *rechecks]))
+            except TimeoutError:
+                pass
+
+    @staticmethod
+    async def _first(*waits: Any) -> None:
+        tasks = [asyncio.ensure_future(w) for w in waits]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    # -- shutdown ---------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """After the claim loop stops: release queued tasks, finish running ones within the grace."""
+        grace = self.config.shutdown_grace_seconds if self._grace is None else self._grace
+        for lane in self._lanes.lanes:
+            lane.executor.stop()
+        deadline = time.monotonic() + grace
+        while self._lanes.running() and time.monotonic() < deadline and not self._force:
+            await asyncio.sleep(0.02)
+        if self._lanes.running():
+            log.warning("stopping %d task(s) still running; they go back to the queue", self._lanes.running())
+            for lane in self._lanes.lanes:
+                lane.executor.kill_running()
+            while self._lanes.running():
+                await asyncio.sleep(0.02)
+
+    async def _retention_loop(self, url: str) -> None:
+        """Every ``retention.every_seconds`` (the first a few seconds after start, spread over workers
+        started together), try one retention round; the advisory lock lets one worker at a time prune."""
+        policy = self.config.retention
+        assert policy is not None
+        await asyncio.sleep(random.uniform(1.0, min(5.0, policy.every_seconds)))
+        while True:
+            try:
+                removed = await asyncio.to_thread(self._retention_round, url, policy)
+                if removed:
+                    log.info("retention removed %d finished task(s): %s", sum(removed.values()), removed)
+            except (psycopg.Error, DatabaseError) as exc:
+                log.warning("retention round failed (%s); next in %.0fs", brief(exc), policy.every_seconds)
+            await asyncio.sleep(policy.every_seconds)
+
+    def _retention_round(self, url: str, policy: Retention) -> dict[str, int] | None:
+        with psycopg.connect(url, connect_timeout=10, **connect_kwargs(f"tasklib-retention {self.worker_id}"[:63])) as conn:
+            return automatic_round(conn, policy, self.worker_id)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(WATCHDOG_INTERVAL_SECONDS)
+            for lane in self._lanes.lanes:
+                lane.executor.check()

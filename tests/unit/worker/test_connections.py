@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from tasklib.worker.connections import submit_note
+
+
+def test_a_submit_notification_carries_its_time_and_priority() -> None:
+    assert submit_note("app.send_email 1764590400.25 -3") == (1764590400.25, -3)
+    assert submit_note("app.send_email 1764590400.25") == (1764590400.25, None)  # an older submitter
+    assert submit_note("my job 5 1764590400.25") == (1764590400.25, None)  # a name with spaces, old form
+    assert submit_note("my job 1764590400.25 2") == (1764590400.25, 2)
+    assert submit_note("garbage") == (None, None)
