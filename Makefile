@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 UV ?= $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-unit test-integration test-e2e lint format check bench soak demo browser systools clean
+.PHONY: install test test-unit test-integration test-e2e lint format check bench soak demo docs docs-build browser systools clean
 
 $(VENV)/.installed: pyproject.toml $(wildcard uv.lock)
 ifneq ($(UV),)
@@ -77,5 +77,13 @@ soak: install
 demo: install
 	$(PY) -m examples.demo --port $(PORT)
 
+## The documentation site (MkDocs Material, API reference from docstrings) on http://127.0.0.1:8000.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+## The site built into site/, failing on any broken link or reference (CI runs this).
+docs-build: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache .ruff_cache

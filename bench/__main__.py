@@ -162,8 +162,15 @@ def main() -> int:
     parser.add_argument("--only-retention", action="store_true", help="run just the prune-under-load measure")
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory and async-throughput measure")
     parser.add_argument("--only-memory", action="store_true", help="run just the memory and async-throughput measure")
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    parser.add_argument("--only-headline", action="store_true", help="run just the submit, drain and pickup measures")
+    parser.add_argument("--sets", type=int, default=1, help="with --only-burst: this many whole runs, in one file")
+    parser.add_argument("--json", type=Path, default=None, help="where to write (default: bench/results/<part>.json)")
     args = parser.parse_args()
+    if args.only_headline:
+        args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = args.skip_dashboard = True
+    args.json = args.json or ROOT / "bench" / "results" / f"{part_name(args)}.json"
+    if args.only_burst and args.sets > 1:
+        return burst_sets(args.sets, args.json)
     started = time.time()
     results: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -245,6 +252,38 @@ def main() -> int:
     print_retention(results)
     print_dashboard(results)
     print(f"\nJSON: {args.json}")
+    return 0
+
+
+#: The result file each part writes by default; a re-measurement replaces it. Only the files the docs
+#: cite are committed (a whole run's ``latest.json`` is not).
+PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard")
+
+
+def part_name(args: argparse.Namespace) -> str:
+    return next((part for part in PARTS if getattr(args, f"only_{part}", False)), "latest")
+
+
+def burst_sets(sets: int, path: Path) -> int:
+    """``sets`` whole ``--only-burst`` runs, one process each, recorded together as ``{"runs": [...]}``."""
+    import subprocess
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:  # every argument but --sets N / --sets=N (and --json: each set has its own)
+        if skip:
+            skip = False
+        elif arg in ("--sets", "--json"):
+            skip = True
+        elif not arg.startswith(("--sets=", "--json=")):
+            argv.append(arg)
+    runs = []
+    for i in range(sets):
+        part = path.with_suffix(f".set{i + 1}.json")
+        subprocess.run([sys.executable, "-m", "bench", *argv, "--sets", "1", "--json", str(part)], check=True)
+        runs.append(json.loads(part.read_text()))
+        part.unlink()
+    path.write_text(json.dumps({"command": f"python -m bench --only-burst --sets {sets}", "runs": runs}, indent=1))
+    print(f"\nJSON: {path} (tables: python -m bench.summary {path})")
     return 0
 
 

@@ -22,6 +22,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +35,8 @@ HIGHER_IS_BETTER = {"drain_1x4": True, "burst_1x16": True, "pickup_p50_ms": Fals
 def measure(tree: Path, name: str, url: str, n: int) -> float:
     """One measure of the TaskLib in ``tree``, in a process of its own importing only that tree."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run(
-        [sys.executable, __file__, "--measure", name, "--url", url, "--tasks", str(n)],
-        cwd=tree,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    argv = [sys.executable, __file__, "--measure", name, "--url", url, "--tasks", str(n)]
+    out = subprocess.run(argv, cwd=tree, env=env, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"{name} on {tree} failed:\n{out.stderr[-3000:]}")
     return float(out.stdout.strip().splitlines()[-1])
@@ -49,15 +45,18 @@ def measure(tree: Path, name: str, url: str, n: int) -> float:
 # -- the measures (run inside the measured tree) ---------------------------------------------------
 
 
-def _worker(url: str, concurrency: int) -> subprocess.Popen[bytes]:
+@contextmanager
+def _worker(url: str, concurrency: int, idle_seconds: float = 0.0) -> Iterator[None]:
+    """A ``tasklib worker`` of the measured tree, left idle for ``idle_seconds``, stopped at the end."""
     argv = [sys.executable, "-m", "tasklib.cli", "--log-level", "warning", "worker", "--app", "bench.tasks"]
     argv += ["--concurrency", str(concurrency), "--poll-interval", "5", "--database-url", url]
-    return subprocess.Popen(argv, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    proc.wait(60)
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        time.sleep(idle_seconds)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(60)
 
 
 def _wait_done(url: str, n: int, timeout: float = 300) -> tuple[Any, Any]:
@@ -98,26 +97,17 @@ def run_measure(name: str, url: str, n: int) -> float:
     if name == "drain_1x4":
         tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
         _analyze(url)
-        proc = _worker(url, 4)
-        try:
+        with _worker(url, 4):
             _, first_start, last = _wait_done(url, n)
-        finally:
-            _stop(proc)
         return n / (last - first_start).total_seconds()
     if name == "burst_1x16":
-        proc = _worker(url, 16)
-        try:
-            time.sleep(3.0)  # children ready, the worker idle
+        with _worker(url, 16, idle_seconds=3.0):  # children ready, the worker idle
             tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
             created, _, last = _wait_done(url, n)
-        finally:
-            _stop(proc)
         return n / (last - created).total_seconds()
     if name == "pickup_p50_ms":
-        proc = _worker(url, 4)
         latencies = []
-        try:
-            time.sleep(2.0)
+        with _worker(url, 4, idle_seconds=2.0):
             for i in range(205):
                 task_id = tasklib.submit_task_sync(btasks.stamp)
                 submitted = time.time()
@@ -126,8 +116,6 @@ def run_measure(name: str, url: str, n: int) -> float:
                 if i >= 5:  # warm-up
                     latencies.append((task.result - submitted) * 1000)
                 time.sleep(0.01)
-        finally:
-            _stop(proc)
         return statistics.median(latencies)
     raise ValueError(name)
 

@@ -112,7 +112,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fillfactors", default="100,85,50")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "fillfactor-latest.json")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "fillfactor.json")
     args = parser.parse_args()
     fillfactors = [int(f) for f in args.fillfactors.split(",")]
     results: dict[str, dict[int, list[dict[str, Any]]]] = {m: {f: [] for f in fillfactors} for m in ("drain", "steady")}

@@ -1,5 +1,6 @@
-"""The README's burst and held-snapshot tables from recorded runs:
-`python -m bench.summary bench/results/burst-2026-12-04b-run*.json`.
+"""The burst and held-snapshot tables of docs/benchmarks.md from recorded runs:
+`python -m bench.summary bench/results/burst.json` (a file of ``{"runs": [...]}``, as
+`python -m bench --only-burst --sets 5` writes it, or single runs' files).
 
 Every figure is a ratio within one run (the machine's speed moves between runs); a cell's row
 gathers its bursts over all the runs given.
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 TARGET = 0.8
-X, DASH = "\u00d7", "\u2013"  # the README's typography (spelled out for the linter)
+X, DASH = "\u00d7", "\u2013"  # the docs' typography (spelled out for the linter)
 
 
 def _shape(cell: dict[str, Any]) -> str:
@@ -104,7 +105,10 @@ def main(paths: list[str]) -> int:
     if not paths:
         print(__doc__)
         return 2
-    runs = [json.loads(Path(path).read_text()) for path in paths]
+    runs: list[dict[str, Any]] = []
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        runs += data.get("runs", [data])
     bursts = [run for run in runs if "burst" in run]
     if bursts:
         drains = [run["prefilled_c4_whole_run"]["median_per_s"] for run in bursts if "prefilled_c4_whole_run" in run]

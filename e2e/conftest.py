@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Page, sync_playwright
 
 import tasklib
 from tests.net import free_port, wait_healthy
@@ -21,19 +22,30 @@ SCREENSHOTS = ROOT / "e2e" / "screenshots"
 CHROMIUM = os.environ.get("TASKLIB_CHROMIUM", "/usr/bin/chromium")
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args() -> dict:
-    return {
-        "executable_path": CHROMIUM,
-        "args": [
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-        ],
-    }
+LAUNCH = {
+    "executable_path": CHROMIUM,
+    "args": [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+    ],
+}
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    """A page in a Chromium of this test's own. Playwright starts and stops with the test, so its
+    event loop never outlives it: the suite's parallel processes run other tests that call
+    ``asyncio.run`` in the same process afterwards."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(**LAUNCH)
+        try:
+            yield browser.new_context().new_page()
+        finally:
+            browser.close()
 
 
 @dataclass

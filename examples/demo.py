@@ -1,6 +1,7 @@
 """`make demo`: the dashboard, a worker and a stream of example tasks, on the embedded PostgreSQL.
 
-Open http://127.0.0.1:8080/ and watch tasks complete, fail, retry, time out and wait. Ctrl+C stops
+Open http://127.0.0.1:8080/ and watch tasks complete, fail, retry, time out and wait; async tasks
+run many at once and a recurring one every 15 s (the Schedules page). Ctrl+C stops
 the demo (the embedded database keeps running for the next start: `tasklib db stop` stops it).
 """
 
@@ -82,6 +83,7 @@ def submit_some() -> None:
         priority=random.choice([0, 0, 5]),
         tags={"batch": "daily-processing"},
     )
+    tasklib.submit_many_sync(tasks.fetch_page, [{"url": f"https://example.com/{random.randint(1, 99)}"} for _ in range(3)])
     if random.random() < 0.6:
         tasklib.submit_task_sync(tasks.flaky_api_call, endpoint=f"/v1/orders/{random.randint(1, 500)}")
     if random.random() < 0.25:

@@ -1,7 +1,9 @@
-"""Example tasks used by the demo and the examples: some succeed, some fail, some retry, some wait."""
+"""Example tasks used by the demo and the examples: some succeed, some fail, some retry, some wait,
+one runs on a schedule and one is ``async def``."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 
@@ -36,3 +38,16 @@ def slow_report(pages: int) -> int:
     """Sometimes takes longer than its 2 s timeout and is stopped."""
     time.sleep(pages * 0.3)
     return pages
+
+
+@tasklib.task
+async def fetch_page(url: str) -> int:
+    """An async task: many of these wait on I/O at once in one child's event loop."""
+    await asyncio.sleep(random.uniform(0.05, 1.0))
+    return random.randint(200, 50_000)
+
+
+@tasklib.task(every=15, schedule_kwargs={"source": "demo"})
+def refresh_rates(source: str) -> dict:
+    """A recurring task: one run every 15 seconds, however many workers are running."""
+    return {"source": source, "eur_usd": round(random.uniform(1.05, 1.12), 4)}

@@ -34,13 +34,9 @@ if TYPE_CHECKING:
         list_tasks,
         prune,
         retry_task,
-        submit_many,
-        submit_many_sync,
-        submit_task,
-        submit_task_in,
-        submit_task_sync,
     )
     from tasklib.models import Task
+    from tasklib.submit import submit_many, submit_many_sync, submit_task, submit_task_in, submit_task_sync
     from tasklib.worker import TaskWorker
 
 __version__ = "0.1.0"
@@ -56,13 +52,11 @@ _LAZY = {
             "list_tasks",
             "prune",
             "retry_task",
-            "submit_many",
-            "submit_many_sync",
-            "submit_task",
-            "submit_task_in",
-            "submit_task_sync",
         ],
         "tasklib.api",
+    ),
+    **dict.fromkeys(
+        ["submit_many", "submit_many_sync", "submit_task", "submit_task_in", "submit_task_sync"], "tasklib.submit"
     ),
     "Task": "tasklib.models",
     "TaskWorker": "tasklib.worker",

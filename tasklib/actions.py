@@ -91,16 +91,16 @@ BULK_SOURCES: dict[str, tuple[str, ...]] = {"retry": ("failed", "cancelled"), "c
 def count_matching(db: Database, flt: TaskFilter, states: tuple[str, ...]) -> int:
     """How many tasks in ``states`` match (counted up to BULK_CAP)."""
     where, params = flt.clause(states=states)
-    return int(db.value(sql.COUNT_MATCHING.format(where=where), {**params, "cap": BULK_CAP}))
+    return int(db.value(sql.count_matching(where), {**params, "cap": BULK_CAP}))
 
 
 def retry_matching(db: Database, flt: TaskFilter) -> int:
     """failed/cancelled -> pending for up to BULK_CAP tasks matching the filter; returns how many."""
     where, params = flt.clause(states=BULK_SOURCES["retry"])
-    return int(db.value(sql.RETRY_MATCHING.format(where=where), {**params, "cap": BULK_CAP}))
+    return int(db.value(sql.retry_matching(where), {**params, "cap": BULK_CAP}))
 
 
 def cancel_matching(db: Database, flt: TaskFilter) -> int:
     """pending -> cancelled for up to BULK_CAP tasks matching the filter; returns how many."""
     where, params = flt.clause(states=BULK_SOURCES["cancel"])
-    return int(db.value(sql.CANCEL_MATCHING.format(where=where), {**params, "cap": BULK_CAP}))
+    return int(db.value(sql.cancel_matching(where), {**params, "cap": BULK_CAP}))

@@ -1,39 +1,29 @@
-"""The public library API on the default database: init, submit, inspect, cancel and retry tasks.
+"""The public library API on the default database: init, inspect, cancel, retry and prune tasks.
 
-Reads and state changes are ``tasklib.actions`` applied to the database ``init`` configured.
+Reads and state changes are ``tasklib.actions`` applied to the database ``init`` configured;
+submitting is ``tasklib.submit``.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
 from datetime import timedelta
-from typing import Any, TypedDict, TypeVar, Unpack
 
 import psycopg
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from tasklib import actions, retention, sql
+from tasklib import actions, listing, retention, sql
 from tasklib.actions import row_to_task
 from tasklib.config import Config, Retention
 from tasklib.db import Database, translated_errors
 from tasklib.errors import DatabaseError, NotInitialized, ValidationError, problems_of, summary_of
-from tasklib.ids import new_id, new_ids
-from tasklib.models import PRIORITY_MAX, PRIORITY_MIN, Task
-from tasklib.registry import definition_for, dumps_json, resolve_names
+from tasklib.models import Task
+from tasklib.registry import resolve_names
 from tasklib.schema import ensure_schema
 from tasklib.states import TaskState
 
-_MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
 _MAX_LIST_LIMIT = 10_000
-_MAX_KEY_LENGTH = 500
-#: How often a keyed submit is run again when the key's holder committed after the statement's
-#: snapshot (it saw the conflict but not the row). Once is almost always enough; a caller's
-#: REPEATABLE READ transaction never sees it, hence a bound and a clear error.
-_KEY_ATTEMPTS = 5
-T = TypeVar("T")
 
 _lock = threading.Lock()
 _config: Config | None = None
@@ -58,6 +48,11 @@ def init(config: Config) -> None:
         previous.close()
 
 
+def configured() -> Config | None:
+    """The config of the last ``init`` call, or None before any."""
+    return _config
+
+
 def current_config() -> Config:
     """The config passed to the last ``init`` call."""
     if _config is None:
@@ -70,276 +65,6 @@ def database() -> Database:
     if _database is None:
         raise NotInitialized()
     return _database
-
-
-class SubmitOptions(BaseModel):
-    """The options every submit function takes, validated like the arguments. Their names are
-    reserved: a task cannot have parameters called ``delay_seconds``, ``max_retries``,
-    ``timeout_seconds``, ``priority``, ``tags`` or ``unique_key``."""
-
-    model_config = ConfigDict(extra="forbid", strict=False)
-
-    delay_seconds: float = Field(0, ge=0, le=_MAX_DELAY_SECONDS)
-    max_retries: int | None = Field(None, ge=0, le=1000)
-    timeout_seconds: int | None = Field(None, ge=1)
-    priority: int = Field(0, ge=PRIORITY_MIN, le=PRIORITY_MAX)
-    tags: dict[str, pydantic.JsonValue] | None = None
-    #: While a task with this key is pending or running, submitting another creates nothing and
-    #: returns that task's id. Enforced by a unique index, so concurrent submitters cannot race.
-    unique_key: str | None = Field(None, min_length=1, max_length=_MAX_KEY_LENGTH)
-
-    @field_validator("unique_key")
-    @classmethod
-    def _check_key(cls, value: str | None) -> str | None:
-        return None if value is None else check_unique_key(value)
-
-    @classmethod
-    def of(cls, options: Mapping[str, Any]) -> SubmitOptions:
-        try:
-            return cls.model_validate(dict(options))
-        except pydantic.ValidationError as exc:
-            problems = problems_of(exc)
-            raise ValidationError(f"invalid submit options: {summary_of(problems)}", problems) from None
-
-    @classmethod
-    def split(cls, call: Mapping[str, Any]) -> tuple[SubmitOptions, dict[str, Any]]:
-        """A submit call's keywords -> (its options, the task's own arguments)."""
-        options = {k: v for k, v in call.items() if k in cls.model_fields}
-        return cls.of(options), {k: v for k, v in call.items() if k not in cls.model_fields}
-
-
-class SubmitArgs(TypedDict, total=False):
-    """``SubmitOptions`` as keywords, for the type checker (``submit_many(..., **options)``)."""
-
-    delay_seconds: float
-    max_retries: int | None
-    timeout_seconds: int | None
-    priority: int
-    tags: dict[str, Any] | None
-    unique_key: str | None
-
-
-def check_unique_key(key: str) -> str:
-    """``key`` if a user may submit it, else ValueError (slot keys are the scheduler's own)."""
-    if not isinstance(key, str) or not 1 <= len(key) <= _MAX_KEY_LENGTH:
-        raise ValueError(f"unique_key must be a string of 1 to {_MAX_KEY_LENGTH} characters")
-    if key.startswith(sql.SLOT_KEY_PREFIX):
-        raise ValueError(f"unique_key may not start with {sql.SLOT_KEY_PREFIX!r}: recurring tasks use those keys")
-    if "\x00" in key:
-        raise ValueError("unique_key contains a NUL character, which PostgreSQL's text refuses")
-    return key
-
-
-def _insert_params(
-    func: Callable[..., Any] | str, opts: SubmitOptions, kwargs: Mapping[str, Any], *, validate: bool = True
-) -> dict[str, Any]:
-    """Validate one call and build the INSERT parameters (all text/number, for any driver)."""
-    definition = definition_for(func)
-    payload = definition.validate(dict(kwargs)) if validate else {}
-    config = _config
-    max_retries = opts.max_retries
-    if max_retries is None:
-        max_retries = definition.max_retries if definition.max_retries is not None else (config.max_retries if config else 3)
-    timeout = opts.timeout_seconds or definition.timeout_seconds or (config.default_task_timeout_seconds if config else None)
-    try:
-        kwargs_json = dumps_json(payload)
-        tags_json = None if opts.tags is None else dumps_json(opts.tags)
-    except ValueError as exc:
-        raise ValidationError(f"{definition.name}: {exc}") from None
-    return {
-        "id": str(new_id()),
-        "name": definition.name,
-        "kwargs": kwargs_json,
-        "max_retries": max_retries,
-        "delay": float(opts.delay_seconds),
-        "timeout": timeout,
-        "priority": opts.priority,
-        "tags": tags_json,
-        "unique_key": opts.unique_key,
-    }
-
-
-# A keyed submit may need a second statement (who holds the key?) or a second attempt (the holder
-# committed after the first one's snapshot). The steps are written once, as generators that yield
-# (statement, params) and receive the rows, and driven on a sync pool, an async pool or the
-# caller's own transaction.
-Steps = Generator[tuple[str, dict[str, Any]], list[Any], T]
-
-
-def _drive(steps: Steps[T], run: Callable[[str, dict[str, Any]], list[Any]]) -> T:
-    try:
-        step = next(steps)
-        while True:
-            step = steps.send(run(*step))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-async def _adrive(steps: Steps[T], run: Callable[[str, dict[str, Any]], Awaitable[list[Any]]]) -> T:
-    try:
-        step = next(steps)
-        while True:
-            step = steps.send(await run(*step))
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-
-
-def _sync_run(statement: str, params: dict[str, Any]) -> list[Any]:
-    return database().rows(statement, params, as_dict=False)
-
-
-async def _async_run(statement: str, params: dict[str, Any]) -> list[Any]:
-    pool = await database().apool()
-    with translated_errors():
-        async with pool.connection() as conn:
-            cursor = await conn.execute(statement, params)  # type: ignore[arg-type]
-            return await cursor.fetchall() if cursor.description else []
-
-
-def _submit_steps(params: dict[str, Any]) -> Steps[uuid.UUID]:
-    """Insert one task; with a unique key, the id of whichever task holds the key afterwards."""
-    if params["unique_key"] is None:
-        yield sql.INSERT_TASK, params
-        return uuid.UUID(params["id"])
-    for _ in range(_KEY_ATTEMPTS):
-        rows = yield sql.INSERT_TASK_UNIQUE, params
-        if rows:
-            return uuid.UUID(str(rows[0][0]))
-    raise DatabaseError(_key_unseen(params["unique_key"]))
-
-
-def _key_unseen(key: str) -> str:
-    return (
-        f"unique_key {key!r} is held by a task this transaction cannot see (committed after its snapshot: "
-        "is the transaction REPEATABLE READ or SERIALIZABLE?); submit it in a READ COMMITTED transaction"
-    )
-
-
-def _one(func: Callable[..., Any] | str, call: Mapping[str, Any]) -> dict[str, Any]:
-    opts, kwargs = SubmitOptions.split(call)
-    return _insert_params(func, opts, kwargs)
-
-
-async def submit_task(func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.UUID:
-    """Validate the arguments and enqueue a task; returns its id. Raises ValidationError on bad input.
-
-    ``kwargs`` are the task's arguments plus any of :class:`SubmitOptions` (``delay_seconds``,
-    ``max_retries``, ``timeout_seconds``, ``priority``, ``tags``, ``unique_key``). With a
-    ``unique_key`` that a pending or running task holds, nothing is written and that task's id is returned.
-    """
-    return await _adrive(_submit_steps(_one(func, kwargs)), _async_run)
-
-
-def submit_task_sync(func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.UUID:
-    """``submit_task`` for sync code (Flask, Django, scripts): same validation, same result."""
-    return _drive(_submit_steps(_one(func, kwargs)), _sync_run)
-
-
-def _dbapi_cursor(tx: Any) -> Any:
-    """A DB-API cursor inside the caller's transaction (psycopg 3/2 connection, SQLAlchemy Session or Connection)."""
-    if isinstance(tx, psycopg.Connection):
-        return tx.cursor()
-    if hasattr(tx, "get_bind") and hasattr(tx, "connection"):  # sqlalchemy.orm.Session
-        tx = tx.connection()
-    raw = getattr(tx, "connection", None)  # sqlalchemy Connection -> pooled DB-API connection
-    if raw is not None and hasattr(raw, "cursor") and hasattr(tx, "execute"):
-        return raw.cursor()
-    if hasattr(tx, "cursor") and hasattr(tx, "commit"):  # any other DB-API connection (psycopg2)
-        return tx.cursor()
-    raise TypeError(f"submit_task_in needs a psycopg Connection or a SQLAlchemy Session/Connection, got {type(tx).__name__}")
-
-
-def submit_task_in(tx: Any, func: Callable[..., Any] | str, /, **kwargs: Any) -> uuid.UUID:
-    """Enqueue inside the caller's open transaction: the task exists only if that transaction commits.
-
-    ``tx`` is a SQLAlchemy/SQLModel ``Session`` or ``Connection``, or a psycopg connection. Workers are
-    woken when it commits (NOTIFY is transactional). Uses the config's defaults if ``init`` was called.
-    With a ``unique_key``, a concurrent submit of the same key waits until this transaction ends.
-    """
-    params = _one(func, kwargs)
-    cursor = _dbapi_cursor(tx)
-
-    def run(statement: str, values: dict[str, Any]) -> list[Any]:
-        cursor.execute(statement, values)
-        return list(cursor.fetchall()) if cursor.description else []
-
-    try:
-        return _drive(_submit_steps(params), run)
-    finally:
-        cursor.close()
-
-
-def _many_steps(
-    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], options: Mapping[str, Any]
-) -> Steps[list[uuid.UUID]]:
-    """Validate every call, then insert them all in one statement. Each item may carry its own
-    ``unique_key``; an item whose key is held gets the holder's id (the first item of a repeated key wins)."""
-    opts = SubmitOptions.of(options)
-    if opts.unique_key is not None:
-        raise ValidationError("submit_many takes unique_key per item (in each kwargs dict), not for the whole batch")
-    items = [dict(kwargs) for kwargs in kwargs_list]
-    keys = [_item_key(index, item.pop("unique_key", None)) for index, item in enumerate(items)]
-    definition = definition_for(func)
-    encoded = definition.validate_many(items)
-    params = _insert_params(func, opts, {}, validate=False)
-    del params["id"], params["unique_key"]
-    made = new_ids(len(encoded))
-    ids = [str(i) for i in made]
-    if not ids:
-        return []
-    if all(key is None for key in keys):
-        yield sql.INSERT_MANY, {**params, "ids": "{" + ",".join(ids) + "}", "kwargs": "[" + ",".join(encoded) + "]"}
-        return made  # (the ids made, not parsed back from their text: a producer's time is the workers' too)
-    result = list(ids)
-    todo = list(range(len(ids)))
-    for _ in range(_KEY_ATTEMPTS):
-        batch = {
-            **params,
-            "ids": "{" + ",".join(ids[i] for i in todo) + "}",
-            "kwargs": "[" + ",".join(encoded[i] for i in todo) + "]",
-            "keys": [keys[i] for i in todo],
-        }
-        inserted = {str(row[0]) for row in (yield sql.INSERT_MANY_UNIQUE, batch)}
-        refused = [i for i in todo if ids[i] not in inserted]
-        if not refused:
-            break
-        wanted = sorted({keys[i] for i in refused if keys[i] is not None})
-        holders = {key: str(held) for key, held in (yield sql.KEY_HOLDERS, {"keys": wanted})}
-        for i in refused:
-            if keys[i] in holders:
-                result[i] = holders[keys[i]]  # type: ignore[index]
-        todo = [i for i in refused if keys[i] not in holders]
-        if not todo:
-            break
-    else:
-        raise DatabaseError(_key_unseen(str(keys[todo[0]])))
-    return [uuid.UUID(i) for i in result]
-
-
-def _item_key(index: int, key: Any) -> str | None:
-    if key is None:
-        return None
-    try:
-        return check_unique_key(key)
-    except ValueError as exc:
-        problem = {"field": "unique_key", "message": str(exc), "item": index}
-        raise ValidationError(f"item {index}: {exc}", [problem]) from None
-
-
-async def submit_many(
-    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], /, **options: Unpack[SubmitArgs]
-) -> list[uuid.UUID]:
-    """Enqueue one task per kwargs dict in a single statement, all with the same ``options``. All are
-    validated first; any error rejects the whole batch and nothing is written. A kwargs dict may hold
-    a ``unique_key`` for its own task (see :func:`submit_task`)."""
-    return await _adrive(_many_steps(func, kwargs_list, options), _async_run)
-
-
-def submit_many_sync(
-    func: Callable[..., Any] | str, kwargs_list: Iterable[Mapping[str, Any]], /, **options: Unpack[SubmitArgs]
-) -> list[uuid.UUID]:
-    """``submit_many`` for sync code."""
-    return _drive(_many_steps(func, kwargs_list, options), _sync_run)
 
 
 def get_task(task_id: uuid.UUID | str) -> Task | None:
@@ -363,7 +88,7 @@ def list_tasks(state: TaskState | str | None = None, name: str | None = None, li
     """
     if not isinstance(limit, int) or not 1 <= limit <= _MAX_LIST_LIMIT:
         raise ValidationError(f"limit must be an integer from 1 to {_MAX_LIST_LIMIT}")
-    query, params = sql.page_query(
+    query, params = listing.page_query(
         state=None if state is None else parse_state(state).value,
         names=None if name is None else tuple(resolve_names(name)),
     )

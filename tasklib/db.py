@@ -1,26 +1,9 @@
 """Connections: one sync pool and one async pool per event loop, for one database URL.
 
-How TaskLib's statements are planned (the one place this is decided)
--------------------------------------------------------------------
-A queue table swings from empty to a million rows and back faster than autovacuum re-analyzes it,
-so any plan chosen from statistics can be chosen for a table that no longer exists. Three rules
-keep every statement TaskLib runs repeatedly linear in the rows it touches:
-
-1. **No server-side prepared statements** (``prepare_threshold=None`` on every connection TaskLib
-   opens). psycopg would otherwise prepare a statement after five runs; PostgreSQL then keeps that
-   plan, and a statement without parameters keeps its generic plan forever. A rescue prepared while
-   the table was empty kept a nested loop that was quadratic in running rows (2.2 s for 3,000 rows,
-   4 ms unprepared). Planning afresh costs a fraction of a millisecond and sees the table's current
-   size. It also makes every TaskLib connection safe behind PgBouncer's transaction pooling.
-2. **Shapes with one sane plan.** Statements that name their rows by id reach them through the
-   primary key only (``id = ANY(…)``, the state test written so no state index qualifies); the claim
-   reads the partial pending index in its own order with a LIMIT; the rescue reads a range of the
-   lock index that holds only expired locks. No statement joins the table to itself.
-3. **Planner settings on the worker's two connections** (below), kept because a measurement still
-   needs them after rules 1 and 2: with statistics taken while the table held only finished rows,
-   the planner estimates one pending row and prefers a bitmap scan plus a sort of every pending row
-   to the ordered index walk (``tests/integration/test_plans.py`` shows both). The dashboard's
-   bounded tag walk sets the same three for its one statement, for the same reason.
+Every connection TaskLib opens plans each statement afresh (no server-side prepared statements),
+and the worker's connections carry the planner settings below: a queue table swings from empty to
+a million rows faster than its statistics follow, so no plan may depend on them
+(docs/design/plans.md).
 """
 
 from __future__ import annotations
@@ -61,26 +44,18 @@ def translated_errors() -> Iterator[None]:
         raise DatabaseError(f"PostgreSQL refused the statement: {exc}") from exc
 
 
-#: For the worker's claim connection (rule 3 above): the claim always walks tasks_pending_idx in
-#: order instead of bitmap-scanning and sorting every pending row (measured with stale statistics:
-#: 20,000 tasks drained at ~600/s instead of ~15,000/s).
-#: No parallel plans on either worker connection: every worker statement touches at most a few
-#: hundred live rows, and a Gather only adds worker-process start-up and competes for the cores the
-#: task children need. Statistics taken while many tasks were running made the look for vanished
-#: workers plan one: 6-7 ms instead of 1-2 ms on an idle machine, up to 300 ms in the held-snapshot
-#: bench's control run (no snapshot held), where it was the longest worker statement.
+#: For the worker's claim connection: the claim walks tasks_pending_idx in order, never a bitmap scan
+#: and a sort of every pending row, whatever stale statistics say. No parallel plans on either
+#: worker connection: its statements touch a few hundred rows, and a Gather competes with the task
+#: children for the cores (docs/design/plans.md).
 _NO_PARALLEL = {"max_parallel_workers_per_gather": "0"}
 _ORDERED_WALK = {"enable_sort": "off", "enable_bitmapscan": "off", "enable_seqscan": "off"}
 CLAIM_PLANNER_SETTINGS = {**_ORDERED_WALK, **_NO_PARALLEL}
-#: For the dashboard's bounded tag walk (``sql.tag_walk_query``), in its own transaction: each state's
-#: range must be walked in order until the walk stops. A state that statistics call small (5,506
-#: failed rows, against a walk of up to 10,000) was otherwise bitmap-scanned whole and sorted, which
-#: costs every row the state holds by the time the statement runs.
+#: For the dashboard's bounded tag walk (``listing.tag_walk_query``), in its own transaction: each
+#: state's range is walked in order until the walk stops, even where statistics call the state small.
 TAG_WALK_PLANNER_SETTINGS = dict(_ORDERED_WALK)
-#: For the tag index's query, which answers when those walks cannot: the walks have just been tried,
-#: so it must not walk a state's index ordered and filter every row (failed rows and a tag none of
-#: them hold, five million rows: 272 ms for 250,000 rows). Bitmaps only: the tag index's rows, ANDed
-#: with the state's or name's range where that narrows them (39 ms).
+#: For the tag index's query, which answers when those walks cannot: bitmaps only (the tag index's
+#: rows ANDed with the state's range), never an ordered walk that filters every row of a state.
 TAG_INDEX_PLANNER_SETTINGS = {"enable_indexscan": "off", "enable_indexonlyscan": "off", "enable_seqscan": "off"}
 #: For the worker's result connection: its statements touch a few hundred rows by primary key; a
 #: hash join over a sequential scan (what "the table is small" statistics suggest) would read the
@@ -106,7 +81,7 @@ def connect_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, Any]:
     """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
     kwargs: dict[str, Any] = {
         "autocommit": True,
-        "prepare_threshold": None,  # rule 1 above: every statement is planned for the table as it is now
+        "prepare_threshold": None,  # every statement is planned for the table as it is now (docs/design/plans.md)
         "application_name": application_name,
         # Notice a silently dead peer (a dropped NAT entry, a failed-over host) within about a minute
         # instead of the kernel's two hours: a worker's LISTEN connection would otherwise wait forever.

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from tasklib import sql
+from tasklib import listing
 from tasklib.states import TaskState
 
 
@@ -24,7 +24,7 @@ class TaskFilter:
     finished_to: datetime | None = None
 
     def filters(self) -> dict[str, Any]:
-        """As ``sql.filter_clause`` / ``sql.page_query`` keywords."""
+        """As ``listing.filter_clause`` / ``listing.page_query`` keywords."""
         return {
             "state": self.state.value if self.state else None,
             "name": self.name,
@@ -37,5 +37,5 @@ class TaskFilter:
         }
 
     def clause(self, **extra: Any) -> tuple[str, dict[str, object]]:
-        """``WHERE …`` and its parameters; ``extra`` adds ``sql.filter_clause``'s own keys (states, cursor)."""
-        return sql.filter_clause(**self.filters(), **extra)
+        """``WHERE …`` and its parameters; ``extra`` adds ``listing.filter_clause``'s own keys (states, cursor)."""
+        return listing.filter_clause(**self.filters(), **extra)

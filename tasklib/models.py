@@ -56,13 +56,12 @@ class Task(SQLModel, table=True):
         # over the primary key when statistics are stale.
         Index("tasks_locked_idx", "locked_until", postgresql_where=text("locked_until IS NOT NULL")),
         # Listing: newest first within one state (dashboard and list_tasks). A list across states
-        # merges one short walk per state (sql.page_query). No index on created order alone (schema
-        # 6): a claim or an outcome changes state, so no update is HOT and each adds an entry to every
-        # index; that one cost three entries per task and 8-16 % of the queue's rate (bench/results).
+        # merges one short walk per state (listing.page_query). No index on created order alone: it
+        # would cost three entries per task (docs/design/plans.md).
         Index("tasks_state_created_idx", "state", text("created_at DESC"), text("id DESC")),
         # By name, then state: "failed tasks of send_email" is one range even when there are none
         # (with separate name and state indexes the planner walked every failed row hoping to meet
-        # one); a name alone reads each state's range newest first and merges them (sql.page_query).
+        # one); a name alone reads each state's range newest first and merges them (listing.page_query).
         Index("tasks_name_state_created_idx", "name", "state", text("created_at DESC"), text("id DESC")),
         # Throughput charts and "recently finished": by completion time.
         Index("tasks_completed_idx", "completed_at", postgresql_where=text("completed_at IS NOT NULL")),

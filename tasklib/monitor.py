@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tasklib import actions, sql
+from tasklib import actions, listing, sql
 from tasklib.actions import row_to_task
 from tasklib.config import FINISHED
 from tasklib.db import TAG_INDEX_PLANNER_SETTINGS, TAG_WALK_PLANNER_SETTINGS, Database
@@ -136,7 +136,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 
 
 def merge_tag_walks(rows: list[dict[str, Any]], limit: int, descending: bool) -> list[dict[str, Any]] | None:
-    """The page of ``limit`` tagged rows from ``sql.tag_walk_query``'s bounded walks, or None when
+    """The page of ``limit`` tagged rows from ``listing.tag_walk_query``'s bounded walks, or None when
     the walks cannot tell it (the tag index's query must then answer).
 
     A walk that reached its last row unfinished has read every row up to that one and none beyond.
@@ -149,7 +149,7 @@ def merge_tag_walks(rows: list[dict[str, Any]], limit: int, descending: bool) ->
         return row["created_at"], row["id"]
 
     page = sorted((r for r in rows if r["walk_matched"]), key=key, reverse=descending)[:limit]
-    ends = [key(r) for r in rows if r["walk_row"] == sql.TAG_WALK_ROWS]
+    ends = [key(r) for r in rows if r["walk_row"] == listing.TAG_WALK_ROWS]
     if ends and (len(page) < limit or any((key(page[-1]) < end) if descending else (key(page[-1]) > end) for end in ends)):
         return None
     for row in page:
@@ -299,13 +299,13 @@ class Monitor:
     ) -> list[dict[str, Any]]:
         settings = None
         if filters.get("tag") is not None:
-            query, params = sql.tag_walk_query(descending=descending, cursor=cursor, **filters)
+            query, params = listing.tag_walk_query(descending=descending, cursor=cursor, **filters)
             walks = self.db.rows(query, {**params, "limit": limit}, settings=TAG_WALK_PLANNER_SETTINGS)
             merged = merge_tag_walks(walks, limit, descending)
             if merged is not None:
                 return merged
             settings = TAG_INDEX_PLANNER_SETTINGS  # the walks could not tell: the tag index answers
-        query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
+        query, params = listing.page_query(descending=descending, cursor=cursor, **filters)
         return self.db.rows(query, {**params, "limit": limit}, settings=settings)
 
     def live_workers(self) -> dict[str, datetime]:

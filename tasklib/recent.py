@@ -1,22 +1,9 @@
 """Outcomes of the last 24 hours, per minute and task name, kept up to date incrementally.
 
-The overview and ``/metrics`` show what finished in the last day. Aggregating a day of rows on
-every request costs in proportion to the day's traffic (338 ms for a million rows, seconds at ten
-million), and every open tab polls. Instead each process keeps per-minute buckets and, on each
-refresh, reads only:
-
-* the rows finished since the start of the minute it last read up to (minus ``OVERLAP``, so a row
-  whose ``completed_at`` is a few seconds older than its commit is still seen), replacing those
-  minutes' buckets whole, and
-* while the window still fills after a start, the rest of the day if it holds at most
-  ``BACKFILL_ROWS`` rows (a capped count says), else one older slice of about that many (sized from
-  the density of the previous read): no request pays for a whole busy day, and a quiet one loads
-  on the first refresh.
-
-What the buckets count are outcomes as recorded: a task that failed and was then retried by hand
-still counts as one failure in its minute. Rows committed more than ``OVERLAP`` after their
-``completed_at`` (only a transaction held open that long does that) are missed until the minute
-leaves the window.
+Aggregating a day of rows on every request would cost in proportion to the day's traffic, and every
+open tab polls. So each process keeps per-minute buckets and each refresh reads only the minutes
+since its last read (and, after a start, one bounded slice of the rest of the day):
+docs/design/dashboard.md.
 """
 
 from __future__ import annotations

@@ -19,20 +19,9 @@ from tasklib.states import SLOT_KEY_PREFIX
 
 SCHEMA_VERSION = 7
 
-#: Storage settings for a queue table (schema 3; fillfactor from schema 7). Every task is written
-#: three times (pending, running, finished) and none of those updates can be HOT (state is
-#: indexed), so the table makes two dead row versions per task. A claim or an outcome updates a
-#: whole batch at once, so the rows of one page change together, inside one statement, before any
-#: old version can be pruned: the new versions stay on the page only if the page was left room for
-#: them. An update that moves a row to another page also writes a row lock for the old version and
-#: dirties a second page. ``fillfactor = 50`` (85 until schema 7) keeps most next versions on their
-#: page. Same-run measure (``python -m bench.fillfactor``, 2026-12-05, against 85, six rounds):
-#: updates moving to another page 11 % instead of 58 %, WAL per task -9 %, a prefilled drain's rate
-#: 1.12x (median of per-round ratios), a steady flow's rate 1.03x and its table 14 % smaller per
-#: row, because the versions of a row share a page that pruning empties. The autovacuum thresholds
-#: are absolute rather than a fraction of the table, because a queue holding millions of finished
-#: rows would otherwise wait for millions of dead versions before vacuuming, and statistics taken
-#: when the table was empty would stay for hours.
+#: Storage settings for a queue table: room on each page for a row's next versions (a batch updates
+#: a page's rows together), and vacuum and analyze after a fixed number of changed rows, not a
+#: fraction of a table that may hold millions of finished ones (docs/design/plans.md).
 STORAGE_SETTINGS = (
     "fillfactor = 50, autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 20000, "
     "autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 20000, "
@@ -139,8 +128,7 @@ def cleanup_problem(server_on: bool, table_on: bool) -> str | None:
 
     Every task leaves two dead row versions (see ``STORAGE_SETTINGS``). Without autovacuum nothing
     removes them: the table and its indexes grow with every task ever run and each statement pays
-    for it. Measured on a server with autovacuum off: 1.4 GB after 105 s at full speed, and a rate
-    that fell by itself to 0.8 of its start (README, "Benchmarks").
+    for it (docs/design/plans.md).
     """
     where = [
         what

@@ -8,22 +8,16 @@ means for each job the child held is in docs/design/liveness.md.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import os
-import time
 import uuid
-from collections.abc import Callable
 
-from tasklib.config import Config
 from tasklib.outcome import Outcome, OutcomeKind, timeout_error
 from tasklib.worker.children import Child, ChildPool, KillReason
-from tasklib.worker.executors import crash_error, log_started
-from tasklib.worker.forkserver import ForkServer
+from tasklib.worker.executors import ExecutorContext, crash_error, log_started
 from tasklib.worker.jobs import Job, Jobs
 from tasklib.worker.messages import Cancel, Finished, FromChild, Ready, Run, TaskOrder
-from tasklib.worker.writer import OutcomeWriter
 
 log = logging.getLogger("tasklib.worker")
 
@@ -48,26 +42,16 @@ def async_children(async_concurrency: int, cpus: int | None = None) -> int:
 class AsyncExecutor:
     """Runs up to ``concurrency`` async tasks at once, spread over ``async_children(concurrency)`` children."""
 
-    def __init__(
-        self,
-        names: list[str],
-        concurrency: int,
-        server: ForkServer,
-        writer: OutcomeWriter,
-        wake: asyncio.Event,
-        config: Config,
-        clock: Callable[[], float] = time.monotonic,
-        children: int | None = None,
-    ) -> None:
+    def __init__(self, names: list[str], concurrency: int, context: ExecutorContext, children: int | None = None) -> None:
         self.names = names
         self.concurrency = concurrency
         children = async_children(concurrency) if children is None else children
         self.per_child = math.ceil(concurrency / max(children, 1))
         self.jobs = Jobs()
-        self.pool = ChildPool(children, server, self, run_async=True)
-        self._writer = writer
-        self._wake = wake
-        self._clock = clock
+        self.pool = ChildPool(children, context.server, self, run_async=True)
+        self._writer = context.writer
+        self._wake = context.wake
+        self._clock = context.clock
         self._stopping = False
         self._free_since: float | None = None  # when a claim was first put off for too few free slots
 
@@ -104,8 +88,6 @@ class AsyncExecutor:
     def hold(self, jobs: list[Job]) -> None:
         self._free_since = None
         self.jobs.hold(jobs)
-        if self._stopping:  # a claim that was in flight when the worker began to stop
-            self.stop()
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -221,14 +203,3 @@ class AsyncExecutor:
         self._stopping = True
         for job in self.jobs.drain_queue():
             self._writer.release(job)
-
-    def running(self) -> int:
-        return sum(len(c.outstanding) for c in self.pool.children)
-
-    def kill_running(self) -> None:
-        for child in self.pool.children:
-            if child.outstanding:
-                child.kill(KillReason.SHUTDOWN)
-
-    async def close(self) -> None:
-        await self.pool.close()

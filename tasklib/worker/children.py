@@ -111,6 +111,16 @@ class ChildPool:
         self._loop.add_reader(status_fd, self._exited, child)
         return child
 
+    def outstanding(self) -> int:
+        """Jobs sent to children and not answered yet."""
+        return sum(len(child.outstanding) for child in self.children)
+
+    def kill_busy(self, reason: KillReason) -> None:
+        """Kill every child that holds a job."""
+        for child in self.children:
+            if child.outstanding:
+                child.kill(reason)
+
     def send(self, child: Child, message: ToChild) -> None:
         child.write_buffer += encode(message)
         self._flush_writes(child)

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from tasklib.config import Config
@@ -34,10 +35,23 @@ FAST_PREFETCH = 256
 REBALANCE_AFTER_SECONDS = 0.1
 
 
+@dataclass(frozen=True)
+class ExecutorContext:
+    """What every executor is given: where children come from, where outcomes go, whom to wake
+    when there is room for more, the worker's settings, and the clock (a test's own)."""
+
+    server: ForkServer
+    writer: OutcomeWriter
+    wake: asyncio.Event
+    config: Config
+    clock: Callable[[], float] = field(default=time.monotonic)
+
+
 class Executor(Protocol):
     """One kind of child and the jobs it runs, as the worker's claim loop and watchdog see it."""
 
     names: list[str]  # the task names it runs (and so claims)
+    pool: ChildPool  # its children
 
     def start(self) -> None: ...
     def wanted(self) -> int: ...  # how many jobs the next claim should ask for (0: none now)
@@ -47,9 +61,6 @@ class Executor(Protocol):
     def stop_lost(self, lost: set[uuid.UUID]) -> None: ...  # cancelled or rescued elsewhere: stop them
     def check(self) -> None: ...  # the watchdog's tick: timeouts, stuck children
     def stop(self) -> None: ...  # shutdown: take nothing new, hand back what has not started
-    def running(self) -> int: ...  # jobs in children
-    def kill_running(self) -> None: ...  # the grace is over: stop what still runs (released)
-    async def close(self) -> None: ...
 
 
 def log_started(child: Child, batch: Iterable[Job]) -> None:
@@ -79,23 +90,15 @@ def crash_error(what: str, reason: str) -> str:
 class ProcessExecutor:
     """Runs tasks one at a time in each of ``concurrency`` children; prefetches once tasks prove fast."""
 
-    def __init__(
-        self,
-        names: list[str],
-        concurrency: int,
-        server: ForkServer,
-        writer: OutcomeWriter,
-        wake: asyncio.Event,
-        config: Config,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
+    def __init__(self, names: list[str], concurrency: int, context: ExecutorContext) -> None:
         self.names = names
         self.concurrency = concurrency
         self.jobs = Jobs()
-        self.pool = ChildPool(concurrency, server, self, default_memory_limit_mb=config.default_memory_limit_mb)
-        self._writer = writer
-        self._wake = wake
-        self._clock = clock
+        memory_limit = context.config.default_memory_limit_mb
+        self.pool = ChildPool(concurrency, context.server, self, default_memory_limit_mb=memory_limit)
+        self._writer = context.writer
+        self._wake = context.wake
+        self._clock = context.clock
         self._stopping = False
         self.avg_duration = 1.0  # EWMA; starts "slow" so nothing is prefetched until tasks prove fast
 
@@ -129,8 +132,6 @@ class ProcessExecutor:
 
     def hold(self, jobs: list[Job]) -> None:
         self.jobs.hold(jobs)
-        if self._stopping:  # a claim that was in flight when the worker began to stop
-            self.stop()
         self.dispatch()
 
     def dispatch(self) -> None:
@@ -281,14 +282,3 @@ class ProcessExecutor:
             self._writer.release(job)
         for child in self.pool.children:
             self._recall(child, list(child.outstanding)[1:])
-
-    def running(self) -> int:
-        return sum(len(c.outstanding) for c in self.pool.children)
-
-    def kill_running(self) -> None:
-        for child in self.pool.children:
-            if child.outstanding:
-                child.kill(KillReason.SHUTDOWN)
-
-    async def close(self) -> None:
-        await self.pool.close()

@@ -1,21 +1,7 @@
 """Each worker's own fork server: imports the task modules once, then forks every child from there.
 
-Why not multiprocessing's: it has one server per *process*, started by the first worker and reused
-by every later one, so a second worker in the same process (test suites do this, one database
-each) got children carrying the first one's environment and modules. It also starts a resource
-tracker process (~7 MB) for semaphores TaskLib never uses, and pickles a process object per child.
-
-How it works. ``ForkServer.start`` runs ``python -c … main()`` with the worker's interpreter, its
-current environment and ``sys.path``, and one end of a socket pair. The server imports
-``tasklib.worker.child``, ``tasklib.worker.async_child`` and the task modules (and the worker's script, as
-``__mp_main__``, when tasks are defined there), freezes those objects out of the garbage collector
-(so a child's collections do not copy the pages they sit on), and says it is ready. Each ``spawn``
-sends the three pipe ends a child needs (its input, its output, and where its exit status goes)
-with ``SCM_RIGHTS``; the server forks, the child runs ``child_main`` or ``async_child_main``, and the
-server answers with the child's pid. When a child exits the server writes its return code (negative
-for a signal, as ``subprocess`` reports it) to that child's status pipe and closes it; if the server
-itself dies, every status pipe reads end-of-file. The server exits when the worker closes its end or
-dies (SIGKILL from the kernel: ``PR_SET_PDEATHSIG``), and its children die with it.
+Children get the worker's environment of the moment it started, and share the server's imported
+pages. How it works, and why not multiprocessing's: docs/design/children.md.
 """
 
 from __future__ import annotations

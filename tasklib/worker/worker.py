@@ -11,7 +11,6 @@ import asyncio
 import inspect
 import logging
 import os
-import random
 import signal
 import socket
 import time
@@ -23,13 +22,13 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from tasklib.config import Config, Retention, redact_url
+from tasklib.config import Config, redact_url
 from tasklib.db import connect_kwargs
 from tasklib.errors import DatabaseError
 from tasklib.registry import TaskDefinition, registered_definitions
-from tasklib.retention import automatic_round
 from tasklib.schema import check_cleanup, ensure_schema
 from tasklib.worker.async_executor import AsyncExecutor
+from tasklib.worker.children import KillReason
 from tasklib.worker.claim import CLAIM_BATCH_LIMIT, ClaimPlanner, ClaimReply
 from tasklib.worker.connections import (
     MAX_BACKOFF_SECONDS,
@@ -39,9 +38,10 @@ from tasklib.worker.connections import (
     brief,
     notifications,
 )
-from tasklib.worker.executors import Executor, ProcessExecutor
+from tasklib.worker.executors import Executor, ExecutorContext, ProcessExecutor
 from tasklib.worker.forkserver import ForkServer
 from tasklib.worker.liveness import Liveness, session_name
+from tasklib.worker.retention import RetentionLoop
 from tasklib.worker.scheduler import Scheduler
 from tasklib.worker.writer import OutcomeWriter
 
@@ -76,7 +76,8 @@ class Lanes:
             lane.executor.stop_lost(lost)
 
     def running(self) -> int:
-        return sum(lane.executor.running() for lane in self.lanes)
+        """Jobs in children, of every lane."""
+        return sum(lane.executor.pool.outstanding() for lane in self.lanes)
 
 
 def default_worker_id() -> str:
@@ -173,7 +174,8 @@ class TaskWorker:
         if scheduler.definitions:
             background.append(asyncio.create_task(scheduler.loop(), name="tasklib-schedule"))
         if self.config.retention is not None:
-            background.append(asyncio.create_task(self._retention_loop(url), name="tasklib-retention"))
+            retention = RetentionLoop(self.config.retention, url, self.worker_id)
+            background.append(asyncio.create_task(retention.run(), name="tasklib-retention"))
         try:
             await self._claim_loop()
             await self._drain()
@@ -188,7 +190,7 @@ class TaskWorker:
                 writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             await self._writer.close()
-            await asyncio.gather(*(lane.executor.close() for lane in self._lanes.lanes))
+            await asyncio.gather(*(lane.executor.pool.close() for lane in self._lanes.lanes))
             server.close()
             await self._connections.close()
             self._remove_signals(loop)
@@ -220,13 +222,12 @@ class TaskWorker:
         """A sync lane when sync tasks exist (or none at all, so a worker started before its tasks'
         modules were given still looks alive), an async lane when async tasks do."""
         sync_names, async_names = split_names(definitions, self.async_concurrency)
+        context = ExecutorContext(server, self._writer, self._wake, self.config)
         executors: list[Executor] = []
         if sync_names or not async_names:
-            executors.append(ProcessExecutor(sync_names, self.concurrency, server, self._writer, self._wake, self.config))
+            executors.append(ProcessExecutor(sync_names, self.concurrency, context))
         if async_names:
-            executors.append(
-                AsyncExecutor(async_names, self.async_concurrency, server, self._writer, self._wake, self.config)
-            )
+            executors.append(AsyncExecutor(async_names, self.async_concurrency, context))
         return [Lane(executor, self._planner(executor.names)) for executor in executors]
 
     def _planner(self, names: list[str]) -> ClaimPlanner:
@@ -377,28 +378,9 @@ class TaskWorker:
         if self._lanes.running():
             log.warning("stopping %d task(s) still running; they go back to the queue", self._lanes.running())
             for lane in self._lanes.lanes:
-                lane.executor.kill_running()
+                lane.executor.pool.kill_busy(KillReason.SHUTDOWN)  # released: no attempt counted
             while self._lanes.running():
                 await asyncio.sleep(0.02)
-
-    async def _retention_loop(self, url: str) -> None:
-        """Every ``retention.every_seconds`` (the first a few seconds after start, spread over workers
-        started together), try one retention round; the advisory lock lets one worker at a time prune."""
-        policy = self.config.retention
-        assert policy is not None
-        await asyncio.sleep(random.uniform(1.0, min(5.0, policy.every_seconds)))
-        while True:
-            try:
-                removed = await asyncio.to_thread(self._retention_round, url, policy)
-                if removed:
-                    log.info("retention removed %d finished task(s): %s", sum(removed.values()), removed)
-            except (psycopg.Error, DatabaseError) as exc:
-                log.warning("retention round failed (%s); next in %.0fs", brief(exc), policy.every_seconds)
-            await asyncio.sleep(policy.every_seconds)
-
-    def _retention_round(self, url: str, policy: Retention) -> dict[str, int] | None:
-        with psycopg.connect(url, connect_timeout=10, **connect_kwargs(f"tasklib-retention {self.worker_id}"[:63])) as conn:
-            return automatic_round(conn, policy, self.worker_id)
 
     async def _watchdog(self) -> None:
         while True:

@@ -94,7 +94,9 @@ def test_readme_commands_are_what_ci_and_make_run() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo: install\n\t\$\(PY\) -m examples\.demo", makefile, re.M)
-    assert re.search(r"^test: install browser systools\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) tests e2e$", makefile, re.M)
+    assert re.search(
+        r"^test: install browser systools\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) tests e2e$", makefile, re.M
+    )
 
 
 def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> None:
@@ -192,16 +194,21 @@ def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout=60)
         deadline = time.monotonic() + 20
-        completed = 0
-        while time.monotonic() < deadline and completed < 5:
+        completed: dict[str, int] = {}
+        while time.monotonic() < deadline and not (
+            sum(completed.values()) >= 5 and "examples.tasks.fetch_page" in completed
+        ):
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            completed = sum(
-                int(float(line.rsplit(" ", 1)[1]))
+            completed = {
+                line.split('name="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
                 for line in metrics.splitlines()
                 if line.startswith('tasklib_tasks{state="completed"')
-            )
+            }
             time.sleep(0.5)
-        assert completed >= 5, metrics
+        assert sum(completed.values()) >= 5 and completed.get("examples.tasks.fetch_page"), metrics  # async tasks too
+        # Every page has something to show: the recurring task is on the Schedules page.
+        assert 'tasklib_schedule_next_run_timestamp_seconds{name="examples.tasks.refresh_rates"}' in metrics
+        assert "examples.tasks.refresh_rates" in httpx.get(f"http://127.0.0.1:{port}/schedules").text
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, output[-3000:]
         assert "TaskLib demo: open http://127.0.0.1:" in output

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 import tasklib
-from tasklib import sql
+from tasklib import listing, sql
 from tasklib.db import (
     CLAIM_PLANNER_SETTINGS,
     TAG_INDEX_PLANNER_SETTINGS,
@@ -232,7 +232,7 @@ def test_name_filters_read_one_range_per_state_and_keep_the_order(tl: tasklib.Co
         conn.execute("ANALYZE tasks")
 
         def plan(**filters: Any) -> str:
-            query, params = sql.page_query(**filters)
+            query, params = listing.page_query(**filters)
             return "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
 
         empty_pair = plan(state="failed", name="app.job_15")
@@ -268,11 +268,11 @@ def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config
         )
         conn.execute("ANALYZE tasks")
         # The tag index's query: the tag's rows sorted once, not a walk of every state's rows.
-        query, params = sql.page_query(tag=("batch", "b00:00:00"))
+        query, params = listing.page_query(tag=("batch", "b00:00:00"))
         plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
         assert "tasks_tagged_idx" in plan and "Merge Append" not in plan, plan
         for descending in (True, False):
-            query, params = sql.page_query(descending=descending)
+            query, params = listing.page_query(descending=descending)
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
             assert "Merge Append" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
             assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
@@ -311,13 +311,13 @@ def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: taskl
         )
 
     try:
-        walks = plan(*sql.tag_walk_query(tag=("batch", "common")), TAG_WALK_PLANNER_SETTINGS)
+        walks = plan(*listing.tag_walk_query(tag=("batch", "common")), TAG_WALK_PLANNER_SETTINGS)
         assert "tasks_state_created_idx" in walks and "Seq Scan" not in walks and "Bitmap" not in walks, walks
         assert "Sort" not in walks.replace("Sort Key", ""), walks  # each walk comes out in order
         # When the walks cannot tell, the tag index answers, through bitmaps only: never a walk of a
         # state's range that filters every row of it (the walks have just been tried). Without the
         # settings, this one is walked.
-        index = plan(*sql.page_query(state="completed", tag=("batch", "old")), TAG_INDEX_PLANNER_SETTINGS)
+        index = plan(*listing.page_query(state="completed", tag=("batch", "old")), TAG_INDEX_PLANNER_SETTINGS)
         assert "tasks_tagged_idx" in index and "Index Scan using" not in index and "Seq Scan" not in index, index
 
         # (tag, newest first, walks tell the page): the old rows are where an oldest-first walk starts.
@@ -327,7 +327,7 @@ def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: taskl
             (("batch", "old"), True, False),
             (("batch", "old"), False, True),
         ):
-            query, params = sql.tag_walk_query(descending=descending, tag=tag)
+            query, params = listing.tag_walk_query(descending=descending, tag=tag)
             walks = db.rows(query, {**params, "limit": 51}, settings=TAG_WALK_PLANNER_SETTINGS)
             assert (merge_tag_walks(walks, 51, descending) is not None) is answered, (tag, descending)
             order = "DESC" if descending else "ASC"
@@ -335,7 +335,7 @@ def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: taskl
             keyset: tuple[object, object] | None = None
             for _ in range(3):
                 page = monitor.page(TaskFilter(tag=tag), after=cursor, oldest_first=not descending)
-                where, plain_params = sql.filter_clause(tag=tag, cursor=keyset, cursor_op="<" if descending else ">")
+                where, plain_params = listing.filter_clause(tag=tag, cursor=keyset, cursor_op="<" if descending else ">")
                 plain = db.rows(
                     f"SELECT id FROM tasks {where} ORDER BY created_at {order}, id {order} LIMIT 50", plain_params
                 )
@@ -346,13 +346,13 @@ def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: taskl
 
 
 def _assert_pages_match_the_plain_query(conn: psycopg.Connection[Any], descending: bool = True, **filters: Any) -> None:
-    """Three keyset pages of ``sql.page_query`` hold the rows, in the order, of one plain query."""
+    """Three keyset pages of ``listing.page_query`` hold the rows, in the order, of one plain query."""
     order = "DESC" if descending else "ASC"
     cursor = None
     for _ in range(3):
-        query, params = sql.page_query(descending=descending, cursor=cursor, **filters)
+        query, params = listing.page_query(descending=descending, cursor=cursor, **filters)
         merged = [r[0] for r in conn.execute(query, {**params, "limit": 51}).fetchall()]
-        where, plain_params = sql.filter_clause(cursor=cursor, cursor_op="<" if descending else ">", **filters)
+        where, plain_params = listing.filter_clause(cursor=cursor, cursor_op="<" if descending else ">", **filters)
         plain = [
             r[0]
             for r in conn.execute(

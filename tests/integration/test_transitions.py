@@ -44,10 +44,10 @@ def _by_id(statement: str, **extra: Any) -> Params:
     return lambda task_id, _: (statement, {"id": task_id, "ids": [task_id], "worker_id": WORKER, **extra})
 
 
-def _matching(statement: str, states: tuple[str, ...]) -> Params:
+def _matching(statement: Callable[[str], str], states: tuple[str, ...]) -> Params:
     def params(_: uuid.UUID, name: str) -> tuple[str, dict[str, Any]]:
         where, values = TaskFilter(name=name).clause(states=states)
-        return statement.format(where=where), {**values, "cap": 10}
+        return statement(where), {**values, "cap": 10}
 
     return params
 
@@ -62,8 +62,8 @@ STATEMENTS: dict[str, list[Params]] = {
     "RELEASE_MANY": [_by_id(sql.RELEASE_MANY)],
     "CANCEL_TASK": [_by_id(sql.CANCEL_TASK)],
     "RETRY_TASK": [_by_id(sql.RETRY_TASK)],
-    "RETRY_MATCHING": [_matching(sql.RETRY_MATCHING, ("failed", "cancelled"))],
-    "CANCEL_MATCHING": [_matching(sql.CANCEL_MATCHING, ("pending",))],
+    "RETRY_MATCHING": [_matching(sql.retry_matching, ("failed", "cancelled"))],
+    "CANCEL_MATCHING": [_matching(sql.cancel_matching, ("pending",))],
 }
 
 

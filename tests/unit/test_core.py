@@ -189,10 +189,10 @@ def test_autovacuum_off_is_reported_with_where_it_is_off() -> None:
 
 
 def test_tag_walks_merge_only_when_no_unread_row_could_enter_the_page() -> None:
-    from tasklib import sql
+    from tasklib import listing
     from tasklib.monitor import merge_tag_walks
 
-    end = sql.TAG_WALK_ROWS
+    end = listing.TAG_WALK_ROWS
 
     def row(at: int, branch: int, place: int, matched: bool = True) -> dict:
         return {"created_at": at, "id": at, "walk_row": place, "walk_matched": matched}
@@ -210,3 +210,36 @@ def test_tag_walks_merge_only_when_no_unread_row_could_enter_the_page() -> None:
     # Oldest first, the same rule the other way round.
     assert merge_tag_walks([row(1, 0, 1), row(2, 0, 2), row(9, 1, end, matched=False)], 2, False) is not None
     assert merge_tag_walks([row(1, 0, 1), row(5, 0, 2), row(3, 1, end, matched=False)], 2, False) is None
+
+
+def test_statements_with_parameters_write_the_held_key_predicate_as_the_index_does() -> None:
+    """The unique index's predicate and the statements' must be the same for the planner to use the
+    index; statements with parameters double the ``%`` of its LIKE pattern."""
+    from tasklib import sql
+
+    assert sql.KEY_HELD.replace("%%", "%") == sql.UNIQUE_KEY_HELD
+    assert "%%" not in sql.UNIQUE_KEY_HELD
+
+
+def test_outcomes_travel_as_json_with_results_beside_them() -> None:
+    import json
+    import uuid
+    from datetime import UTC, datetime
+
+    from tasklib import sql
+    from tasklib.outcome import Action
+    from tasklib.states import TaskState
+
+    done, failed = uuid.uuid4(), uuid.uuid4()
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    params = sql.outcome_params(
+        [
+            (done, at, Action(TaskState.COMPLETED, 0, result_json='{"a": "é\\u0000"}')),
+            (failed, at, Action(TaskState.FAILED, 2, error='KeyError: "x"\n\u00e9')),
+        ],
+        "w",
+    )
+    decided = json.loads(params["outcomes"].obj and json.dumps(params["outcomes"].obj))
+    assert params["ids"] == [done, failed] and params["results"] == ['{"a": "é\\u0000"}']
+    assert decided[str(done)] == {"s": "completed", "n": 0, "d": 0.0, "t": at.isoformat(), "i": 1}
+    assert decided[str(failed)]["e"] == 'KeyError: "x"\n\u00e9' and "i" not in decided[str(failed)]

@@ -10,7 +10,7 @@ from typing import Any
 import tasklib
 from tasklib import sql
 from tasklib.outcome import Action
-from tasklib.worker.children import Child
+from tasklib.worker.children import Child, ChildPool
 from tasklib.worker.claim import ClaimPlanner, ClaimQuery, ClaimReply
 from tasklib.worker.jobs import Job
 from tasklib.worker.messages import ToChild
@@ -32,22 +32,23 @@ def job(priority: int = 0, at: float = 0, timeout: int | None = None) -> Job:
     return Job(uuid.uuid4(), "n", "{}", 0, 3, timeout, priority, T0 + timedelta(seconds=at), T0)
 
 
-class FakePool:
-    """Ready children that never run anything; ``sent`` lists (child pid, message)."""
-
-    def __init__(self, size: int) -> None:
-        self.children = [Child(100 + i, -1, -1, ready=True) for i in range(size)]
-        self.closing = False
-        self.sent: list[tuple[int, ToChild]] = []
-
-    def send(self, child: Child, message: ToChild) -> None:
-        self.sent.append((child.pid, message))
-
-
 def recording_kills(child: Child) -> Child:
     """The child's kill records its reason instead of signalling a process."""
     child.kill = lambda reason: setattr(child, "kill_reason", reason)  # type: ignore[method-assign]
     return child
+
+
+class FakePool(ChildPool):
+    """A pool of ready children with no processes behind them: ``sent`` lists (child pid, message),
+    and a kill only records its reason."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(size, None, None)  # type: ignore[arg-type]
+        self.children = [recording_kills(Child(100 + i, -1, -1, ready=True)) for i in range(size)]
+        self.sent: list[tuple[int, ToChild]] = []
+
+    def send(self, child: Child, message: ToChild) -> None:
+        self.sent.append((child.pid, message))
 
 
 async def answer_all(statement: str, params: dict[str, Any]) -> list[Any]:

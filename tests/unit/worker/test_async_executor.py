@@ -10,6 +10,7 @@ import pytest
 from tasklib.states import TaskState
 from tasklib.worker.async_executor import AsyncExecutor, async_children
 from tasklib.worker.children import KillReason
+from tasklib.worker.executors import ExecutorContext
 from tasklib.worker.messages import Cancel, Finished, Run
 from tasklib.worker.writer import OutcomeWriter
 from tests.unit.worker.fakes import CONFIG, Clock, FakePool, finished, job, recording_kills, released, writer
@@ -17,7 +18,8 @@ from tests.unit.worker.fakes import CONFIG, Clock, FakePool, finished, job, reco
 
 def make(children: int = 2, slots: int = 20) -> tuple[AsyncExecutor, FakePool, OutcomeWriter, Clock]:
     out, clock, pool = writer(), Clock(), FakePool(children)
-    executor = AsyncExecutor(["n"], slots, None, out, asyncio.Event(), CONFIG, clock=clock, children=children)  # type: ignore[arg-type]
+    context = ExecutorContext(None, out, asyncio.Event(), CONFIG, clock)  # type: ignore[arg-type]
+    executor = AsyncExecutor(["n"], slots, context, children=children)
     executor.pool = pool  # type: ignore[assignment]
     return executor, pool, out, clock
 

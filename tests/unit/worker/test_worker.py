@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any
 
 from tasklib.worker.claim import ClaimPlanner, ClaimQuery
-from tasklib.worker.executors import ProcessExecutor
+from tasklib.worker.executors import ExecutorContext, ProcessExecutor
 from tasklib.worker.worker import Lane, Lanes, TaskWorker
 from tests.unit.worker.fakes import CONFIG, T0, FakePool, Tasks, answer_all, job
 
@@ -29,7 +29,8 @@ class Statements:
 
 def worker_with_lane(tasks: Tasks, size: int = 2) -> tuple[TaskWorker, Lane, FakePool, Statements]:
     worker = TaskWorker(CONFIG, concurrency=size, handle_signals=False)
-    executor = ProcessExecutor(["n"], size, None, worker._writer, worker._wake, CONFIG)  # type: ignore[arg-type]
+    context = ExecutorContext(None, worker._writer, worker._wake, CONFIG)  # type: ignore[arg-type]
+    executor = ProcessExecutor(["n"], size, context)
     pool = FakePool(size)
     executor.pool = pool  # type: ignore[assignment]
     lane = Lane(executor, ClaimPlanner(["n"], worker.worker_id, 60, sweep_every_seconds=1e12))

@@ -1,0 +1,11 @@
+"""Every SQL statement TaskLib runs, by name and grouped by who runs it. Values are always bound.
+
+``tasks`` (the table, submits, reads), ``worker`` (claim, finish, heartbeat, rescue, release),
+``actions`` (cancel, retry, schedules, retention) and ``monitor`` (the read model). Each
+state-changing statement names the transition it makes and filters on the state it expects.
+"""
+
+from tasklib.sql.actions import *  # noqa: F403
+from tasklib.sql.monitor import *  # noqa: F403
+from tasklib.sql.tasks import *  # noqa: F403
+from tasklib.sql.worker import *  # noqa: F403
