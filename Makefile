@@ -44,7 +44,7 @@ systools:
 ## processes (each test has a database of its own). TEST_WORKERS=1 runs it in one process.
 TEST_WORKERS ?= 3
 test: install browser systools
-	$(PY) -m pytest -n $(TEST_WORKERS) tests e2e
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal tests e2e
 
 test-unit: install
 	$(PY) -m pytest tests/unit

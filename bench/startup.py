@@ -21,8 +21,9 @@ import psycopg
 
 import tasklib
 from bench import tasks as btasks
-from bench.burst import StatementSampler, running_workers, wait_done
+from bench.burst import running_workers, wait_done
 from bench.common import percentiles
+from bench.sampler import StatementSampler
 from tests.pg import fresh_database
 
 #: Submission windows, in seconds since the producer started: the first is the new deployment.

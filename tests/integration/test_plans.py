@@ -13,27 +13,23 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 
 import tasklib
-from tasklib import listing, sql
+from tasklib import sql
 from tasklib.db import (
     CLAIM_PLANNER_SETTINGS,
-    TAG_INDEX_PLANNER_SETTINGS,
-    TAG_WALK_PLANNER_SETTINGS,
     WRITE_PLANNER_SETTINGS,
     connect_kwargs,
     set_statement,
 )
 from tasklib.outcome import Action
 from tasklib.states import TaskState
-from tasklib.worker.claim import EARLIEST, ClaimFloor, Step, claim_statement, other_priorities
+from tasklib.worker.claim import EARLIEST, other_priorities
 from tasklib.worker.liveness import RESCUE_BATCH
 
 NAME = "tests.integration.jobs.mark"
@@ -217,153 +213,6 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         assert uses in plan and not any(word in plan for word in never), (name, plan)
 
 
-def test_name_filters_read_one_range_per_state_and_keep_the_order(tl: tasklib.Config) -> None:
-    """Dashboard lists filtered by name: "failed tasks of a name that never failed" must not walk
-    every failed row, and a name alone must not sort all of that name's rows. The merged page must
-    be the same rows, in the same order, as the plain query."""
-    with psycopg.connect(tl.database_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO tasks (id, name, kwargs, state, created_at, completed_at, started_at, worker_id)"
-            " SELECT gen_random_uuid(), 'app.job_' || (g % 20), '{}',"
-            " CASE WHEN g % 20 < 10 AND g % 4 = 0 THEN 'failed' WHEN g % 7 = 0 THEN 'cancelled' ELSE 'completed' END,"
-            " now() - g * interval '1 second', now(), now(), 'w'"
-            " FROM generate_series(1, 60000) AS g"
-        )
-        conn.execute("ANALYZE tasks")
-
-        def plan(**filters: Any) -> str:
-            query, params = listing.page_query(**filters)
-            return "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
-
-        empty_pair = plan(state="failed", name="app.job_15")
-        assert "tasks_name_state_created_idx" in empty_pair and "tasks_state_created_idx" not in empty_pair, empty_pair
-        by_name = plan(name="app.job_3")
-        assert "Seq Scan" not in by_name and "Bitmap" not in by_name, by_name
-        assert "Merge Append" in by_name, by_name  # short ordered walks per state, merged: no sort of every row
-
-        _assert_pages_match_the_plain_query(conn, name="app.job_3")
-
-
-def test_lists_across_states_merge_one_ordered_walk_per_state(tl: tasklib.Config) -> None:
-    """With no index on created order alone (schema 6), a list of every state, newest or oldest
-    first, is one short walk of tasks_state_created_idx per state, merged: never a sort of the
-    table. Each page must be the rows, in the order, of the plain query. ``page_query`` with a tag
-    reads the tag's own index (the dashboard's answer when its bounded walks cannot tell)."""
-    with psycopg.connect(tl.database_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO tasks (id, name, kwargs, state, created_at, completed_at, started_at, worker_id, locked_until)"
-            " SELECT gen_random_uuid(), 'app.job_' || (g % 20), '{}',"
-            " CASE WHEN g % 50 = 0 THEN 'running' WHEN g % 11 = 0 THEN 'failed' WHEN g % 7 = 0 THEN 'pending'"
-            " ELSE 'completed' END,"
-            " now() - (g / 3) * interval '1 second', now(), now(), 'w', now()"
-            " FROM generate_series(1, 60000) AS g"
-        )
-        conn.execute(
-            "UPDATE tasks SET completed_at = NULL, started_at = NULL, worker_id = NULL, locked_until = NULL"
-            " WHERE state = 'pending'"
-        )
-        conn.execute("UPDATE tasks SET locked_until = NULL WHERE state <> 'running'")
-        conn.execute(
-            "UPDATE tasks SET tags = jsonb_build_object('batch', 'b' || (created_at::time::text)) WHERE random() < 0.01"
-        )
-        conn.execute("ANALYZE tasks")
-        # The tag index's query: the tag's rows sorted once, not a walk of every state's rows.
-        query, params = listing.page_query(tag=("batch", "b00:00:00"))
-        plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
-        assert "tasks_tagged_idx" in plan and "Merge Append" not in plan, plan
-        for descending in (True, False):
-            query, params = listing.page_query(descending=descending)
-            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query, {**params, "limit": 51}).fetchall())
-            assert "Merge Append" in plan and "Seq Scan" not in plan and "Bitmap" not in plan, plan
-            assert "Sort" not in plan.replace("Sort Key", ""), plan  # each walk comes out in order
-            _assert_pages_match_the_plain_query(conn, descending=descending)
-
-
-def test_tag_lists_walk_a_bounded_range_per_state_or_ask_the_tag_index(tl: tasklib.Config) -> None:
-    """A tag many recent rows hold is read like any list, one walk per state that stops at
-    TAG_WALK_ROWS rows, not by sorting every row that holds the tag (400 ms for 50,000 of them in a
-    five-million-row table); a tag no recent row holds is left to the tag index. Either way each
-    keyset page, newest or oldest first, holds the rows, in the order, of the plain query."""
-    from tasklib.db import Database
-    from tasklib.filters import TaskFilter
-    from tasklib.monitor import Monitor, merge_tag_walks
-
-    with psycopg.connect(tl.database_url, autocommit=True) as conn:
-        conn.execute(
-            "INSERT INTO tasks (id, name, kwargs, state, created_at, completed_at, started_at, worker_id, tags)"
-            " SELECT gen_random_uuid(), 'app.job_' || (g % 20), '{}',"
-            " CASE WHEN g % 11 = 0 THEN 'failed' WHEN g % 7 = 0 THEN 'cancelled' ELSE 'completed' END,"
-            " now() - (g / 3) * interval '1 second', now(), now(), 'w',"
-            # "common": 1 row in 40 throughout; "old": only rows older than the newest 40,000.
-            ' CASE WHEN g % 40 = 0 THEN \'{"batch": "common"}\'::jsonb'
-            ' WHEN g > 40000 AND g % 40 = 1 THEN \'{"batch": "old"}\'::jsonb END'
-            " FROM generate_series(1, 60000) AS g"
-        )
-        conn.execute("ANALYZE tasks")
-
-    db = Database(tl.database_url)  # type: ignore[arg-type]
-    monitor = Monitor(db)
-
-    def plan(query: str, params: dict[str, Any], settings: dict[str, str]) -> str:
-        """The plan under those settings, set the way the dashboard sets them (``Database.rows``)."""
-        return "\n".join(
-            r[0] for r in db.rows("EXPLAIN " + query, {**params, "limit": 51}, as_dict=False, settings=settings)
-        )
-
-    try:
-        walks = plan(*listing.tag_walk_query(tag=("batch", "common")), TAG_WALK_PLANNER_SETTINGS)
-        assert "tasks_state_created_idx" in walks and "Seq Scan" not in walks and "Bitmap" not in walks, walks
-        assert "Sort" not in walks.replace("Sort Key", ""), walks  # each walk comes out in order
-        # When the walks cannot tell, the tag index answers, through bitmaps only: never a walk of a
-        # state's range that filters every row of it (the walks have just been tried). Without the
-        # settings, this one is walked.
-        index = plan(*listing.page_query(state="completed", tag=("batch", "old")), TAG_INDEX_PLANNER_SETTINGS)
-        assert "tasks_tagged_idx" in index and "Index Scan using" not in index and "Seq Scan" not in index, index
-
-        # (tag, newest first, walks tell the page): the old rows are where an oldest-first walk starts.
-        for tag, descending, answered in (
-            (("batch", "common"), True, True),
-            (("batch", "common"), False, True),
-            (("batch", "old"), True, False),
-            (("batch", "old"), False, True),
-        ):
-            query, params = listing.tag_walk_query(descending=descending, tag=tag)
-            walks = db.rows(query, {**params, "limit": 51}, settings=TAG_WALK_PLANNER_SETTINGS)
-            assert (merge_tag_walks(walks, 51, descending) is not None) is answered, (tag, descending)
-            order = "DESC" if descending else "ASC"
-            cursor: str | None = None
-            keyset: tuple[object, object] | None = None
-            for _ in range(3):
-                page = monitor.page(TaskFilter(tag=tag), after=cursor, oldest_first=not descending)
-                where, plain_params = listing.filter_clause(tag=tag, cursor=keyset, cursor_op="<" if descending else ">")
-                plain = db.rows(
-                    f"SELECT id FROM tasks {where} ORDER BY created_at {order}, id {order} LIMIT 50", plain_params
-                )
-                assert [t.id for t in page.tasks] == [r["id"] for r in plain] and len(plain) == 50, (tag, descending)
-                cursor, keyset = page.next, (page.tasks[-1].created_at, page.tasks[-1].id)
-    finally:
-        db.close()
-
-
-def _assert_pages_match_the_plain_query(conn: psycopg.Connection[Any], descending: bool = True, **filters: Any) -> None:
-    """Three keyset pages of ``listing.page_query`` hold the rows, in the order, of one plain query."""
-    order = "DESC" if descending else "ASC"
-    cursor = None
-    for _ in range(3):
-        query, params = listing.page_query(descending=descending, cursor=cursor, **filters)
-        merged = [r[0] for r in conn.execute(query, {**params, "limit": 51}).fetchall()]
-        where, plain_params = listing.filter_clause(cursor=cursor, cursor_op="<" if descending else ">", **filters)
-        plain = [
-            r[0]
-            for r in conn.execute(
-                f"SELECT id FROM tasks {where} ORDER BY created_at {order}, id {order} LIMIT 51", plain_params
-            ).fetchall()
-        ]
-        assert merged == plain and len(merged) == 51
-        last = conn.execute("SELECT created_at, id FROM tasks WHERE id = %s", [merged[-1]]).fetchone()
-        cursor = (last[0], last[1])  # type: ignore[index]
-
-
 def test_retention_and_schedule_reads_stay_on_their_indexes(tl: tasklib.Config) -> None:
     """Prune walks tasks_completed_idx from its keyset (not the table); the Schedules page reads
     tasks_slot_idx, one probe per recurring task, however many slots have accumulated."""
@@ -404,161 +253,6 @@ def _plan_sum(plan: dict[str, Any], match: tuple[str, str], fields: tuple[str, .
     """The sum of ``fields`` over the nodes of an EXPLAIN JSON plan where ``node[match[0]] == match[1]``."""
     own = sum(int(plan[f]) for f in fields) if plan.get(match[0]) == match[1] else 0
     return own + sum(_plan_sum(child, match, fields) for child in plan.get("Plans", []))
-
-
-@contextmanager
-def _claimed_under_a_held_snapshot(admin: psycopg.Connection[Any], url: str, which: str) -> Iterator[datetime]:
-    """VACUUM, then a session sits idle in transaction (nothing claimed from here on can be cleaned
-    while it does), then worker w claims the rows ``which`` selects (ids, with NAME as parameter):
-    the latest ``scheduled_at`` it took."""
-    admin.execute("VACUUM ANALYZE tasks")
-    with psycopg.connect(url) as holder:
-        holder.execute("SELECT txid_current()")
-        (last,) = admin.execute(
-            "WITH c AS (UPDATE tasks SET state = 'running', worker_id = 'w', started_at = now(),"
-            f"          locked_until = now() + interval '1 hour' WHERE id IN ({which}) RETURNING scheduled_at)"
-            " SELECT max(scheduled_at) FROM c",
-            {"name": NAME},
-        ).fetchone()  # type: ignore[misc]
-        yield last
-
-
-def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Config) -> None:
-    """100,000 claimed tasks whose pending-index entries an open snapshot keeps, 2,000 waiting above
-    the floor: the claims the worker makes there walk about what they take, not the 100,000.
-
-    A claim across all priorities cannot start its index scan at the floor (the index leads with
-    priority) and steps over every kept entry before it: 16x the buffers here, growing with the
-    snapshot's age and lasting until VACUUM. The worker asks per priority it knows (``_claim``)."""
-    url = tl.database_url
-    assert url is not None
-    with psycopg.connect(url, autocommit=True) as admin:
-        _insert_spread(admin, 102_000, since="10 minutes", step="1 millisecond")
-        with _claimed_under_a_held_snapshot(
-            admin, url, "SELECT id FROM tasks ORDER BY priority DESC, scheduled_at, id LIMIT 100000"
-        ) as last:
-            floor_state = ClaimFloor(sweep_every_seconds=3600)
-            floor_state.floor_for_next(0.0)  # the first claim sweeps…
-            full = Step(None, 256, [(0, last)] * 256)
-            floor_state.observe(datetime.now(UTC), [full])  # …and was full
-            floor = floor_state.floor_for_next(1.0)  # the common floor: a full sweep leaves it low…
-            assert [at for _, at in floor_state.priorities_for(floor)] != [EARLIEST]  # …priority 0's is high
-            claim = {"names": [NAME], "limit": 256, "floor": floor, "worker_id": "w2", "lock_seconds": 60.0}
-            with _worker_connection(url, CLAIM_SETTINGS) as conn:
-                buffers = taken = 0
-                for priority, at in [*floor_state.priorities_for(floor), (None, floor)]:  # as TaskWorker._claim does
-                    statement = sql.CLAIM_NEXT if priority is None else sql.CLAIM_AT_PRIORITY
-                    with conn.transaction(force_rollback=True):
-                        params = {**claim, "floor": at, "priority": priority, "limit": 256 - taken}
-                        (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params).fetchone()  # type: ignore[misc]
-                    top = plan[0]["Plan"]
-                    buffers += _plan_sum(
-                        top, ("Index Name", "tasks_pending_idx"), ("Shared Hit Blocks", "Shared Read Blocks")
-                    )
-                    taken += _plan_sum(top, ("Node Type", "ModifyTable"), ("Actual Rows",))
-                    if taken >= 256:
-                        break
-    # The index pages and heap pages of the 256 rows: 38 here. Across all priorities: 631.
-    assert taken == 256 and buffers < 200, (taken, buffers)
-
-
-def test_a_claim_past_its_known_priorities_steps_over_none_of_their_kept_entries(tl: tasklib.Config) -> None:
-    """100,000 claimed priority-0 tasks whose index entries an open snapshot keeps, 5 still waiting
-    at priority 0 (known, its floor just below them) and 3 each at priorities 7 and -2, never seen,
-    on either side of it in the index. The common floor lags 10 minutes (claims were full until
-    now). A claim of 9, made as TaskWorker._claim makes it, comes back short at priority 0, then its
-    statement over the other priorities takes four others, highest first, without walking the
-    kept entries between the common floor and priority 0's floor: one across all priorities from
-    the common floor visits the heap for each of the 100,000 (106 ms seen in a benchmark run)."""
-    url = tl.database_url
-    assert url is not None
-    with psycopg.connect(url, autocommit=True) as admin:
-        _insert_spread(admin, 100_005, since="10 minutes", step="5 milliseconds")
-        admin.execute(
-            "INSERT INTO tasks (id, name, kwargs, state, max_retries, scheduled_at, created_at, priority)"
-            " SELECT gen_random_uuid(), %s, '{}', 'pending', 3, now() - g * interval '1 second', now(), p"
-            " FROM generate_series(1, 3) AS g, (VALUES (7), (-2)) AS v(p)",
-            [NAME],
-        )
-        with _claimed_under_a_held_snapshot(
-            admin, url, "SELECT id FROM tasks WHERE priority = 0 ORDER BY scheduled_at, id LIMIT 100000"
-        ) as last:
-            floor_state = ClaimFloor(sweep_every_seconds=3600, margin_seconds=0.1)
-            floor_state.floor_for_next(0.0)
-            stale = datetime.now(UTC) - timedelta(minutes=10)
-            floor_state.observe(stale, [Step(None, 256)])  # the last short claim: 10 minutes ago
-            floor_state.observe(last + timedelta(seconds=0.1), [Step(0, 256, [(0, last)] * 256)])  # full since
-            floor = floor_state.floor_for_next(1.0)
-            known = floor_state.priorities_for(floor)
-            assert floor < stale and [p for p, _ in known] == [0]
-            claim = {"names": [NAME], "floor": floor, "worker_id": "w2", "lock_seconds": 60.0}
-            with _worker_connection(url, CLAIM_SETTINGS) as conn:
-                buffers, taken = 0, []
-                for priority, at in [*known, (None, floor)]:  # as TaskWorker._claim does
-                    statement, params = claim_statement(priority, None, [p for p, _ in known])
-                    params = {**claim, **params, "floor": at, "limit": 9 - len(taken)}
-                    with conn.transaction(force_rollback=True):
-                        (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params).fetchone()  # type: ignore[misc]
-                    with conn.transaction():
-                        taken += [row[7] for row in conn.execute(statement, params) if row[1] is not None]
-                    buffers += _plan_sum(
-                        plan[0]["Plan"], ("Index Name", "tasks_pending_idx"), ("Shared Hit Blocks", "Shared Read Blocks")
-                    )
-    assert sorted(taken) == [-2, 0, 0, 0, 0, 0, 7, 7, 7], taken  # (RETURNING comes in no particular order)
-    # The index and heap pages of the 9 rows and of the ranges' edges: 16 here. Across
-    # all priorities from the common floor: 2,518.
-    assert buffers < 200, buffers
-
-
-def test_a_sweep_under_a_held_snapshot_goes_in_windows_and_finds_the_straggler(tl: tasklib.Config) -> None:
-    """100,000 tasks claimed over the last 20 s, their pending-index entries kept by an open
-    snapshot; one task among them still pending (its lock was held elsewhere when the claims
-    passed), below every floor. One statement from EARLIEST visits the heap for every kept entry.
-    The sweep's steps, run as TaskWorker._claim runs them, take the straggler, and no step visits
-    more than a quarter of those entries: an entry outside a step's window is rejected on the index
-    key, without a heap visit (a bound tested after the fetch would visit them all).
-
-    The index entries each step returns to the executor (one heap visit each) are read from the
-    statistics; each step's time is taken as proportional to them, so the windows are sized the
-    same way on any machine."""
-    url = tl.database_url
-    assert url is not None
-    with psycopg.connect(url, autocommit=True) as admin:
-        _insert_spread(admin, 100_000, since="20 seconds", step="200 microseconds")
-        (straggler,) = admin.execute(
-            "UPDATE tasks SET name = %s WHERE id = (SELECT id FROM tasks ORDER BY scheduled_at OFFSET 50000 LIMIT 1)"
-            " RETURNING id",
-            [NAME + "_late"],
-        ).fetchone()  # type: ignore[misc]
-        with _claimed_under_a_held_snapshot(admin, url, "SELECT id FROM tasks WHERE name = %(name)s") as last:
-            names = [NAME, NAME + "_late"]
-            floor_state = ClaimFloor(sweep_every_seconds=0.0)
-            floor_state.floor_for_next(0.0)
-            # The claims came back short as the last of them was taken: the floors are just below it.
-            floor_state.observe(last + timedelta(seconds=0.1), [Step(None, 256)])
-            claim = {"names": names, "worker_id": "w2", "lock_seconds": 60.0, "limit": 256, "priority": None}
-            returned = "SELECT pg_stat_get_xact_tuples_returned('tasks_pending_idx'::regclass)"
-            with _worker_connection(url, CLAIM_SETTINGS) as conn:
-
-                def run(statement: str, params: dict[str, Any], keep: bool) -> tuple[list[Any], int]:
-                    with conn.transaction(force_rollback=not keep):
-                        (before,) = conn.execute(returned).fetchone()  # type: ignore[misc]
-                        rows = conn.execute(statement, params).fetchall()
-                        (after,) = conn.execute(returned).fetchone()  # type: ignore[misc]
-                    return [r for r in rows if r[1] is not None], after - before
-
-                _, whole = run(sql.CLAIM_NEXT, {**claim, "floor": EARLIEST}, keep=False)
-                floor_state.floor_for_next(1.0)  # a sweep is due
-                visits, taken = [], []
-                while (window := floor_state.sweep_window()) is not None:
-                    rows, entries = run(sql.CLAIM_IN_WINDOW, {**claim, "floor": window[0], "below": window[1]}, keep=True)
-                    visits.append(entries)
-                    taken += [r[1] for r in rows]
-                    seconds = 0.005 + entries * 2e-6  # a few ms of walking the index, 2 us a heap visit
-                    floor_state.swept(Step(None, 256, [(0, r[9]) for r in rows], window, seconds))
-    assert whole >= 100_000, whole
-    assert taken == [straggler] and len(visits) > 4, (taken, visits)
-    assert max(visits) < whole / 4, visits
 
 
 def test_the_look_for_vanished_workers_reads_the_lock_index_without_parallel_workers(tl: tasklib.Config) -> None:
