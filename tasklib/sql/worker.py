@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+import orjson
 from psycopg.types.json import Jsonb
 
 NOW = "SELECT now()"
@@ -65,7 +66,7 @@ def _apply_outcomes(condition: str = "") -> str:
     return f"""
 UPDATE tasks AS t
 SET state = {_OUTCOME} ->> 's',
-    result = CAST((CAST(%(results)s AS text[]))[CAST({_OUTCOME} ->> 'i' AS integer)] AS jsonb),
+    result = {_OUTCOME} -> 'r',
     error = {_OUTCOME} ->> 'e',
     retry_count = ({_OUTCOME} ->> 'n')::integer,
     completed_at = CASE WHEN {_OUTCOME} ->> 's' = 'pending' THEN NULL ELSE now() END,
@@ -91,10 +92,10 @@ RESCUE_MANY = _apply_outcomes("AND t.locked_until < now()")
 
 def outcome_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str) -> dict[str, Any]:
     """Parameters for FINISH_MANY / RESCUE_MANY from ``(task id, claim started_at, Action)`` triples
-    of claims held by ``worker_id``. Outcomes travel as one jsonb object keyed by id, which each row
-    reads for itself (no join to plan); results, already JSON text, as a text array it indexes."""
+    of claims held by ``worker_id``. The outcomes travel as one jsonb object keyed by id, which each
+    row reads for itself (no join to plan); a result, already JSON text from the child, goes into
+    it as is (``orjson.Fragment``), never parsed and encoded again."""
     ids: list[Any] = []
-    results: list[str | None] = []
     decided: dict[str, dict[str, Any]] = {}
     for task_id, started_at, action in outcomes:
         ids.append(task_id)
@@ -105,12 +106,11 @@ def outcome_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str
             "t": started_at.isoformat(),
         }
         if action.result_json is not None:
-            results.append(action.result_json)
-            entry["i"] = len(results)  # PostgreSQL arrays count from 1
+            entry["r"] = orjson.Fragment(action.result_json)
         if action.error is not None:
             entry["e"] = action.error
         decided[str(task_id)] = entry
-    return {"ids": ids, "outcomes": Jsonb(decided), "results": results, "worker_id": worker_id}
+    return {"ids": ids, "outcomes": Jsonb(decided, dumps=orjson.dumps), "worker_id": worker_id}
 
 
 #: running -> running: extend the locks this worker still holds; rows missing from the result were

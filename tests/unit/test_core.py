@@ -221,7 +221,7 @@ def test_statements_with_parameters_write_the_held_key_predicate_as_the_index_do
     assert "%%" not in sql.UNIQUE_KEY_HELD
 
 
-def test_outcomes_travel_as_json_with_results_beside_them() -> None:
+def test_outcomes_travel_as_json_with_results_as_the_child_wrote_them() -> None:
     import json
     import uuid
     from datetime import UTC, datetime
@@ -234,12 +234,12 @@ def test_outcomes_travel_as_json_with_results_beside_them() -> None:
     at = datetime(2026, 12, 1, tzinfo=UTC)
     params = sql.outcome_params(
         [
-            (done, at, Action(TaskState.COMPLETED, 0, result_json='{"a": "é\\u0000"}')),
+            (done, at, Action(TaskState.COMPLETED, 0, result_json='{"a": ["é", 1.5]}')),
             (failed, at, Action(TaskState.FAILED, 2, error='KeyError: "x"\n\u00e9')),
         ],
         "w",
     )
-    decided = json.loads(params["outcomes"].obj and json.dumps(params["outcomes"].obj))
-    assert params["ids"] == [done, failed] and params["results"] == ['{"a": "é\\u0000"}']
-    assert decided[str(done)] == {"s": "completed", "n": 0, "d": 0.0, "t": at.isoformat(), "i": 1}
-    assert decided[str(failed)]["e"] == 'KeyError: "x"\n\u00e9' and "i" not in decided[str(failed)]
+    decided = json.loads(params["outcomes"].dumps(params["outcomes"].obj))
+    assert params["ids"] == [done, failed]
+    assert decided[str(done)] == {"s": "completed", "n": 0, "d": 0.0, "t": at.isoformat(), "r": {"a": ["é", 1.5]}}
+    assert decided[str(failed)]["e"] == 'KeyError: "x"\n\u00e9' and "r" not in decided[str(failed)]
