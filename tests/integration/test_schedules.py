@@ -6,6 +6,8 @@ import glob
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -30,16 +32,26 @@ def slot_rows(url: str) -> list[tuple[str, str, float | None]]:
     return sorted(((k, s, None if d is None else float(d)) for k, s, d in rows), key=lambda r: slot_time(r[0]))  # type: ignore[arg-type, return-value]
 
 
-def run_schedulers(url: str, log: Path, seconds: float, envs: list[dict[str, str]], from_first_slot: bool = False) -> None:
+def run_schedulers(
+    url: str,
+    log: Path,
+    seconds: float,
+    envs: list[dict[str, str]],
+    from_first_slot: bool = False,
+    until: Callable[[], bool] | None = None,
+) -> None:
     """Run workers for ``seconds``; with ``from_first_slot``, counted from the first slot row they
     write (a worker takes 2 s or more to start on a loaded machine, and a window that began at the
-    start would hold one slot fewer, depending on where in its second the scheduler began)."""
+    start would hold one slot fewer, depending on where in its second the scheduler began); then,
+    with ``until``, until that holds too (its children may start later still)."""
     before = len(slot_rows(url))
     procs = [start_worker(url, log, app=APP, env=env) for env in envs]
     try:
         if from_first_slot:
             assert wait_for(lambda: len(slot_rows(url)) > before, timeout=30)
         time.sleep(seconds)
+        if until is not None:
+            assert wait_for(until, timeout=30)
     finally:
         for proc in procs:
             stop(proc)
@@ -111,7 +123,12 @@ def test_slots_missed_while_no_worker_ran(tl: tasklib.Config, database_url: str,
     queued = slot_rows(database_url)[-1]
     assert queued[1] == "pending"
     time.sleep(9)
-    run_schedulers(database_url, log, 3, [env], from_first_slot=True)
+
+    def due_slots_ran() -> bool:  # the queued one and, with catch_up, the missed one it queued
+        due = datetime.now(UTC) - timedelta(seconds=1)
+        return all(state == "completed" for key, state, _ in slot_rows(database_url) if slot_time(key) <= due)  # type: ignore[operator]
+
+    run_schedulers(database_url, log, 3, [env], from_first_slot=True, until=due_slots_ran)
     with psycopg.connect(database_url) as conn:
         late_rows = conn.execute(
             """SELECT unique_key, state FROM tasks
