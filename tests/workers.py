@@ -112,9 +112,11 @@ def task_row(url: str, task_id) -> dict:
 
 
 def live_workers(url: str) -> int:
+    """Workers connected to this test's database (others run beside it in the parallel suite)."""
     with psycopg.connect(url) as conn:
         return conn.execute(  # type: ignore[no-any-return]
-            "SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name LIKE 'tasklib-worker %'"
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND application_name LIKE 'tasklib-worker %'"
         ).fetchone()[0]
 
 
