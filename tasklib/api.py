@@ -36,7 +36,7 @@ def init(config: Config) -> None:
     Calling it again with another config switches to it and closes the previous pools.
     """
     global _config, _database
-    database = Database(config.resolved_database_url())
+    database = Database(config.resolved_database_url(), prepared_statements=config.prepared_statements)
     with database.connect("tasklib-init") as conn:
         try:
             ensure_schema(conn)

@@ -120,6 +120,10 @@ class Config(BaseModel):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     #: Opt-in automatic deletion of old finished tasks by the workers (off: kept indefinitely).
     retention: Retention | None = None
+    #: Prepare the few statements whose plan cannot depend on the data (submits, outcome writes).
+    #: Turn off when the application reaches PostgreSQL through PgBouncer older than 1.21 in
+    #: transaction pooling, which cannot carry a prepared statement from one transaction to the next.
+    prepared_statements: bool = True
 
     def __init__(self, **values: Any) -> None:
         try:

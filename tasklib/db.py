@@ -1,9 +1,9 @@
 """Connections: one sync pool and one async pool per event loop, for one database URL.
 
-Every connection TaskLib opens plans each statement afresh (no server-side prepared statements),
-and the worker's connections carry the planner settings below: a queue table swings from empty to
-a million rows faster than its statistics follow, so no plan may depend on them
-(docs/design/plans.md).
+Every connection TaskLib opens plans each statement afresh, except the few marked ``sql.Prepared``
+(inserts and updates by primary key, whose plan cannot depend on the data), and the worker's
+connections carry the planner settings below: a queue table swings from empty to a million rows
+faster than its statistics follow, so no plan may depend on them (docs/design/plans.md).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from tasklib.config import redact_url
 from tasklib.errors import DatabaseError, UniqueKeyTaken
+from tasklib.sql.prepared import prepare
 
 APPLICATION_NAME = "tasklib"
 #: How long a caller waits for a pooled connection before a DatabaseError (the default 30 s would
@@ -38,6 +39,12 @@ def translated_errors() -> Iterator[None]:
             raise DatabaseError(f"PostgreSQL refused the statement: {exc}") from exc
         # Two retried tasks with one key in the same bulk retry, or a submit that won the race.
         raise UniqueKeyTaken(f"another pending or running task holds that unique_key: {exc.diag.message_detail}") from exc
+    except (psycopg.errors.DuplicatePreparedStatement, psycopg.errors.InvalidSqlStatementName) as exc:
+        # Another client's session, or none of this one's: a pooler moved the statement between server sessions.
+        raise DatabaseError(
+            f"PostgreSQL refused a prepared statement ({exc}): behind PgBouncer's transaction pooling "
+            "(before 1.21, or without max_prepared_statements), use Config(prepared_statements=False)"
+        ) from exc
     except psycopg.errors.QueryCanceled as exc:
         raise DatabaseError(f"the statement took too long and was cancelled (statement_timeout): {exc}") from exc
     except psycopg.Error as exc:
@@ -77,11 +84,17 @@ def set_statement(settings: dict[str, str]) -> str:
     return "SELECT " + ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings.items())
 
 
-def connect_kwargs(application_name: str = APPLICATION_NAME) -> dict[str, Any]:
-    """Options for every TaskLib connection. Autocommit: each statement is its own short transaction."""
+#: psycopg prepares a statement automatically after this many runs: never, on TaskLib's connections.
+#: Only ``sql.Prepared`` statements are, explicitly (docs/design/plans.md).
+NEVER_AUTOMATICALLY = 2**62
+
+
+def connect_kwargs(application_name: str = APPLICATION_NAME, *, prepared_statements: bool = True) -> dict[str, Any]:
+    """Options for every TaskLib connection. Autocommit: each statement is its own short transaction.
+    ``prepared_statements=False`` prepares nothing (PgBouncer before 1.21 in transaction pooling)."""
     kwargs: dict[str, Any] = {
         "autocommit": True,
-        "prepare_threshold": None,  # every statement is planned for the table as it is now (docs/design/plans.md)
+        "prepare_threshold": NEVER_AUTOMATICALLY if prepared_statements else None,
         "application_name": application_name,
         # Notice a silently dead peer (a dropped NAT entry, a failed-over host) within about a minute
         # instead of the kernel's two hours: a worker's LISTEN connection would otherwise wait forever.
@@ -104,11 +117,13 @@ class Database:
         application_name: str = APPLICATION_NAME,
         statement_timeout_ms: int | None = None,
         pool_timeout_seconds: float = POOL_TIMEOUT_SECONDS,
+        prepared_statements: bool = True,
     ) -> None:
         self.url = url
         self.max_size = max_size
         self.pool_timeout = pool_timeout_seconds
-        self._kwargs = connect_kwargs(application_name)
+        self.prepared_statements = prepared_statements
+        self._kwargs = connect_kwargs(application_name, prepared_statements=prepared_statements)
         #: Applied to each statement of ``rows()`` with ``SET LOCAL`` in its own transaction: a
         #: session setting would not survive PgBouncer's transaction pooling (or would leak to
         #: another client through it).
@@ -176,7 +191,7 @@ class Database:
             local["statement_timeout"] = str(int(self.statement_timeout_ms))
         with translated_errors(), self.pool().connection() as conn, conn.cursor(row_factory=factory) as cur:
             if not local:
-                cur.execute(query, params or {})  # type: ignore[arg-type]
+                cur.execute(query, params or {}, prepare=prepare(query))  # type: ignore[arg-type]
                 return cur.fetchall() if cur.description else []
             with conn.transaction():
                 cur.execute(
@@ -193,7 +208,8 @@ class Database:
     def connect(self, application_name: str = APPLICATION_NAME) -> psycopg.Connection[Any]:
         """A dedicated connection outside the pools (schema setup, tools)."""
         try:
-            return psycopg.connect(self.url, **connect_kwargs(application_name))
+            kwargs = connect_kwargs(application_name, prepared_statements=self.prepared_statements)
+            return psycopg.connect(self.url, **kwargs)
         except psycopg.Error as exc:
             raise DatabaseError(f"cannot connect to {redact_url(self.url)}: {exc}") from exc
 

@@ -36,7 +36,7 @@ class SubmitOptions(BaseModel):
     reserved: a task cannot have parameters called ``delay_seconds``, ``max_retries``,
     ``timeout_seconds``, ``priority``, ``tags`` or ``unique_key``."""
 
-    model_config = ConfigDict(extra="forbid", strict=False)
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
     delay_seconds: float = Field(0, ge=0, le=_MAX_DELAY_SECONDS)
     max_retries: int | None = Field(None, ge=0, le=1000)
@@ -64,7 +64,12 @@ class SubmitOptions(BaseModel):
     def split(cls, call: Mapping[str, Any]) -> tuple[SubmitOptions, dict[str, Any]]:
         """A submit call's keywords -> (its options, the task's own arguments)."""
         options = {k: v for k, v in call.items() if k in cls.model_fields}
+        if not options:  # the everyday submit: nothing to validate
+            return _DEFAULTS, dict(call)
         return cls.of(options), {k: v for k, v in call.items() if k not in cls.model_fields}
+
+
+_DEFAULTS = SubmitOptions()
 
 
 class SubmitArgs(TypedDict, total=False):
@@ -151,7 +156,7 @@ async def _async_run(statement: str, params: dict[str, Any]) -> list[Any]:
     pool = await database().apool()
     with translated_errors():
         async with pool.connection() as conn:
-            cursor = await conn.execute(statement, params)  # type: ignore[arg-type]
+            cursor = await conn.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
             return await cursor.fetchall() if cursor.description else []
 
 

@@ -6,6 +6,7 @@ The insert statements cast every parameter so they run unchanged on psycopg 3 an
 
 from __future__ import annotations
 
+from tasklib.sql.prepared import Prepared
 from tasklib.states import SLOT_KEY_PREFIX
 
 #: The ``tasks`` columns in table order. Spelled out (and checked against the SQLModel class by a unit
@@ -76,7 +77,8 @@ def notify_submit(name: str, priority: str) -> str:
 
 
 #: INSERT one task (-> pending) and wake idle workers; NOTIFY is delivered only on commit.
-INSERT_TASK = f"""
+#: Prepared: an INSERT of one row has no access path to choose, so its generic plan cannot go wrong.
+INSERT_TASK = Prepared(f"""
 WITH ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
                        created_at, timeout_seconds, priority, tags)
@@ -87,7 +89,7 @@ WITH ins AS (
     RETURNING name, priority
 )
 SELECT {notify_submit("name", "priority")} FROM ins
-"""
+""")
 
 #: INSERT many tasks (-> pending) in one round trip; one NOTIFY per statement. The arguments arrive as
 #: one JSON array and the ids as one uuid[] literal: building per-row Python parameters is what

@@ -1,8 +1,9 @@
 """The worker's statements: claim, finish, heartbeat, rescue, release.
 
 Each state-changing statement names the transition it makes and filters on the state it expects,
-returning the rows it changed: no row back means the transition did not happen. Why each is shaped
-the way it is: docs/design/plans.md and docs/design/claim.md.
+returning the rows it changed: no row back means the transition did not happen. None is prepared:
+even an UPDATE by primary key, planned once on an empty table, can keep another index for good. Why
+each is shaped the way it is: docs/design/plans.md and docs/design/claim.md.
 """
 
 from __future__ import annotations

@@ -64,8 +64,9 @@ def brief(exc: BaseException) -> str:
 class WorkerConnections:
     """The claim and write connections of one worker, each opened on first use."""
 
-    def __init__(self, url: str | Callable[[], str], application_name: str) -> None:
+    def __init__(self, url: str | Callable[[], str], application_name: str, *, prepared_statements: bool = True) -> None:
         self._url = url  # resolved on first use: the embedded server starts only when a worker runs
+        self._kwargs = connect_kwargs(application_name, prepared_statements=prepared_statements)
         # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
         self.application_name = application_name
         # "schedule" is opened only by workers with recurring tasks (``tasklib.worker.scheduler``).
@@ -79,7 +80,7 @@ class WorkerConnections:
     async def connection(self, role: Role) -> psycopg.AsyncConnection[Any]:
         conn = self._conns[role]
         if conn is None or conn.closed or conn.broken:
-            conn = await psycopg.AsyncConnection.connect(self.url(), **connect_kwargs(self.application_name))
+            conn = await psycopg.AsyncConnection.connect(self.url(), **self._kwargs)
             await conn.execute(_SETTINGS[role])
             self._conns[role] = conn
         return conn
@@ -95,7 +96,7 @@ class WorkerConnections:
         try:
             conn = await self.connection(role)
             cursor = conn.cursor(row_factory=row_factory)
-            await cursor.execute(statement, params)  # type: ignore[arg-type]
+            await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
             return await cursor.fetchall() if cursor.description else []
         except psycopg.OperationalError:
             broken = self._conns[role]

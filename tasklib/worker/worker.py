@@ -124,7 +124,9 @@ class TaskWorker:
         self._started = False
         self._run_task: asyncio.Task[Any] | None = None
         self._app_name = session_name(self.worker_id)
-        self._connections = WorkerConnections(config.resolved_database_url, self._app_name)
+        self._connections = WorkerConnections(
+            config.resolved_database_url, self._app_name, prepared_statements=config.prepared_statements
+        )
         self._writer = OutcomeWriter(self._execute, self.worker_id, config)
         self._lanes = Lanes([])
 
