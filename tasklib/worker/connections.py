@@ -27,8 +27,12 @@ Role = Literal["claim", "write", "schedule"]
 #: Longest wait between reconnect attempts: a worker resumes within about a second of the database
 #: coming back (an attempt against a server that is down costs next to nothing).
 MAX_BACKOFF_SECONDS = 1.0
+#: A claim's commit does not wait for its WAL flush: a claim lost in a crash of PostgreSQL leaves the
+#: task pending, to run again (at least once); every outcome's commit, synchronous, flushes the claims
+#: before it (docs/design/claim.md).
+CLAIM_COMMIT = {"synchronous_commit": "off"}
 _SETTINGS: dict[Role, str] = {
-    "claim": set_statement(CLAIM_PLANNER_SETTINGS),
+    "claim": set_statement({**CLAIM_PLANNER_SETTINGS, **CLAIM_COMMIT}),
     "write": set_statement(WRITE_PLANNER_SETTINGS),
     "schedule": set_statement(WRITE_PLANNER_SETTINGS),
 }
