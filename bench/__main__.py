@@ -8,7 +8,6 @@ and absolute figures drift: compare the ratios. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -25,44 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasklib  # noqa: E402
-from bench import baseline, burst, dashboard_bench, memory_bench, retention_bench, startup  # noqa: E402
-from bench import tasks as btasks  # noqa: E402
-from bench.common import percentiles, prefill, tasklib_process, truncate  # noqa: E402
-from bench.report import print_burst, print_dashboard, print_held, print_retention, print_table  # noqa: E402
+from bench import burst, dashboard_bench, headline, memory_bench, retention_bench, startup  # noqa: E402
+from bench.report import print_burst, print_dashboard, print_held, print_retention  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
-
-
-def submit_rates(url: str, n: int) -> dict[str, Any]:
-    tasklib.init(tasklib.Config(database_url=url))
-    out: dict[str, Any] = {"n": n}
-    out["baseline_insert_per_s"] = baseline.single_inserts(url, n)
-    truncate(url)
-    out["baseline_async_insert_per_s"] = asyncio.run(baseline.single_inserts_async(url, n))
-    truncate(url)
-    t = time.perf_counter()
-    for i in range(n):
-        tasklib.submit_task_sync(btasks.noop, i=i)
-    out["submit_task_sync_per_s"] = n / (time.perf_counter() - t)
-    truncate(url)
-
-    async def many() -> float:
-        start = time.perf_counter()
-        for i in range(n):
-            await tasklib.submit_task(btasks.noop, i=i)
-        return n / (time.perf_counter() - start)
-
-    out["submit_task_async_per_s"] = asyncio.run(many())
-    truncate(url)
-    out["baseline_bulk_insert_per_s"] = baseline.bulk_insert(url, n)
-    truncate(url)
-    t = time.perf_counter()
-    tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
-    out["submit_many_per_s"] = n / (time.perf_counter() - t)
-    truncate(url)
-    out["sync_ratio"] = out["submit_task_sync_per_s"] / out["baseline_insert_per_s"]
-    out["async_ratio"] = out["submit_task_async_per_s"] / out["baseline_async_insert_per_s"]
-    out["bulk_ratio"] = out["submit_many_per_s"] / out["baseline_bulk_insert_per_s"]
-    return out
 
 
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -70,61 +34,6 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     overlap autovacuum or a neighbour's job)."""
     ordered = sorted(runs, key=lambda r: r["per_s"])
     return {**ordered[len(ordered) // 2], "runs_per_s": [round(r["per_s"]) for r in runs]}
-
-
-def baseline_drain(url: str, n: int, batch: int, repeats: int) -> dict[str, Any]:
-    runs = []
-    for _ in range(repeats):
-        prefill(url, n)
-        runs.append(baseline.drain(url, n, batch=batch))
-    return median_of(runs)
-
-
-def drain_worker(url: str, n: int, concurrency: int, processes: int = 1, timeout: float = 120) -> dict[str, Any]:
-    """Tasks/s from the first claim to the last completion, with `processes` tasklib workers.
-
-    The workers start first and the tasks arrive in one statement once they are all up, so the
-    figure measures draining, not process start-up (which would otherwise overlap the run).
-    """
-    truncate(url)
-    with burst.running_workers(url, processes, concurrency):
-        time.sleep(1.5)  # children forked and ready
-        tasklib.init(tasklib.Config(database_url=url))
-        tasklib.submit_many_sync(btasks.noop, [{"i": i} for i in range(n)])
-        first, last, done = burst.wait_done(url, n, timeout, since="started_at")
-    seconds = (last - first).total_seconds()
-    return {
-        "n": n,
-        "completed": done,
-        "concurrency": concurrency,
-        "processes": processes,
-        "seconds": seconds,
-        "per_s": done / seconds,
-    }
-
-
-def pickup_latency(url: str, count: int) -> dict[str, Any]:
-    truncate(url)
-    tasklib.init(tasklib.Config(database_url=url))
-    proc = tasklib_process(url, "worker", "--app", "bench.tasks", "--poll-interval", "5")
-    latencies = []
-    try:
-        time.sleep(2.0)  # children ready, listener connected
-        for i in range(count + 5):
-            task_id = tasklib.submit_task_sync(btasks.stamp)
-            submitted = time.time()
-            while True:
-                task = tasklib.get_task(task_id)
-                if task is not None and task.state == "completed":
-                    break
-                time.sleep(0.0005)
-            if i >= 5:  # warm-up
-                latencies.append((task.result - submitted) * 1000)
-            time.sleep(0.01)  # idle again before the next submit
-    finally:
-        proc.terminate()
-        proc.wait(60)
-    return percentiles(latencies)
 
 
 SERVER_SETTINGS = ("autovacuum", "shared_buffers", "max_wal_size", "synchronous_commit", "fsync")
@@ -163,12 +72,15 @@ def main() -> int:
     parser.add_argument("--only-retention", action="store_true", help="run just the prune-under-load measure")
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory and async-throughput measure")
     parser.add_argument("--only-memory", action="store_true", help="run just the memory and async-throughput measure")
-    parser.add_argument("--only-headline", action="store_true", help="run just the submit, drain and pickup measures")
+    parser.add_argument(
+        "--only-headline", action="store_true", help="run just the headline: submit, pickup, drains, bursts, /metrics"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="alternated rounds of the headline's pairs")
     parser.add_argument("--sets", type=int, default=1, help="with --only-burst: this many whole runs, in one file")
     parser.add_argument("--json", type=Path, default=None, help="where to write (default: bench/results/<part>.json)")
     args = parser.parse_args()
     if args.only_headline:
-        args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = args.skip_dashboard = True
+        args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = True
     args.json = args.json or ROOT / "bench" / "results" / f"{part_name(args)}.json"
     if args.only_burst and args.sets > 1:
         return burst_sets(args.sets, args.json)
@@ -222,21 +134,11 @@ def main() -> int:
             write(results, args.json, started)
             print_burst(results)
             return 0
-        print(f"submit: {n} tasks each way…", flush=True)
-        results["submit"] = submit_rates(url, n)
-        print("drain: baselines…", flush=True)
-        reps = args.repeats
-        results["drain_baseline_batch50"] = baseline_drain(url, n, 50, reps)
-        results["drain_baseline_batch1"] = baseline_drain(url, min(n, 5000), 1, 1)
-        for c in (1, 4, 16):
-            print(f"drain: tasklib worker, concurrency {c}…", flush=True)
-            results[f"drain_c{c}"] = median_of([drain_worker(url, n, c) for _ in range(reps)])
-        print("drain: two worker processes…", flush=True)
-        results["drain_2proc_c4"] = median_of([drain_worker(url, n, 4, processes=2) for _ in range(reps)])
-        print("pickup latency…", flush=True)
-        truncate(url)
-        results["latency_baseline"] = baseline.pickup_latency(url, args.latency_count)
-        results["latency"] = pickup_latency(url, args.latency_count)
+        results["headline"] = headline.run(url, n, rounds=args.rounds, metrics_shapes=not args.skip_dashboard)
+        if args.only_headline:
+            write(results, args.json, started)
+            headline.print_headline(results["headline"])
+            return 0
         if not args.skip_startup:
             results["startup"] = startup.run(args.startup_runs)
         if not args.skip_memory:
@@ -246,7 +148,7 @@ def main() -> int:
         if not args.skip_dashboard:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
     write(results, args.json, started)
-    print_table(results)
+    headline.print_headline(results["headline"])
     memory_bench.print_memory(results)
     print_burst(results)
     startup.print_startup(results)

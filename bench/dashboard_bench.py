@@ -51,7 +51,7 @@ SELECT gen_random_uuid(),
 FROM generate_series(%(start)s, %(stop)s) AS g
 CROSS JOIN LATERAL (SELECT CASE
     WHEN g > %(rows)s - %(recent)s
-        THEN now() - interval '10 seconds' - (%(rows)s - g) * (interval '23 hours 59 minutes' / %(recent)s)
+        THEN now() - interval '10 seconds' - (%(rows)s - g) * (CAST(%(span)s AS interval) / %(recent)s)
     ELSE now() - interval '1 day' - (%(rows)s - %(recent)s - g) * (interval '30 days' / greatest(%(rows)s - %(recent)s, 1))
     END AS created) AS c
 CROSS JOIN LATERAL (SELECT CASE
@@ -61,13 +61,14 @@ CROSS JOIN LATERAL (SELECT CASE
 CHUNK = 1_000_000
 
 
-def generate(url: str, rows: int, recent: int) -> float:
+def generate(url: str, rows: int, recent: int, span: str = "23 hours 59 minutes") -> float:
+    """``rows`` tasks, the newest ``recent`` of them created over the last ``span``, analyzed."""
     started = time.time()
     truncate(url)
     with psycopg.connect(url, autocommit=True) as conn:
         for start in range(1, rows + 1, CHUNK):
             stop = min(start + CHUNK - 1, rows)
-            conn.execute(GENERATE, {"start": start, "stop": stop, "rows": rows, "recent": recent})
+            conn.execute(GENERATE, {"start": start, "stop": stop, "rows": rows, "recent": recent, "span": span})
         conn.execute("VACUUM ANALYZE tasks")
     return time.time() - started
 

@@ -55,6 +55,7 @@ class RecentOutcomes:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._buckets: dict[datetime, dict[str, Bucket]] = {}  # replaced whole, never mutated
+        self._totals: list[NameTotals] = []  # by_name() of those buckets
         self._head: datetime | None = None  # re-read from this minute on the next refresh
         self._tail: datetime | None = None  # oldest minute loaded
         self.read_at: datetime | None = None  # the database's clock at the last refresh
@@ -85,7 +86,7 @@ class RecentOutcomes:
             for minute in [m for m in buckets if m < start]:
                 del buckets[minute]
             self._head = _minute(read_at - OVERLAP)
-            self._buckets, self.read_at = buckets, read_at
+            self._buckets, self._totals, self.read_at = buckets, _totals(buckets), read_at
         finally:
             self._lock.release()
 
@@ -113,19 +114,9 @@ class RecentOutcomes:
         return self.covers >= WINDOW - timedelta(minutes=1)
 
     def by_name(self) -> list[NameTotals]:
-        totals: dict[str, list[float]] = {}
-        for names in self._buckets.values():
-            for name, b in names.items():
-                t = totals.setdefault(name, [0, 0, 0, 0.0, 0])
-                t[0] += b.completed
-                t[1] += b.failed
-                t[2] += b.cancelled
-                t[3] += b.run_seconds
-                t[4] += b.timed
-        return [
-            NameTotals(name, int(t[0]), int(t[1]), int(t[2]), t[3] / t[4] if t[4] else None)
-            for name, t in sorted(totals.items())
-        ]
+        """Each name's outcomes over the window, summed once per refresh (not per request: a day holds
+        1,440 minutes of every name, and each scrape and tab would add them up again)."""
+        return self._totals
 
     def per_minute(self, minutes: int = 60) -> list[tuple[datetime, int, int]]:
         """(minute, completed, failed) for the last ``minutes`` minutes, oldest first, zeros included."""
@@ -146,6 +137,22 @@ def _next_span(span: timedelta, rows: int) -> timedelta:
     last (a few quiet minutes say little about the hours before them), at least one minute."""
     wider = span * min(4.0, BACKFILL_ROWS / rows) if rows else span * 4
     return min(max(wider, timedelta(minutes=1)), WINDOW)
+
+
+def _totals(buckets: dict[datetime, dict[str, Bucket]]) -> list[NameTotals]:
+    totals: dict[str, list[float]] = {}
+    for names in buckets.values():
+        for name, b in names.items():
+            t = totals.setdefault(name, [0, 0, 0, 0.0, 0])
+            t[0] += b.completed
+            t[1] += b.failed
+            t[2] += b.cancelled
+            t[3] += b.run_seconds
+            t[4] += b.timed
+    return [
+        NameTotals(name, int(t[0]), int(t[1]), int(t[2]), t[3] / t[4] if t[4] else None)
+        for name, t in sorted(totals.items())
+    ]
 
 
 def _count(rows: Iterable[Any]) -> int:
