@@ -23,7 +23,14 @@ from litestar.template.config import TemplateConfig
 from pydantic import BaseModel, Field
 
 from dashboard import rendering
-from dashboard.context import detail_context, list_context, overview_context, schedules_context, workers_context
+from dashboard.context import (
+    detail_context,
+    list_context,
+    overview_context,
+    schedules_context,
+    workers_context,
+    workflow_context,
+)
 from dashboard.filters import parse_list_params
 from dashboard.security import BasicAuth, add_security_headers
 from tasklib import actions, metrics
@@ -113,6 +120,16 @@ def task_partial(state: State, request: Request, task_id: FromPath[str]) -> Temp
     return _poll(request, "_task_detail.html", detail_context(_monitor(state), task_id))
 
 
+@get("/workflows/{task_id:str}", sync_to_thread=True)
+def workflow_page(state: State, task_id: FromPath[str]) -> Template:
+    return Template("workflow.html", context=workflow_context(_monitor(state), task_id))
+
+
+@get("/partials/workflows/{task_id:str}", sync_to_thread=True)
+def workflow_partial(state: State, request: Request, task_id: FromPath[str]) -> Template | Response[None]:
+    return _poll(request, "_workflow.html", workflow_context(_monitor(state), task_id))
+
+
 @get("/workers", sync_to_thread=True)
 def workers_page(state: State) -> Template:
     return Template("workers.html", context=workers_context(_monitor(state)))
@@ -160,6 +177,16 @@ def retry_action(state: State, task_id: FromPath[str], request: Request) -> Redi
 def cancel_action(state: State, task_id: FromPath[str], request: Request) -> Redirect:
     actions.cancel(_monitor(state).db, task_id)
     return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
+
+
+@post("/workflows/{task_id:str}/{kind:str}", sync_to_thread=True, status_code=303)
+def workflow_action(state: State, task_id: FromPath[str], kind: FromPath[str], request: Request) -> Redirect:
+    """``retry``: every failed step (what they cancelled waits again); ``cancel``: every step not ended."""
+    if kind not in ("retry", "cancel"):
+        raise NotFoundException(f"no workflow action {kind!r}")
+    context = workflow_context(_monitor(state), task_id)
+    actions.act_on_steps(_monitor(state).db, kind, context["graph"].nodes)
+    return Redirect(f"{rendering.mount_path(request)}/workflows/{task_id}", status_code=303)
 
 
 def _back(request: Request, default: str) -> str:
@@ -291,6 +318,9 @@ def create_app(
             tasks_partial,
             task_page,
             task_partial,
+            workflow_page,
+            workflow_partial,
+            workflow_action,
             workers_page,
             workers_partial,
             schedules_page,

@@ -14,6 +14,7 @@ from typing import Any
 
 from dashboard.explain import explain
 from dashboard.filters import ListParams
+from tasklib import graph
 from tasklib.actions import parse_task_id
 from tasklib.errors import TaskNotFound
 from tasklib.monitor import Monitor
@@ -52,8 +53,17 @@ def detail_context(monitor: Monitor, task_id: str) -> dict[str, Any]:
     task = monitor.task(tid)
     if task is None:
         raise TaskNotFound(f"no task with id {tid}")
-    reasons = explain(monitor, task) if task.state in (TaskState.PENDING, TaskState.RUNNING) else []
-    return _versioned({"task": task, "explain": reasons, "page": "tasks"})
+    parents, children = graph.relatives(monitor.db, task.id, task.parent_ids)
+    waits = (TaskState.PENDING, TaskState.RUNNING, TaskState.WAITING)
+    reasons = explain(monitor, task, parents) if task.state in waits else []
+    return _versioned({"task": task, "explain": reasons, "parents": parents, "children": children, "page": "tasks"})
+
+
+def workflow_context(monitor: Monitor, task_id: str) -> dict[str, Any]:
+    tid = parse_task_id(task_id)
+    if monitor.task(tid) is None:
+        raise TaskNotFound(f"no task with id {tid}")
+    return _versioned({"graph": graph.workflow(monitor.db, tid), "root_id": tid, "page": "tasks"})
 
 
 def workers_context(monitor: Monitor) -> dict[str, Any]:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from tasklib.graph import Node
 from tasklib.models import Task
 from tasklib.monitor import COUNT_CAP, RECENT_START_WINDOW_SECONDS, Monitor
 from tasklib.states import TaskState
 
 
-def explain(monitor: Monitor, task: Task) -> list[str]:
+def explain(monitor: Monitor, task: Task, parents: list[Node] | None = None) -> list[str]:
     now = datetime.now(UTC)
+    if task.state == TaskState.WAITING:
+        open_ = [p for p in parents or [] if p.state != TaskState.COMPLETED]
+        listed = ", ".join(f"{p.name} ({p.state})" for p in open_[:5]) + (", …" if len(open_) > 5 else "")
+        total = len(task.parent_ids or [])
+        return [f"It is waiting for {task.waiting_for} of {total} parent(s) to end: {listed}."]
     if task.state == TaskState.RUNNING:
         if task.locked_until and task.locked_until < now:
             return [

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from tasklib.models import Task
     from tasklib.submit import submit_many, submit_many_sync, submit_task, submit_task_in, submit_task_sync
     from tasklib.worker import TaskWorker
+    from tasklib.workflow import Group, Step, chain, group, parent_results, step
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ _LAZY = {
     **dict.fromkeys(
         ["submit_many", "submit_many_sync", "submit_task", "submit_task_in", "submit_task_sync"], "tasklib.submit"
     ),
+    **dict.fromkeys(["Group", "Step", "chain", "group", "parent_results", "step"], "tasklib.workflow"),
     "Task": "tasklib.models",
     "TaskWorker": "tasklib.worker",
 }
@@ -76,9 +78,11 @@ __all__ = [
     "Config",
     "ConfigError",
     "DatabaseError",
+    "Group",
     "InvalidTransition",
     "NotInitialized",
     "Retention",
+    "Step",
     "Task",
     "TaskLibError",
     "TaskNotFound",
@@ -88,14 +92,18 @@ __all__ = [
     "UniqueKeyTaken",
     "ValidationError",
     "cancel_task",
+    "chain",
     "count_by_state",
     "current_config",
     "get_registered_tasks",
     "get_task",
+    "group",
     "init",
     "list_tasks",
+    "parent_results",
     "prune",
     "retry_task",
+    "step",
     "submit_many",
     "submit_many_sync",
     "submit_task",

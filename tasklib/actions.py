@@ -9,7 +9,7 @@ is left alone and reported as :class:`InvalidTransition`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from tasklib import sql
@@ -42,9 +42,20 @@ def get(db: Database, task_id: uuid.UUID | str) -> Task | None:
     return row_to_task(rows[0]) if rows else None
 
 
-def _transition(db: Database, statement: str, task_id: uuid.UUID | str, verb: str, done: str, expected: str) -> Task:
+def _transition(
+    db: Database,
+    statement: str,
+    task_id: uuid.UUID | str,
+    verb: str,
+    done: str,
+    expected: str,
+    then: Callable[[Callable[..., list[Any]], list[uuid.UUID]], None],
+) -> Task:
     tid = parse_task_id(task_id)
-    changed = db.rows(statement, {"id": tid})
+    with db.transaction() as run:
+        changed = run(statement, {"id": tid})
+        if changed:
+            then(run, [tid])
     task = get(db, tid)
     if task is None:
         raise TaskNotFound(f"no task with id {tid}")
@@ -56,15 +67,31 @@ def _transition(db: Database, statement: str, task_id: uuid.UUID | str, verb: st
     return task
 
 
+def settle_children(run: Callable[..., list[Any]], ended: list[uuid.UUID]) -> None:
+    """In the transaction that ended ``ended``: what waits for them is released or cancelled."""
+    if ended:
+        run(sql.BITMAPS_ON)
+        run(sql.SETTLE_CHILDREN, {"ids": ended})
+
+
+def restore_children(run: Callable[..., list[Any]], retried: list[uuid.UUID]) -> None:
+    """In the transaction that retried ``retried``: the descendants their end cancelled wait again."""
+    if retried:
+        run(sql.BITMAPS_ON)
+        run(sql.RESTORE_CHILDREN, {"ids": [str(i) for i in retried]})
+
+
 def cancel(db: Database, task_id: uuid.UUID | str) -> Task:
-    """pending/running -> cancelled; a running task's worker kills its code."""
-    return _transition(db, sql.CANCEL_TASK, task_id, "cancel", "cancelled", "pending or running")
+    """pending/waiting/running -> cancelled; a running task's worker kills its code. What waits for
+    it (``depends_on``) is cancelled too, unless it runs anyway (``on_parent_failure="run"``)."""
+    return _transition(db, sql.CANCEL_TASK, task_id, "cancel", "cancelled", "pending, waiting or running", settle_children)
 
 
 def retry(db: Database, task_id: uuid.UUID | str) -> Task:
-    """failed/cancelled -> pending, due now; refused while another task holds its ``unique_key``."""
+    """failed/cancelled -> pending, due now; refused while another task holds its ``unique_key``.
+    The descendants its failure cancelled wait for it again, so one retry resumes a workflow."""
     try:
-        return _transition(db, sql.RETRY_TASK, task_id, "retry", "retried", "failed or cancelled")
+        return _transition(db, sql.RETRY_TASK, task_id, "retry", "retried", "failed or cancelled", restore_children)
     except InvalidTransition as exc:
         task = get(db, task_id)
         if task is None or task.unique_key is None or task.state not in ("failed", "cancelled"):
@@ -85,7 +112,7 @@ def run_schedule_now(db: Database, name: str) -> uuid.UUID:
 
 
 #: Which states each bulk action changes.
-BULK_SOURCES: dict[str, tuple[str, ...]] = {"retry": ("failed", "cancelled"), "cancel": ("pending",)}
+BULK_SOURCES: dict[str, tuple[str, ...]] = {"retry": ("failed", "cancelled"), "cancel": ("pending", "waiting")}
 
 
 def count_matching(db: Database, flt: TaskFilter, states: tuple[str, ...]) -> int:
@@ -97,10 +124,35 @@ def count_matching(db: Database, flt: TaskFilter, states: tuple[str, ...]) -> in
 def retry_matching(db: Database, flt: TaskFilter) -> int:
     """failed/cancelled -> pending for up to BULK_CAP tasks matching the filter; returns how many."""
     where, params = flt.clause(states=BULK_SOURCES["retry"])
-    return int(db.value(sql.retry_matching(where), {**params, "cap": BULK_CAP}))
+    with db.transaction() as run:
+        retried = [row[0] for row in run(sql.retry_matching(where), {**params, "cap": BULK_CAP})]
+        restore_children(run, retried)
+    return len(retried)
 
 
 def cancel_matching(db: Database, flt: TaskFilter) -> int:
-    """pending -> cancelled for up to BULK_CAP tasks matching the filter; returns how many."""
+    """pending/waiting -> cancelled for up to BULK_CAP tasks matching the filter; returns how many."""
     where, params = flt.clause(states=BULK_SOURCES["cancel"])
-    return int(db.value(sql.cancel_matching(where), {**params, "cap": BULK_CAP}))
+    with db.transaction() as run:
+        cancelled = [row[0] for row in run(sql.cancel_matching(where), {**params, "cap": BULK_CAP})]
+        settle_children(run, cancelled)
+    return len(cancelled)
+
+
+def act_on_steps(db: Database, kind: str, steps: Iterable[Any]) -> int:
+    """A workflow page's buttons: ``retry`` each failed step (its descendants wait again), or
+    ``cancel`` each step that has not ended (with what waits for it). Steps that moved on meanwhile
+    are left alone; returns how many changed."""
+    done = 0
+    for step in steps:
+        try:
+            if kind == "retry" and step.state == "failed":
+                retry(db, step.id)
+            elif kind == "cancel" and step.state in ("pending", "waiting", "running"):
+                cancel(db, step.id)
+            else:
+                continue
+        except InvalidTransition:
+            continue
+        done += 1
+    return done

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from tasklib.config import redact_url
 from tasklib.errors import DatabaseError, UniqueKeyTaken
-from tasklib.sql.prepared import prepare
+from tasklib.sql.kinds import prepare
 
 APPLICATION_NAME = "tasklib"
 #: How long a caller waits for a pooled connection before a DatabaseError (the default 30 s would
@@ -200,6 +200,21 @@ class Database:
                 )
                 cur.execute(query, params or {})  # type: ignore[arg-type]
                 return cur.fetchall() if cur.description else []
+
+    @contextmanager
+    def transaction(self) -> Iterator[Callable[..., list[Any]]]:
+        """One transaction on a pooled connection (with the statement timeout): yields
+        ``run(query, params=None, as_dict=False)``, which returns each statement's rows."""
+        with translated_errors(), self.pool().connection() as conn, conn.transaction(), conn.cursor() as cur:
+            if self.statement_timeout_ms:
+                cur.execute("SELECT set_config('statement_timeout', %s, true)", [str(int(self.statement_timeout_ms))])
+
+            def run(query: str, params: Mapping[str, Any] | None = None, as_dict: bool = False) -> list[Any]:
+                cur.row_factory = dict_row if as_dict else tuple_row  # type: ignore[assignment]
+                cur.execute(query, params or {})  # type: ignore[arg-type]
+                return cur.fetchall() if cur.description else []
+
+            yield run
 
     def value(self, query: str, params: Mapping[str, Any] | None = None) -> Any:
         """The first column of the first row (statements that return exactly one row)."""

@@ -12,7 +12,7 @@ def _label(value: str) -> str:
 def render(monitor: Monitor) -> str:
     monitor.recent.refresh(monitor.db)
     lines = [
-        "# HELP tasklib_tasks Tasks by state and name: pending and running now; completed, failed and"
+        "# HELP tasklib_tasks Tasks by state and name: pending, waiting and running now; completed, failed and"
         " cancelled finished within the last 24 h (tasklib_finished_window_seconds: how much of it is loaded).",
         "# TYPE tasklib_tasks gauge",
     ]

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import CheckConstraint, Column, DateTime, Index, Integer, String, Text, text
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
 from tasklib.ids import new_id
@@ -78,6 +78,14 @@ class Task(SQLModel, table=True):
         # Tag filters (tags @> '{"batch": "x"}'). Partial: untagged rows (most) never touch it, so the
         # two updates every task goes through do not feed a GIN pending list that some unlucky
         # statement must then flush.
+        # Workflows (schema 8): a task's children, by the parents they name. Partial: a task without
+        # parents (most) never touches it.
+        Index(
+            "tasks_parents_idx",
+            "parent_ids",
+            postgresql_using="gin",
+            postgresql_where=text("parent_ids IS NOT NULL"),
+        ),
         Index(
             "tasks_tagged_idx",
             "tags",
@@ -108,3 +116,9 @@ class Task(SQLModel, table=True):
     tags: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     #: Set by ``submit_task(..., unique_key=...)`` and by recurring-task slots; NULL for most tasks.
     unique_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    #: Workflows: the tasks this one waits for (``depends_on``), how many of them have still to end
+    #: while it is ``waiting``, and ``'run'`` when a parent's failure should not cancel it. NULL for
+    #: tasks without parents.
+    parent_ids: list[uuid.UUID] | None = Field(default=None, sa_column=Column(ARRAY(UUID(as_uuid=True)), nullable=True))
+    waiting_for: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
+    on_parent_failure: str | None = Field(default=None, sa_column=Column(String, nullable=True))

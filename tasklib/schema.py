@@ -17,7 +17,7 @@ from tasklib import sql
 from tasklib.sql import UNIQUE_KEY_HELD
 from tasklib.states import SLOT_KEY_PREFIX
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 #: Storage settings for a queue table: room on each page for a row's next versions (a batch updates
 #: a page's rows together), and vacuum and analyze after a fixed number of changed rows, not a
@@ -92,7 +92,25 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
     # 7: fillfactor 50 (see STORAGE_SETTINGS). Only a catalogue change: pages filled from now on
     # keep the room, existing ones keep their fill (no rewrite, no lock held for long).
     7: lambda: [f"ALTER TABLE tasks SET ({STORAGE_SETTINGS})"],
+    # 8: workflows. Three nullable columns (catalogue changes only) and the state 'waiting': the
+    # state check is replaced NOT VALID, so no existing row is read under the lock (each was checked
+    # against the narrower list already). The parents index is partial and starts empty, but
+    # building it reads the table once (CONCURRENTLY by hand first on a very large table, as for 2).
+    8: lambda: [
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS parent_ids uuid[]",
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS waiting_for integer",
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS on_parent_failure varchar",
+        "ALTER TABLE tasks DROP CONSTRAINT IF EXISTS tasks_state_valid",
+        f"ALTER TABLE tasks ADD CONSTRAINT tasks_state_valid CHECK (state IN ({_states()})) NOT VALID",
+        "CREATE INDEX IF NOT EXISTS tasks_parents_idx ON tasks USING gin (parent_ids) WHERE parent_ids IS NOT NULL",
+    ],
 }
+
+
+def _states() -> str:
+    from tasklib.states import TaskState
+
+    return ", ".join(f"'{state.value}'" for state in TaskState)
 
 
 def _version_comment(version: int) -> str:

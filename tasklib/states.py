@@ -10,6 +10,9 @@ class TaskState(StrEnum):
 
     #: Waiting to run: due when ``scheduled_at <= now()`` (new, retrying, released or rescued).
     PENDING = "pending"
+    #: Waiting for parents (``depends_on``): never claimed; pending in the transaction that records
+    #: its last parent's end (``waiting_for`` counts the parents still to end).
+    WAITING = "waiting"
     #: Claimed by ``worker_id``; the claim is valid until ``locked_until`` (renewed by heartbeats).
     RUNNING = "running"
     #: Finished without raising; ``result`` holds the JSON return value. Final.
@@ -32,6 +35,9 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
     (TaskState.RUNNING, TaskState.CANCELLED): "cancel_task (the worker kills the running code)",
     (TaskState.FAILED, TaskState.PENDING): "retry_task",
     (TaskState.CANCELLED, TaskState.PENDING): "retry_task",
+    (TaskState.WAITING, TaskState.PENDING): "its last parent ended (completed; or failed, for on_parent_failure='run')",
+    (TaskState.WAITING, TaskState.CANCELLED): "a parent failed or was cancelled, or cancel_task",
+    (TaskState.CANCELLED, TaskState.WAITING): "retry_task of the failed parent whose end cancelled it",
 }
 
 

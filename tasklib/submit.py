@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping
-from typing import Any, TypedDict, TypeVar, Unpack
+from typing import Any, Literal, TypedDict, TypeVar, Unpack
 
 import psycopg
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasklib import sql
 from tasklib.api import configured, database
@@ -24,6 +24,7 @@ from tasklib.registry import definition_for, dumps_json
 
 _MAX_DELAY_SECONDS = 10 * 365 * 24 * 3600
 _MAX_KEY_LENGTH = 500
+_MAX_PARENTS = 10_000
 #: How often a keyed submit is run again when the key's holder committed after the statement's
 #: snapshot (it saw the conflict but not the row). Once is almost always enough; a caller's
 #: REPEATABLE READ transaction never sees it, hence a bound and a clear error.
@@ -34,7 +35,7 @@ T = TypeVar("T")
 class SubmitOptions(BaseModel):
     """The options every submit function takes, validated like the arguments. Their names are
     reserved: a task cannot have parameters called ``delay_seconds``, ``max_retries``,
-    ``timeout_seconds``, ``priority``, ``tags`` or ``unique_key``."""
+    ``timeout_seconds``, ``priority``, ``tags``, ``unique_key``, ``depends_on`` or ``on_parent_failure``."""
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -46,6 +47,23 @@ class SubmitOptions(BaseModel):
     #: While a task with this key is pending or running, submitting another creates nothing and
     #: returns that task's id. Enforced by a unique index, so concurrent submitters cannot race.
     unique_key: str | None = Field(None, min_length=1, max_length=_MAX_KEY_LENGTH)
+    #: Tasks this one waits for (a workflow): it is ``waiting`` until each has ended, and runs once
+    #: they have completed. Each must exist already.
+    depends_on: list[uuid.UUID] | None = Field(None, max_length=_MAX_PARENTS)
+    #: What a parent that fails (retries used up) or is cancelled does to this task: ``"cancel"`` it
+    #: (and what waits for it), or ``"run"`` it anyway once every parent has ended (clean-up steps).
+    on_parent_failure: Literal["cancel", "run"] = "cancel"
+
+    @field_validator("depends_on")
+    @classmethod
+    def _distinct_parents(cls, value: list[uuid.UUID] | None) -> list[uuid.UUID] | None:
+        return list(dict.fromkeys(value)) or None if value is not None else None
+
+    @model_validator(mode="after")
+    def _parents_without_key(self) -> SubmitOptions:
+        if self.depends_on and self.unique_key is not None:
+            raise ValueError("depends_on cannot be combined with unique_key")
+        return self
 
     @field_validator("unique_key")
     @classmethod
@@ -81,6 +99,8 @@ class SubmitArgs(TypedDict, total=False):
     priority: int
     tags: dict[str, Any] | None
     unique_key: str | None
+    depends_on: list[uuid.UUID] | None
+    on_parent_failure: Literal["cancel", "run"]
 
 
 def check_unique_key(key: str) -> str:
@@ -120,7 +140,14 @@ def _insert_params(
         "priority": opts.priority,
         "tags": tags_json,
         "unique_key": opts.unique_key,
+        "parents": _array(opts.depends_on) if opts.depends_on else None,
+        "on_failure": "run" if opts.on_parent_failure == "run" else None,
     }
+
+
+def _array(ids: Iterable[Any]) -> str:
+    """A uuid[] literal (text, cast in the statement): the same for psycopg 3 and psycopg2."""
+    return "{" + ",".join(str(i) for i in ids) + "}"
 
 
 # A keyed submit may need a second statement (who holds the key?) or a second attempt (the holder
@@ -162,6 +189,10 @@ async def _async_run(statement: str, params: dict[str, Any]) -> list[Any]:
 
 def _submit_steps(params: dict[str, Any]) -> Steps[uuid.UUID]:
     """Insert one task; with a unique key, the id of whichever task holds the key afterwards."""
+    if params["parents"] is not None:
+        one = {**params, "ids": _array([params["id"]]), "kwargs": "[" + params["kwargs"] + "]"}
+        yield from _children_steps(one)
+        return uuid.UUID(params["id"])
     if params["unique_key"] is None:
         yield sql.INSERT_TASK, params
         return uuid.UUID(params["id"])
@@ -170,6 +201,17 @@ def _submit_steps(params: dict[str, Any]) -> Steps[uuid.UUID]:
         if rows:
             return uuid.UUID(str(rows[0][0]))
     raise DatabaseError(_key_unseen(params["unique_key"]))
+
+
+def _children_steps(params: dict[str, Any]) -> Steps[None]:
+    """INSERT_CHILDREN; a ValidationError naming the parents that do not exist (nothing inserted)."""
+    found = (yield sql.INSERT_CHILDREN, params)[0][0]
+    wanted = params["parents"].strip("{}").split(",")
+    if found != len(wanted):
+        existing = {str(row[0]) for row in (yield sql.EXISTING_IDS, {"ids": params["parents"]})}
+        missing = [i for i in wanted if i not in existing]
+        problem = {"field": "depends_on", "message": f"no such task: {', '.join(missing)}"}
+        raise ValidationError(f"depends_on names tasks that do not exist: {', '.join(missing)}", [problem])
 
 
 def _key_unseen(key: str) -> str:
@@ -251,6 +293,11 @@ def _many_steps(
     ids = [str(i) for i in made]
     if not ids:
         return []
+    if params["parents"] is not None:
+        if any(key is not None for key in keys):
+            raise ValidationError("depends_on cannot be combined with unique_key")
+        yield from _children_steps({**params, "ids": _array(ids), "kwargs": "[" + ",".join(encoded) + "]"})
+        return made
     if all(key is None for key in keys):
         yield sql.INSERT_MANY, {**params, "ids": "{" + ",".join(ids) + "}", "kwargs": "[" + ",".join(encoded) + "]"}
         return made  # (the ids made, not parsed back from their text: a producer's time is the workers' too)

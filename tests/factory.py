@@ -17,6 +17,7 @@ import psycopg
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "pending": {},
+    "waiting": {"waiting_for": 1},
     "running": {"worker_id": "factory-worker", "started_at": "now", "locked_until": "+600s"},
     "completed": {"started_at": "now", "completed_at": "now", "result": None},
     "failed": {"started_at": "now", "completed_at": "now", "error": "RuntimeError: made by make_task", "retry_count": 3},

@@ -3,11 +3,12 @@
 ``tasks`` (the table, submits, reads), ``worker`` (claim, finish, heartbeat, rescue, release),
 ``actions`` (cancel, retry, schedules, retention) and ``monitor`` (the read model). Each
 state-changing statement names the transition it makes and filters on the state it expects.
-Statements are planned afresh at each run, except the few wrapped in ``Prepared`` (``prepared``).
+Statements are planned afresh at each run, except the few wrapped in ``Prepared``; ``Ending``
+ones run with ``SETTLE_CHILDREN`` (``kinds``).
 """
 
 from tasklib.sql.actions import *  # noqa: F403
+from tasklib.sql.kinds import *  # noqa: F403
 from tasklib.sql.monitor import *  # noqa: F403
-from tasklib.sql.prepared import *  # noqa: F403
 from tasklib.sql.tasks import *  # noqa: F403
 from tasklib.sql.worker import *  # noqa: F403

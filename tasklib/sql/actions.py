@@ -6,12 +6,13 @@ from __future__ import annotations
 from tasklib.sql.tasks import NOTIFY_CHANNEL_CANCEL, notify_submit
 from tasklib.states import SLOT_KEY_PREFIX
 
-#: pending | running -> cancelled; running ones are stopped by their worker (NOTIFY + heartbeat).
+#: pending | waiting | running -> cancelled; running ones are stopped by their worker (NOTIFY +
+#: heartbeat). Runs with SETTLE_CHILDREN: what waits for it is cancelled too.
 CANCEL_TASK = f"""
 WITH c AS (
     UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
                      error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'
-    WHERE id = %(id)s AND state IN ('pending', 'running')
+    WHERE id = %(id)s AND state IN ('pending', 'waiting', 'running')
     RETURNING id
 )
 SELECT c.id, pg_notify('{NOTIFY_CHANNEL_CANCEL}', c.id::text) FROM c
@@ -35,7 +36,8 @@ SELECT r.id, {notify_submit("r.name", "CAST(r.priority AS text)")} FROM r
 
 
 def retry_matching(where: str) -> str:
-    """failed | cancelled -> pending for every task matching ``where`` (bulk retry), capped per call."""
+    """failed | cancelled -> pending for every task matching ``where`` (bulk retry), capped per call;
+    one row per task retried, its id first (for RESTORE_CHILDREN)."""
     return f"""
 WITH r AS (
     UPDATE tasks SET state = 'pending', scheduled_at = now(), next_retry_at = NULL, completed_at = NULL,
@@ -44,22 +46,20 @@ WITH r AS (
       AND state IN ('failed', 'cancelled') AND {_KEY_FREE}
     RETURNING id, name, priority
 )
-SELECT count(*), (SELECT count({notify_submit("d.name", "CAST(d.priority AS text)")})
-                  FROM (SELECT DISTINCT name, priority FROM r) AS d)
+SELECT id, (SELECT count({notify_submit("d.name", "CAST(d.priority AS text)")})
+            FROM (SELECT DISTINCT name, priority FROM r) AS d)
 FROM r
 """
 
 
 def cancel_matching(where: str) -> str:
-    """pending -> cancelled for every task matching ``where`` (bulk cancel), capped per call."""
+    """pending | waiting -> cancelled for every task matching ``where`` (bulk cancel), capped per
+    call; returns the ids (for SETTLE_CHILDREN)."""
     return f"""
-WITH c AS (
-    UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
-                     error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'
-    WHERE id IN (SELECT id FROM tasks {where} LIMIT %(cap)s FOR UPDATE SKIP LOCKED) AND state = 'pending'
-    RETURNING 1
-)
-SELECT count(*) FROM c
+UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
+                 error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'
+WHERE id IN (SELECT id FROM tasks {where} LIMIT %(cap)s FOR UPDATE SKIP LOCKED) AND state IN ('pending', 'waiting')
+RETURNING id
 """
 
 
@@ -132,7 +132,8 @@ SELECT id, {notify_submit("name", "CAST(priority AS text)")} FROM ins
 #: read from tasks_completed_idx and deleted by primary key (``id = ANY(ARRAY(...))``: a join to
 #: the batch was planned as a hash join over the whole table). Rows a concurrent retry has locked
 #: are skipped, and the DELETE checks the state again (kept out of index selection, as in
-#: ``STILL_RUNNING``), so a row retried meanwhile (now pending) is never deleted.
+#: ``STILL_RUNNING``), so a row retried meanwhile (now pending) is never deleted. A parent some
+#: waiting task still depends on (``depends_on``) is kept until that task has started or ended.
 PRUNE_BATCH = """
 WITH gone AS (
     DELETE FROM tasks
@@ -140,6 +141,7 @@ WITH gone AS (
         SELECT id FROM tasks
         WHERE completed_at >= coalesce(%(after)s, '-infinity'::timestamptz) AND completed_at < %(before)s
           AND state = %(state)s
+          AND NOT EXISTS (SELECT 1 FROM tasks AS c WHERE c.parent_ids @> ARRAY[tasks.id] AND c.state = 'waiting')
         ORDER BY completed_at
         LIMIT %(limit)s
         FOR UPDATE SKIP LOCKED

@@ -93,7 +93,7 @@ EXPIRED_LOCKS = "SELECT count(*) FROM tasks WHERE state = 'running' AND locked_u
 
 #: Unfinished tasks by name and state, for /metrics (finished ones come from tasklib.recent).
 METRICS_ACTIVE = """
-SELECT name, state, count(*) FROM tasks WHERE state IN ('pending', 'running') GROUP BY 1, 2
+SELECT name, state, count(*) FROM tasks WHERE state IN ('pending', 'waiting', 'running') GROUP BY 1, 2
 """
 
 HEALTH = "SELECT 1"

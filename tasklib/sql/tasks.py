@@ -6,7 +6,7 @@ The insert statements cast every parameter so they run unchanged on psycopg 3 an
 
 from __future__ import annotations
 
-from tasklib.sql.prepared import Prepared
+from tasklib.sql.kinds import Prepared
 from tasklib.states import SLOT_KEY_PREFIX
 
 #: The ``tasks`` columns in table order. Spelled out (and checked against the SQLModel class by a unit
@@ -32,6 +32,9 @@ TASK_COLUMNS: tuple[str, ...] = (
     "priority",
     "tags",
     "unique_key",
+    "parent_ids",
+    "waiting_for",
+    "on_parent_failure",
 )
 
 #: Rows whose ``unique_key`` is taken: a user key while its task is pending or running, a slot key always.
@@ -177,3 +180,148 @@ GET_TASK = f"{_SELECT_TASK} WHERE id = %(id)s"
 
 
 COUNT_BY_STATE = "SELECT state, count(*) FROM tasks GROUP BY state"
+
+
+# Workflows (waiting -> pending | cancelled) --------------------------------------------------
+
+#: The parents' states that end them, and the error a child cancelled by a parent's end carries:
+#: ``ParentFailed: task <id> <failed|cancelled>`` names the ancestor whose end cancelled it (the
+#: same for every descendant of one failure, which is how ``retry_task`` finds them again).
+ENDED_STATES = "('completed', 'failed', 'cancelled')"
+PARENT_FAILED = "ParentFailed: task "
+
+#: INSERT tasks that wait for parents (``depends_on``), all with the same parents: ``waiting`` while
+#: any parent has not ended, else ``pending`` (or ``cancelled`` when a parent already failed or was
+#: cancelled and the child does not run anyway). The parents are locked FOR SHARE, in id order: a
+#: parent's end either committed before (and is read here as ended) or waits for this insert to
+#: commit, and its SETTLE_CHILDREN, a later statement, then sees this row. Nothing is inserted unless
+#: every parent exists; the first column says how many did.
+INSERT_CHILDREN = f"""
+WITH parents AS (
+    SELECT id, state FROM tasks WHERE id = ANY(CAST(%(parents)s AS uuid[])) ORDER BY id FOR SHARE
+), judged AS (
+    SELECT count(*) AS found,
+           count(*) FILTER (WHERE state NOT IN {ENDED_STATES}) AS unfinished,
+           min(CAST(id AS text) || ' ' || state) FILTER (WHERE state IN ('failed', 'cancelled')) AS failed
+    FROM parents
+), decided AS (
+    SELECT found, unfinished, failed,
+           CASE WHEN failed IS NOT NULL AND CAST(%(on_failure)s AS varchar) IS NULL THEN 'cancelled'
+                WHEN unfinished > 0 THEN 'waiting' ELSE 'pending' END AS state
+    FROM judged
+), ins AS (
+    INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at, created_at,
+                       timeout_seconds, priority, tags, parent_ids, waiting_for, on_parent_failure,
+                       completed_at, error)
+    SELECT i.id, CAST(%(name)s AS varchar), '[]', k.kwargs, d.state, 0, CAST(%(max_retries)s AS integer),
+           now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
+           CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
+           CAST(%(parents)s AS uuid[]), d.unfinished, CAST(%(on_failure)s AS varchar),
+           CASE WHEN d.state = 'cancelled' THEN now() END,
+           CASE WHEN d.state = 'cancelled' THEN '{PARENT_FAILED}' || d.failed END
+    FROM decided AS d
+    CROSS JOIN unnest(CAST(%(ids)s AS uuid[])) WITH ORDINALITY AS i(id, n)
+    JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
+    WHERE d.found = cardinality(CAST(%(parents)s AS uuid[]))
+    RETURNING state
+)
+SELECT (SELECT found FROM judged), (SELECT min(state) FROM ins),
+       (SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY)} WHERE EXISTS (SELECT 1 FROM ins WHERE state = 'pending'))
+"""
+
+#: After a statement that may have ended tasks (an outcome, a rescue, a cancel), in its transaction:
+#: each waiting child of the tasks in %(ids)s that ended in this transaction (``completed_at =
+#: now()``) counts them off, and becomes pending, due now or at its own later time, when none is
+#: left; a parent that failed or was cancelled cancels its waiting descendants instead (unless they
+#: run anyway: ``on_parent_failure = 'run'``). A statement of its own, so it sees children committed
+#: while the ending statement waited for their FOR SHARE locks. Two parents of one child ending at
+#: once both update the child's row: the second waits for the first and counts from its result.
+#: The child index is GIN (bitmap scans only): its session may have turned bitmaps off, so this
+#: statement runs after ``BITMAPS_ON``.
+SETTLE_CHILDREN = f"""
+WITH RECURSIVE ended AS (
+    SELECT id, state FROM tasks
+    WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND completed_at = now() AND state IN {ENDED_STATES}
+), doomed(id, cause) AS (
+    SELECT c.id, CAST(e.id AS text) || ' ' || e.state
+    FROM ended AS e JOIN tasks AS c ON c.parent_ids @> ARRAY[e.id]
+    WHERE e.state <> 'completed' AND c.state = 'waiting' AND c.on_parent_failure IS NULL
+    UNION
+    SELECT c.id, d.cause
+    FROM doomed AS d JOIN tasks AS c ON c.parent_ids @> ARRAY[d.id]
+    WHERE c.state = 'waiting' AND c.on_parent_failure IS NULL
+), gone AS (
+    SELECT id, state = 'completed' AS ok FROM ended
+    UNION ALL
+    SELECT DISTINCT id, false FROM doomed
+), counts AS (
+    SELECT c.id, count(*) AS n
+    FROM gone AS g JOIN tasks AS c ON c.parent_ids @> ARRAY[g.id]
+    WHERE c.state = 'waiting' AND (g.ok OR c.on_parent_failure = 'run')
+      AND NOT EXISTS (SELECT 1 FROM doomed AS d WHERE d.id = c.id)
+    GROUP BY c.id
+), cancelled AS (
+    UPDATE tasks AS t SET state = 'cancelled', completed_at = now(), error = '{PARENT_FAILED}' || d.cause
+    FROM (SELECT id, min(cause) AS cause FROM doomed GROUP BY id) AS d
+    WHERE t.id = d.id AND t.state = 'waiting'
+    RETURNING t.id
+), released AS (
+    UPDATE tasks AS t
+    SET waiting_for = t.waiting_for - k.n,
+        state = CASE WHEN t.waiting_for - k.n <= 0 THEN 'pending' ELSE 'waiting' END,
+        scheduled_at = CASE WHEN t.waiting_for - k.n <= 0 THEN greatest(t.scheduled_at, now()) ELSE t.scheduled_at END
+    FROM counts AS k
+    WHERE t.id = k.id AND t.state = 'waiting'
+    RETURNING t.state, t.name, t.priority
+)
+SELECT (SELECT count(*) FROM cancelled),
+       (SELECT count(*) FROM released WHERE state = 'pending'),
+       (SELECT count({notify_submit("r.name", "CAST(r.priority AS text)")})
+        FROM (SELECT DISTINCT name, priority FROM released WHERE state = 'pending') AS r)
+"""
+
+#: For SETTLE_CHILDREN and the other statements that read the child index, in their transaction.
+BITMAPS_ON = "SELECT set_config('enable_bitmapscan', 'on', true)"
+
+#: cancelled -> waiting: after retry_task (or a bulk retry) of the tasks in %(ids)s, in its
+#: transaction, the descendants their failure or cancel cancelled go back to waiting, each counting
+#: again the parents that have not completed.
+RESTORE_CHILDREN = f"""
+WITH RECURSIVE tree(id) AS (
+    SELECT c.id FROM tasks AS c WHERE c.parent_ids && CAST(%(ids)s AS uuid[])
+    UNION
+    SELECT c.id FROM tree JOIN tasks AS c ON c.parent_ids @> ARRAY[tree.id]
+), restored AS (
+    UPDATE tasks AS t
+    SET state = 'waiting', completed_at = NULL, error = NULL,
+        waiting_for = (SELECT count(*) FROM tasks AS p WHERE p.id = ANY(t.parent_ids) AND p.state <> 'completed')
+    WHERE t.id IN (SELECT id FROM tree) AND t.state = 'cancelled' AND starts_with(t.error, '{PARENT_FAILED}')
+      AND split_part(t.error, ' ', 3) = ANY(CAST(%(ids)s AS text[]))
+    RETURNING t.id
+)
+SELECT count(*) FROM restored
+"""
+
+#: Which of these ids are tasks (the error for an unknown parent names the others).
+EXISTING_IDS = "SELECT id FROM tasks WHERE id = ANY(CAST(%(ids)s AS uuid[]))"
+
+#: Parents and children of one task, for its page: id, name, state.
+PARENTS_OF = "SELECT id, name, state FROM tasks WHERE id = ANY(%(ids)s) ORDER BY created_at, id"
+CHILDREN_OF = """
+SELECT id, name, state FROM tasks WHERE parent_ids @> ARRAY[CAST(%(id)s AS uuid)] ORDER BY created_at, id
+"""
+
+#: The workflow around one task: its ancestors, then everything that descends from them (capped).
+WORKFLOW = """
+WITH RECURSIVE up(id) AS (
+    SELECT CAST(%(id)s AS uuid)
+    UNION
+    SELECT unnest(t.parent_ids) FROM up JOIN tasks AS t ON t.id = up.id WHERE t.parent_ids IS NOT NULL
+), down(id) AS (
+    SELECT id FROM up
+    UNION
+    SELECT c.id FROM down JOIN tasks AS c ON c.parent_ids @> ARRAY[down.id]
+)
+SELECT t.id, t.name, t.state, t.parent_ids, t.waiting_for FROM tasks AS t
+WHERE t.id IN (SELECT id FROM down) ORDER BY t.created_at, t.id LIMIT %(cap)s
+"""

@@ -15,11 +15,14 @@ from typing import Any
 import orjson
 from psycopg.types.json import Jsonb
 
+from tasklib.sql.kinds import Ending
+
 NOW = "SELECT now()"
 
 
 def _claim(pick: str) -> str:
-    """pending -> running for the ids ``pick`` selects; one row even when nothing was claimed."""
+    """pending -> running for the ids ``pick`` selects; one row even when nothing was claimed. A child
+    of a workflow comes with its parents' results, read here once (``tasklib.parent_results``)."""
     return f"""
 WITH claimed AS (
     UPDATE tasks
@@ -27,7 +30,10 @@ WITH claimed AS (
         locked_until = now() + make_interval(secs => %(lock_seconds)s)
     WHERE id = ANY(ARRAY({pick}))
     RETURNING id, name, kwargs::text AS kwargs_json, retry_count, max_retries, timeout_seconds, priority,
-              scheduled_at, started_at
+              scheduled_at, started_at,
+              CASE WHEN parent_ids IS NOT NULL THEN (
+                  SELECT CAST(jsonb_object_agg(CAST(p.id AS text), p.result) AS text)
+                  FROM tasks AS p WHERE p.id = ANY(tasks.parent_ids)) END AS parent_results_json
 )
 SELECT now() AS claimed_at, claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed ON true
 """
@@ -85,10 +91,10 @@ RETURNING t.id
 
 #: running -> completed | failed | pending (retry): a batch of this worker's outcomes in one
 #: statement; a late result never overwrites a cancel, a rescue or a newer claim.
-FINISH_MANY = _apply_outcomes()
+FINISH_MANY = Ending(_apply_outcomes())
 #: running -> pending | failed: the decisions for expired claims (``outcome.decide``); a claim
 #: whose lock was renewed in between is left alone.
-RESCUE_MANY = _apply_outcomes("AND t.locked_until < now()")
+RESCUE_MANY = Ending(_apply_outcomes("AND t.locked_until < now()"))
 
 
 def outcome_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str) -> dict[str, Any]:
@@ -183,7 +189,7 @@ LIMIT %(limit)s
 
 #: running -> pending | failed: RESCUE_MANY for a worker whose sessions are gone, whether or not
 #: its lock has expired; checked again in the statement, so a worker that reconnected keeps its claims.
-RESCUE_VANISHED = _apply_outcomes("AND NOT " + _worker_connected("t.worker_id"))
+RESCUE_VANISHED = Ending(_apply_outcomes("AND NOT " + _worker_connected("t.worker_id")))
 
 #: running -> pending: hand back tasks this worker claimed but will not finish (shutdown, prefetched
 #: but never started, or stopped after the grace period). No attempt is burned.

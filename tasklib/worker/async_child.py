@@ -9,6 +9,7 @@ child after a grace period (``async_executor``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import os
@@ -18,14 +19,24 @@ from typing import Any
 from tasklib.outcome import timeout_error
 from tasklib.worker.child import _die_with_parent, failure, load_call, success
 from tasklib.worker.messages import Cancel, Finished, Ready, Run, Status, TaskOrder, decode_available, encode, write_all
+from tasklib.workflow import running_with
 
 
-async def run_async(definitions: dict[str, Any], name: str, kwargs_json: str, timeout: int | None) -> tuple[Status, str]:
-    """Run one async task to (status, payload). Never raises but CancelledError (a cancel)."""
+@contextlib.asynccontextmanager
+async def _results(parent_results_json: str | None) -> Any:
+    with running_with(parent_results_json):
+        yield
+
+
+async def run_async(
+    definitions: dict[str, Any], name: str, kwargs_json: str, timeout: int | None, parent_results_json: str | None = None
+) -> tuple[Status, str]:
+    """Run one async task to (status, payload). Never raises but CancelledError (a cancel). Each runs
+    in an asyncio task of its own, so its ``parent_results()`` are its own."""
     deadline = asyncio.timeout(timeout or None)  # None: no deadline, and never expired
     try:
         definition, kwargs = load_call(definitions, name, kwargs_json)
-        async with deadline:
+        async with deadline, _results(parent_results_json):
             result = definition.func(**kwargs)
             if inspect.isawaitable(result):
                 result = await result
@@ -68,7 +79,9 @@ async def _serve(read_fd: int, write_fd: int, definitions: dict[str, Any]) -> No
     async def one(order: TaskOrder) -> None:
         status: Status
         try:
-            status, payload = await run_async(definitions, order.name, order.kwargs_json, order.timeout_seconds)
+            status, payload = await run_async(
+                definitions, order.name, order.kwargs_json, order.timeout_seconds, order.parent_results_json
+            )
         except asyncio.CancelledError:
             status, payload = "cancelled", ""
         finally:

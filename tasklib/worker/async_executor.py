@@ -17,7 +17,7 @@ from tasklib.outcome import Outcome, OutcomeKind, timeout_error
 from tasklib.worker.children import Child, ChildPool, KillReason
 from tasklib.worker.executors import ExecutorContext, crash_error, log_started
 from tasklib.worker.jobs import Job, Jobs
-from tasklib.worker.messages import Cancel, Finished, FromChild, Ready, Run, TaskOrder
+from tasklib.worker.messages import Cancel, Finished, FromChild, Ready, Run
 
 log = logging.getLogger("tasklib.worker")
 
@@ -104,7 +104,7 @@ class AsyncExecutor:
                 for job in batch:
                     job.sent_at = now
                 child.outstanding.extend(batch)
-                self.pool.send(child, Run(tuple(TaskOrder(j.seq, j.name, j.kwargs_json, j.timeout_seconds) for j in batch)))
+                self.pool.send(child, Run(tuple(j.order(j.timeout_seconds) for j in batch)))
                 log_started(child, batch)
 
     # -- what children report ---------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tasklib.worker.messages import (
     read_messages,
     write_all,
 )
+from tasklib.workflow import running_with
 
 _PR_SET_PDEATHSIG = 1
 
@@ -123,14 +124,18 @@ def success(result: Any) -> tuple[Status, str]:
 
 
 def run_one(
-    definitions: dict[str, Any], name: str, kwargs_json: str, default_memory_limit_mb: int | None = None
+    definitions: dict[str, Any],
+    name: str,
+    kwargs_json: str,
+    default_memory_limit_mb: int | None = None,
+    parent_results_json: str | None = None,
 ) -> tuple[Status, str]:
     """Run one task; returns (status, payload). Never raises."""
     limit_mb = default_memory_limit_mb
     try:
         definition, kwargs = load_call(definitions, name, kwargs_json)
         limit_mb = definition.memory_limit_mb or default_memory_limit_mb
-        with MemoryLimit(limit_mb):
+        with MemoryLimit(limit_mb), running_with(parent_results_json):
             result = definition.func(**kwargs)
             if inspect.iscoroutine(result):
                 # An ``async def`` task in a sync child (the worker runs with async_concurrency=0):
@@ -190,5 +195,7 @@ def child_main(read_fd: int, write_fd: int, modules: list[str], default_memory_l
             while not queue:
                 work.wait()
             order = queue.popleft()
-        status, payload = run_one(definitions, order.name, order.kwargs_json, default_memory_limit_mb)
+        status, payload = run_one(
+            definitions, order.name, order.kwargs_json, default_memory_limit_mb, order.parent_results_json
+        )
         send(Finished(order.seq, status, payload))

@@ -21,7 +21,7 @@ from tasklib.outcome import Outcome, OutcomeKind, timeout_error
 from tasklib.worker.children import Child, ChildPool, KillReason
 from tasklib.worker.forkserver import ForkServer
 from tasklib.worker.jobs import Job, Jobs
-from tasklib.worker.messages import Finished, FromChild, Ready, Recall, Recalled, Run, TaskOrder
+from tasklib.worker.messages import Finished, FromChild, Ready, Recall, Recalled, Run
 from tasklib.worker.writer import OutcomeWriter
 
 log = logging.getLogger("tasklib.worker")
@@ -151,7 +151,7 @@ class ProcessExecutor:
             if not child.outstanding:
                 child.current_since = now
             child.outstanding.extend(batch)
-            self.pool.send(child, Run(tuple(TaskOrder(j.seq, j.name, j.kwargs_json) for j in batch)))
+            self.pool.send(child, Run(tuple(j.order() for j in batch)))
             log_started(child, batch)
 
     # -- what children report ---------------------------------------------------------------------

@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from tasklib.worker.messages import TaskOrder
+
 
 @dataclass(slots=True, eq=False)
 class Job:
@@ -28,6 +30,7 @@ class Job:
     priority: int
     scheduled_at: datetime
     started_at: datetime  # identifies the claim: finishing requires the row to still carry it
+    parent_results_json: str | None = None  # a workflow child's parents' results, {id: result}
     seq: int = 0  # the worker's own number for this job, used on the pipes to its children
     cancelled: bool = False  # cancelled or rescued elsewhere: its outcome is not ours to record
     recalling: bool = False  # its child was asked to give it back (not started yet)
@@ -48,7 +51,12 @@ class Job:
             priority=row["priority"],
             scheduled_at=row["scheduled_at"],
             started_at=row["started_at"],
+            parent_results_json=row.get("parent_results_json"),
         )
+
+    def order(self, timeout_seconds: int | None = None) -> TaskOrder:
+        """What a child is sent to run this job."""
+        return TaskOrder(self.seq, self.name, self.kwargs_json, timeout_seconds, self.parent_results_json)
 
     @property
     def queue_order(self) -> tuple[int, datetime, UUID]:

@@ -23,6 +23,7 @@ class TaskOrder(NamedTuple):
     name: str
     kwargs_json: str
     timeout_seconds: int | None = None
+    parent_results_json: str | None = None  # a workflow child's parents' results (``parent_results``)
 
 
 class Run(NamedTuple):

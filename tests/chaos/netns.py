@@ -21,10 +21,11 @@ def unavailable() -> str | None:
         return "network namespaces need root"
     if shutil.which("ip") is None:
         return "iproute2's ip command is missing"
-    probe = subprocess.run(["ip", "netns", "add", "tasklib-probe"], capture_output=True, text=True)
+    name = f"tasklib-probe-{os.getpid()}"  # one per test process: the parallel suite probes at once
+    probe = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
     if probe.returncode != 0:
         return f"ip netns add is not allowed here: {probe.stderr.strip()}"
-    subprocess.run(["ip", "netns", "delete", "tasklib-probe"], capture_output=True)
+    subprocess.run(["ip", "netns", "delete", name], capture_output=True)
     return None
 
 

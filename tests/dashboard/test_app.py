@@ -139,7 +139,7 @@ def test_retry_and_cancel_actions(client: TestClient, tl) -> None:
     assert response.status_code == 303 and response.headers["location"] == f"/tasks/{task_id}"
     assert tasklib.get_task(task_id).state == "cancelled"  # type: ignore[union-attr]
     conflict = client.post(f"/tasks/{task_id}/cancel", data={"_csrf_token": token})
-    assert conflict.status_code == 409 and "only pending or running" in conflict.text
+    assert conflict.status_code == 409 and "only pending, waiting or running" in conflict.text
     response = client.post(f"/tasks/{task_id}/retry?next=/tasks", data={"_csrf_token": token}, follow_redirects=False)
     assert response.headers["location"] == "/tasks"
     assert tasklib.get_task(task_id).state == "pending"  # type: ignore[union-attr]
@@ -169,7 +169,8 @@ def test_bulk_actions_confirm_then_apply(client: TestClient, tl) -> None:
     confirm = client.get("/bulk/retry")
     assert 'id="bulk-count">7<' in confirm.text
     client.post("/bulk/retry/apply", data={"_csrf_token": token})
-    assert tasklib.count_by_state() == {"pending": 10, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    counts = tasklib.count_by_state()
+    assert counts == {"pending": 10, "waiting": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
 
 
 def test_task_data_is_escaped(client: TestClient, tl) -> None:

@@ -63,8 +63,42 @@ STATEMENTS: dict[str, list[Params]] = {
     "CANCEL_TASK": [_by_id(sql.CANCEL_TASK)],
     "RETRY_TASK": [_by_id(sql.RETRY_TASK)],
     "RETRY_MATCHING": [_matching(sql.retry_matching, ("failed", "cancelled"))],
-    "CANCEL_MATCHING": [_matching(sql.cancel_matching, ("pending",))],
+    "CANCEL_MATCHING": [_matching(sql.cancel_matching, ("pending", "waiting"))],
 }
+
+#: The workflow statements act on the children of the tasks they are given: each is run on a child
+#: in every state, after its parent ended (``ended``) in the same transaction, as the worker and the
+#: actions run them.
+CHILD_STATEMENTS: dict[str, list[tuple[str, str]]] = {
+    "SETTLE_CHILDREN": [(sql.SETTLE_CHILDREN, ended) for ended in ("completed", "failed", "cancelled")],
+    "RESTORE_CHILDREN": [(sql.RESTORE_CHILDREN, "failed")],
+}
+
+
+def _child_transitions(url: str, seen: dict[tuple[TaskState, TaskState], set[str]]) -> set[tuple[str, TaskState]]:
+    changed_nothing: set[tuple[str, TaskState]] = set()
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        for (label, variants), source in itertools.product(CHILD_STATEMENTS.items(), TaskState):
+            for statement, ended in variants:
+                parent = make_task(url, ended, name=f"t.{label}.parent")
+                child = make_task(
+                    url,
+                    source.value,
+                    name=f"t.{label}.{source}",
+                    parent_ids=[parent],
+                    error=f"ParentFailed: task {parent} failed" if source == TaskState.CANCELLED else None,
+                )
+                conn.execute("UPDATE tasks SET completed_at = now() WHERE id = %s", [parent])  # ended now
+                conn.execute(sql.BITMAPS_ON)
+                ids = [str(parent)] if statement is sql.RESTORE_CHILDREN else [parent]
+                conn.execute(statement, {"ids": ids})
+                conn.commit()
+                target = TaskState(conn.execute("SELECT state FROM tasks WHERE id = %s", [child]).fetchone()["state"])
+                if target != source:
+                    seen.setdefault((source, target), set()).add(label)
+                else:
+                    changed_nothing.add((label, source))
+    return changed_nothing
 
 
 def _row(url: str, state: TaskState, name: str) -> uuid.UUID:
@@ -97,11 +131,12 @@ def test_statements_make_exactly_the_documented_transitions(tl) -> None:
                     assert (label, source) == ("HEARTBEAT", TaskState.RUNNING), (label, source, before, after)
                 else:
                     changed_nothing.add((label, source))
+    changed_nothing |= _child_transitions(url, seen)
     undocumented = {pair: labels for pair, labels in seen.items() if pair not in TRANSITIONS}
     assert not undocumented, f"statements make transitions states.TRANSITIONS does not allow: {undocumented}"
     unused = set(TRANSITIONS) - set(seen)
     assert not unused, f"TRANSITIONS lists changes no statement makes: {unused}"
     # Finished rows are final for everything but an explicit retry.
-    for label, _ in STATEMENTS.items():
+    for label in [*STATEMENTS, *CHILD_STATEMENTS]:
         if label not in ("RETRY_TASK", "RETRY_MATCHING"):
             assert (label, TaskState.COMPLETED) in changed_nothing, label
