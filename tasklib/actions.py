@@ -67,24 +67,20 @@ def _transition(
     return task
 
 
-def settle_children(run: Callable[..., list[Any]], ended: list[uuid.UUID]) -> None:
-    """In the transaction that ended ``ended``: what waits for them is released or cancelled."""
-    if ended:
-        run(sql.BITMAPS_ON)
-        run(sql.SETTLE_CHILDREN, {"ids": ended})
+def _nothing(run: Callable[..., list[Any]], ids: list[uuid.UUID]) -> None:
+    """A cancel's descendants are settled by the table's trigger, in the cancel's own statement."""
 
 
 def restore_children(run: Callable[..., list[Any]], retried: list[uuid.UUID]) -> None:
     """In the transaction that retried ``retried``: the descendants their end cancelled wait again."""
     if retried:
-        run(sql.BITMAPS_ON)
         run(sql.RESTORE_CHILDREN, {"ids": [str(i) for i in retried]})
 
 
 def cancel(db: Database, task_id: uuid.UUID | str) -> Task:
     """pending/waiting/running -> cancelled; a running task's worker kills its code. What waits for
     it (``depends_on``) is cancelled too, unless it runs anyway (``on_parent_failure="run"``)."""
-    return _transition(db, sql.CANCEL_TASK, task_id, "cancel", "cancelled", "pending, waiting or running", settle_children)
+    return _transition(db, sql.CANCEL_TASK, task_id, "cancel", "cancelled", "pending, waiting or running", _nothing)
 
 
 def retry(db: Database, task_id: uuid.UUID | str) -> Task:
@@ -134,8 +130,7 @@ def cancel_matching(db: Database, flt: TaskFilter) -> int:
     """pending/waiting -> cancelled for up to BULK_CAP tasks matching the filter; returns how many."""
     where, params = flt.clause(states=BULK_SOURCES["cancel"])
     with db.transaction() as run:
-        cancelled = [row[0] for row in run(sql.cancel_matching(where), {**params, "cap": BULK_CAP})]
-        settle_children(run, cancelled)
+        cancelled = run(sql.cancel_matching(where), {**params, "cap": BULK_CAP})
     return len(cancelled)
 
 

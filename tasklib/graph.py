@@ -43,6 +43,11 @@ class Graph:
     def depth(self) -> int:
         return max(self.layer.values(), default=0) + 1
 
+    def slot(self, task_id: uuid.UUID) -> float:
+        """Where a task sits across its layer, in columns: each layer centred on the widest."""
+        row = sum(1 for n in self.nodes if self.layer[n.id] == self.layer[task_id])
+        return self.column[task_id] + (self.width - row) / 2
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for node in self.nodes:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import CheckConstraint, Column, DateTime, Index, Integer, String, Text, text
+from sqlalchemy import Boolean, CheckConstraint, Column, DateTime, Index, Integer, String, Text, text
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
@@ -118,7 +118,9 @@ class Task(SQLModel, table=True):
     unique_key: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     #: Workflows: the tasks this one waits for (``depends_on``), how many of them have still to end
     #: while it is ``waiting``, and ``'run'`` when a parent's failure should not cancel it. NULL for
-    #: tasks without parents.
+    #: tasks without parents (docs/workflows.md).
     parent_ids: list[uuid.UUID] | None = Field(default=None, sa_column=Column(ARRAY(UUID(as_uuid=True)), nullable=True))
     waiting_for: int | None = Field(default=None, sa_column=Column(Integer, nullable=True))
     on_parent_failure: str | None = Field(default=None, sa_column=Column(String, nullable=True))
+    #: Set on a task when another is submitted with it in ``depends_on``: its end then settles them.
+    has_children: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))

@@ -92,17 +92,22 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
     # 7: fillfactor 50 (see STORAGE_SETTINGS). Only a catalogue change: pages filled from now on
     # keep the room, existing ones keep their fill (no rewrite, no lock held for long).
     7: lambda: [f"ALTER TABLE tasks SET ({STORAGE_SETTINGS})"],
-    # 8: workflows. Three nullable columns (catalogue changes only) and the state 'waiting': the
-    # state check is replaced NOT VALID, so no existing row is read under the lock (each was checked
-    # against the narrower list already). The parents index is partial and starts empty, but
-    # building it reads the table once (CONCURRENTLY by hand first on a very large table, as for 2).
+    # 8: workflows. Four nullable columns (catalogue changes only), the state 'waiting' (the state
+    # check is replaced NOT VALID, so no existing row is read under the lock: each was checked
+    # against the narrower list already), the trigger that settles a parent's children when it ends,
+    # and the children index: partial, it starts empty, but building it reads the table once
+    # (CONCURRENTLY by hand first on a very large table, as for 2).
     8: lambda: [
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS parent_ids uuid[]",
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS waiting_for integer",
         "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS on_parent_failure varchar",
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS has_children boolean",
         "ALTER TABLE tasks DROP CONSTRAINT IF EXISTS tasks_state_valid",
         f"ALTER TABLE tasks ADD CONSTRAINT tasks_state_valid CHECK (state IN ({_states()})) NOT VALID",
         "CREATE INDEX IF NOT EXISTS tasks_parents_idx ON tasks USING gin (parent_ids) WHERE parent_ids IS NOT NULL",
+        sql.SETTLE_CHILDREN,
+        "DROP TRIGGER IF EXISTS tasks_settle_children ON tasks",
+        sql.SETTLE_TRIGGER,
     ],
 }
 

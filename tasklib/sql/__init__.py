@@ -3,8 +3,7 @@
 ``tasks`` (the table, submits, reads), ``worker`` (claim, finish, heartbeat, rescue, release),
 ``actions`` (cancel, retry, schedules, retention) and ``monitor`` (the read model). Each
 state-changing statement names the transition it makes and filters on the state it expects.
-Statements are planned afresh at each run, except the few wrapped in ``Prepared``; ``Ending``
-ones run with ``SETTLE_CHILDREN`` (``kinds``).
+Statements are planned afresh at each run, except the few wrapped in ``Prepared`` (``kinds``).
 """
 
 from tasklib.sql.actions import *  # noqa: F403

@@ -7,7 +7,7 @@ from tasklib.sql.tasks import NOTIFY_CHANNEL_CANCEL, notify_submit
 from tasklib.states import SLOT_KEY_PREFIX
 
 #: pending | waiting | running -> cancelled; running ones are stopped by their worker (NOTIFY +
-#: heartbeat). Runs with SETTLE_CHILDREN: what waits for it is cancelled too.
+#: heartbeat). What waits for it is cancelled too (the table's trigger, SETTLE_CHILDREN).
 CANCEL_TASK = f"""
 WITH c AS (
     UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
@@ -54,7 +54,7 @@ FROM r
 
 def cancel_matching(where: str) -> str:
     """pending | waiting -> cancelled for every task matching ``where`` (bulk cancel), capped per
-    call; returns the ids (for SETTLE_CHILDREN)."""
+    call; returns the ids."""
     return f"""
 UPDATE tasks SET state = 'cancelled', completed_at = now(), locked_until = NULL,
                  error = coalesce(error || E'\\n\\n', '') || 'Cancelled.'

@@ -1,4 +1,4 @@
-"""Kinds of statement the connections run differently: prepared ones, and ones that end tasks."""
+"""Which statements are prepared: those whose plan cannot depend on the data."""
 
 from __future__ import annotations
 
@@ -17,11 +17,3 @@ def prepare(statement: str) -> bool | None:
     """psycopg's ``prepare=`` for ``statement``: True for a ``Prepared`` one, else psycopg's choice,
     which TaskLib's connections set to never (``tasklib.db.connect_kwargs``)."""
     return True if isinstance(statement, Prepared) else None
-
-
-class Ending(str):
-    """A statement that may end tasks (an outcome, a rescue): the connection runs it in one
-    transaction with ``SETTLE_CHILDREN`` for the ids in its ``ids`` parameter, so a waiting child
-    is released (or cancelled) in the transaction that records its last parent's end."""
-
-    __slots__ = ()

@@ -35,6 +35,7 @@ TASK_COLUMNS: tuple[str, ...] = (
     "parent_ids",
     "waiting_for",
     "on_parent_failure",
+    "has_children",
 )
 
 #: Rows whose ``unique_key`` is taken: a user key while its task is pending or running, a slot key always.
@@ -192,13 +193,14 @@ PARENT_FAILED = "ParentFailed: task "
 
 #: INSERT tasks that wait for parents (``depends_on``), all with the same parents: ``waiting`` while
 #: any parent has not ended, else ``pending`` (or ``cancelled`` when a parent already failed or was
-#: cancelled and the child does not run anyway). The parents are locked FOR SHARE, in id order: a
-#: parent's end either committed before (and is read here as ended) or waits for this insert to
-#: commit, and its SETTLE_CHILDREN, a later statement, then sees this row. Nothing is inserted unless
-#: every parent exists; the first column says how many did.
+#: cancelled and the child does not run anyway). The parents are marked ``has_children`` in the same
+#: statement, which locks their rows in id order: a parent's end either committed before (and is
+#: read here as ended) or waits for this insert to commit, and then finds the mark and this row
+#: (SETTLE_CHILDREN). Nothing is inserted unless every parent exists; the first column says how
+#: many did.
 INSERT_CHILDREN = f"""
 WITH parents AS (
-    SELECT id, state FROM tasks WHERE id = ANY(CAST(%(parents)s AS uuid[])) ORDER BY id FOR SHARE
+    UPDATE tasks SET has_children = true WHERE id = ANY(CAST(%(parents)s AS uuid[])) RETURNING id, state
 ), judged AS (
     SELECT count(*) AS found,
            count(*) FILTER (WHERE state NOT IN {ENDED_STATES}) AS unfinished,
@@ -229,59 +231,55 @@ SELECT (SELECT found FROM judged), (SELECT min(state) FROM ins),
        (SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY)} WHERE EXISTS (SELECT 1 FROM ins WHERE state = 'pending'))
 """
 
-#: After a statement that may have ended tasks (an outcome, a rescue, a cancel), in its transaction:
-#: each waiting child of the tasks in %(ids)s that ended in this transaction (``completed_at =
-#: now()``) counts them off, and becomes pending, due now or at its own later time, when none is
-#: left; a parent that failed or was cancelled cancels its waiting descendants instead (unless they
-#: run anyway: ``on_parent_failure = 'run'``). A statement of its own, so it sees children committed
-#: while the ending statement waited for their FOR SHARE locks. Two parents of one child ending at
-#: once both update the child's row: the second waits for the first and counts from its result.
-#: The child index is GIN (bitmap scans only): its session may have turned bitmaps off, so this
-#: statement runs after ``BITMAPS_ON``.
-SETTLE_CHILDREN = f"""
-WITH RECURSIVE ended AS (
-    SELECT id, state FROM tasks
-    WHERE id = ANY(CAST(%(ids)s AS uuid[])) AND completed_at = now() AND state IN {ENDED_STATES}
-), doomed(id, cause) AS (
-    SELECT c.id, CAST(e.id AS text) || ' ' || e.state
-    FROM ended AS e JOIN tasks AS c ON c.parent_ids @> ARRAY[e.id]
-    WHERE e.state <> 'completed' AND c.state = 'waiting' AND c.on_parent_failure IS NULL
-    UNION
-    SELECT c.id, d.cause
-    FROM doomed AS d JOIN tasks AS c ON c.parent_ids @> ARRAY[d.id]
-    WHERE c.state = 'waiting' AND c.on_parent_failure IS NULL
-), gone AS (
-    SELECT id, state = 'completed' AS ok FROM ended
-    UNION ALL
-    SELECT DISTINCT id, false FROM doomed
-), counts AS (
-    SELECT c.id, count(*) AS n
-    FROM gone AS g JOIN tasks AS c ON c.parent_ids @> ARRAY[g.id]
-    WHERE c.state = 'waiting' AND (g.ok OR c.on_parent_failure = 'run')
-      AND NOT EXISTS (SELECT 1 FROM doomed AS d WHERE d.id = c.id)
-    GROUP BY c.id
-), cancelled AS (
-    UPDATE tasks AS t SET state = 'cancelled', completed_at = now(), error = '{PARENT_FAILED}' || d.cause
-    FROM (SELECT id, min(cause) AS cause FROM doomed GROUP BY id) AS d
-    WHERE t.id = d.id AND t.state = 'waiting'
-    RETURNING t.id
-), released AS (
-    UPDATE tasks AS t
-    SET waiting_for = t.waiting_for - k.n,
-        state = CASE WHEN t.waiting_for - k.n <= 0 THEN 'pending' ELSE 'waiting' END,
-        scheduled_at = CASE WHEN t.waiting_for - k.n <= 0 THEN greatest(t.scheduled_at, now()) ELSE t.scheduled_at END
-    FROM counts AS k
-    WHERE t.id = k.id AND t.state = 'waiting'
-    RETURNING t.state, t.name, t.priority
-)
-SELECT (SELECT count(*) FROM cancelled),
-       (SELECT count(*) FROM released WHERE state = 'pending'),
-       (SELECT count({notify_submit("r.name", "CAST(r.priority AS text)")})
-        FROM (SELECT DISTINCT name, priority FROM released WHERE state = 'pending') AS r)
+#: The trigger that settles a task's children when it ends (completed, failed or cancelled), in the
+#: transaction of the statement that ended it, whichever it is (an outcome, a rescue, a cancel, by
+#: hand): there is no resolver to lag or die, and no statement to forget. It fires only for a task
+#: marked ``has_children``: a task without children pays one test of that flag. A parent that failed
+#: or was cancelled first cancels its waiting descendants (all of them, at once, through children
+#: that do not run anyway); then each task still waiting for it counts it off and becomes pending,
+#: due now or at its own later time, when it was the last. Each statement of the function reads a
+#: fresh snapshot, so it sees a child whose submit committed while the end waited for the parent's
+#: row; two parents of one child ending at once both update the child's row, the second after the
+#: first, from its result. The child index is GIN, read by bitmap scans only: the function turns
+#: them on for itself (a worker's write connection turns them off).
+SETTLE_CHILDREN = rf"""
+CREATE OR REPLACE FUNCTION tasklib_settle_children() RETURNS trigger
+LANGUAGE plpgsql SET enable_bitmapscan = on AS $$
+DECLARE
+    cause text;
+    woken integer;
+BEGIN
+    IF NEW.state <> 'completed' THEN
+        cause := coalesce(substring(NEW.error FROM '^{PARENT_FAILED}(\S+ \S+)'), NEW.id || ' ' || NEW.state);
+        WITH RECURSIVE doomed(id) AS (
+            SELECT c.id FROM tasks AS c
+            WHERE c.parent_ids @> ARRAY[NEW.id] AND c.state = 'waiting' AND c.on_parent_failure IS NULL
+            UNION
+            SELECT c.id FROM doomed AS d JOIN tasks AS c ON c.parent_ids @> ARRAY[d.id]
+            WHERE c.state = 'waiting' AND c.on_parent_failure IS NULL
+        )
+        UPDATE tasks SET state = 'cancelled', completed_at = now(), error = '{PARENT_FAILED}' || cause
+        WHERE id IN (SELECT id FROM doomed) AND state = 'waiting';
+    END IF;
+    WITH released AS (
+        UPDATE tasks
+        SET waiting_for = waiting_for - 1,
+            state = CASE WHEN waiting_for <= 1 THEN 'pending' ELSE 'waiting' END,
+            scheduled_at = CASE WHEN waiting_for <= 1 THEN greatest(scheduled_at, now()) ELSE scheduled_at END
+        WHERE parent_ids @> ARRAY[NEW.id] AND state = 'waiting'
+        RETURNING state, name, priority
+    )
+    SELECT count({notify_submit("r.name", "CAST(r.priority AS text)")}) INTO woken
+    FROM (SELECT DISTINCT name, priority FROM released WHERE state = 'pending') AS r;
+    RETURN NULL;
+END
+$$
 """
-
-#: For SETTLE_CHILDREN and the other statements that read the child index, in their transaction.
-BITMAPS_ON = "SELECT set_config('enable_bitmapscan', 'on', true)"
+SETTLE_TRIGGER = """
+CREATE TRIGGER tasks_settle_children AFTER UPDATE OF state ON tasks FOR EACH ROW
+WHEN (NEW.has_children AND NEW.state IN ('completed', 'failed', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
+EXECUTE FUNCTION tasklib_settle_children()
+"""
 
 #: cancelled -> waiting: after retry_task (or a bulk retry) of the tasks in %(ids)s, in its
 #: transaction, the descendants their failure or cancel cancelled go back to waiting, each counting

@@ -15,8 +15,6 @@ from typing import Any
 import orjson
 from psycopg.types.json import Jsonb
 
-from tasklib.sql.kinds import Ending
-
 NOW = "SELECT now()"
 
 
@@ -90,11 +88,12 @@ RETURNING t.id
 
 
 #: running -> completed | failed | pending (retry): a batch of this worker's outcomes in one
-#: statement; a late result never overwrites a cancel, a rescue or a newer claim.
-FINISH_MANY = Ending(_apply_outcomes())
+#: statement; a late result never overwrites a cancel, a rescue or a newer claim. (A task's end
+#: releases what waits for it through the table's trigger: ``tasklib.sql.tasks.SETTLE_CHILDREN``.)
+FINISH_MANY = _apply_outcomes()
 #: running -> pending | failed: the decisions for expired claims (``outcome.decide``); a claim
 #: whose lock was renewed in between is left alone.
-RESCUE_MANY = Ending(_apply_outcomes("AND t.locked_until < now()"))
+RESCUE_MANY = _apply_outcomes("AND t.locked_until < now()")
 
 
 def outcome_params(outcomes: Iterable[tuple[Any, datetime, Any]], worker_id: str) -> dict[str, Any]:
@@ -189,7 +188,7 @@ LIMIT %(limit)s
 
 #: running -> pending | failed: RESCUE_MANY for a worker whose sessions are gone, whether or not
 #: its lock has expired; checked again in the statement, so a worker that reconnected keeps its claims.
-RESCUE_VANISHED = Ending(_apply_outcomes("AND NOT " + _worker_connected("t.worker_id")))
+RESCUE_VANISHED = _apply_outcomes("AND NOT " + _worker_connected("t.worker_id"))
 
 #: running -> pending: hand back tasks this worker claimed but will not finish (shutdown, prefetched
 #: but never started, or stopped after the grace period). No attempt is burned.

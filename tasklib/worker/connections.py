@@ -100,8 +100,6 @@ class WorkerConnections:
         try:
             conn = await self.connection(role)
             cursor = conn.cursor(row_factory=row_factory)
-            if isinstance(statement, sql.Ending):
-                return await _with_settle(conn, cursor, statement, params)
             await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
             return await cursor.fetchall() if cursor.description else []
         except psycopg.OperationalError:
@@ -116,17 +114,6 @@ class WorkerConnections:
             if conn is not None:
                 await conn.close()
             self._conns[role] = None
-
-
-async def _with_settle(conn: psycopg.AsyncConnection[Any], cursor: Any, statement: str, params: dict[str, Any]) -> list[Any]:
-    """``statement``, then SETTLE_CHILDREN for its ids, in one transaction sent as one pipeline (a
-    single round trip); returns the rows of ``statement``."""
-    async with conn.pipeline(), conn.transaction():
-        await cursor.execute(statement, params)
-        settle = conn.cursor()
-        await settle.execute(sql.BITMAPS_ON)
-        await settle.execute(sql.SETTLE_CHILDREN, {"ids": params["ids"]})
-    return await cursor.fetchall() if cursor.description else []
 
 
 def submit_note(payload: str) -> tuple[float | None, int | None]:

@@ -66,21 +66,22 @@ STATEMENTS: dict[str, list[Params]] = {
     "CANCEL_MATCHING": [_matching(sql.cancel_matching, ("pending", "waiting"))],
 }
 
-#: The workflow statements act on the children of the tasks they are given: each is run on a child
-#: in every state, after its parent ended (``ended``) in the same transaction, as the worker and the
-#: actions run them.
-CHILD_STATEMENTS: dict[str, list[tuple[str, str]]] = {
-    "SETTLE_CHILDREN": [(sql.SETTLE_CHILDREN, ended) for ended in ("completed", "failed", "cancelled")],
-    "RESTORE_CHILDREN": [(sql.RESTORE_CHILDREN, "failed")],
+#: The workflow statements act on the children of a task: each is run on a child in every state.
+#: ``SETTLE_CHILDREN`` is the trigger that fires when a parent marked ``has_children`` ends (by any
+#: statement: here a plain UPDATE to each ending state); RESTORE_CHILDREN follows a retry.
+CHILD_STATEMENTS: dict[str, list[str]] = {
+    "SETTLE_CHILDREN": ["completed", "failed", "cancelled"],
+    "RESTORE_CHILDREN": ["failed"],
 }
 
 
 def _child_transitions(url: str, seen: dict[tuple[TaskState, TaskState], set[str]]) -> set[tuple[str, TaskState]]:
     changed_nothing: set[tuple[str, TaskState]] = set()
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        for (label, variants), source in itertools.product(CHILD_STATEMENTS.items(), TaskState):
-            for statement, ended in variants:
-                parent = make_task(url, ended, name=f"t.{label}.parent")
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        for (label, ends), source in itertools.product(CHILD_STATEMENTS.items(), TaskState):
+            for ended in ends:
+                restoring = label == "RESTORE_CHILDREN"
+                parent = make_task(url, ended if restoring else "running", name=f"t.{label}.parent", has_children=True)
                 child = make_task(
                     url,
                     source.value,
@@ -88,11 +89,13 @@ def _child_transitions(url: str, seen: dict[tuple[TaskState, TaskState], set[str
                     parent_ids=[parent],
                     error=f"ParentFailed: task {parent} failed" if source == TaskState.CANCELLED else None,
                 )
-                conn.execute("UPDATE tasks SET completed_at = now() WHERE id = %s", [parent])  # ended now
-                conn.execute(sql.BITMAPS_ON)
-                ids = [str(parent)] if statement is sql.RESTORE_CHILDREN else [parent]
-                conn.execute(statement, {"ids": ids})
-                conn.commit()
+                if restoring:
+                    conn.execute(sql.RESTORE_CHILDREN, {"ids": [str(parent)]})
+                else:
+                    conn.execute(
+                        "UPDATE tasks SET state = %s, completed_at = now(), locked_until = NULL WHERE id = %s",
+                        [ended, parent],
+                    )
                 target = TaskState(conn.execute("SELECT state FROM tasks WHERE id = %s", [child]).fetchone()["state"])
                 if target != source:
                     seen.setdefault((source, target), set()).add(label)

@@ -14,12 +14,14 @@ import pytest
 
 import tasklib
 from tasklib import sql
+from tasklib.db import WRITE_PLANNER_SETTINGS, set_statement
 from tasklib.outcome import Action
 from tasklib.states import TaskState
 from tests.integration import workflow_jobs as wf
 from tests.workers import start_worker, stop, task_row, wait_for
 
 APP = "tests.integration.workflow_jobs"
+WRITE_SETTINGS = set_statement(WRITE_PLANNER_SETTINGS)
 
 
 def _state(task_id: uuid.UUID) -> str:
@@ -165,14 +167,13 @@ def test_prune_keeps_a_parent_while_a_child_waits_for_it(tl: tasklib.Config) -> 
 
 
 def _finish(url: str, task_id: uuid.UUID, started_at, worker_id: str, hold: threading.Event | None = None) -> None:  # type: ignore[no-untyped-def]
-    """Record ``task_id`` completed as a worker does (FINISH_MANY + SETTLE_CHILDREN, one transaction);
-    with ``hold``, keep the transaction open until it is set."""
+    """Record ``task_id`` completed as a worker does (FINISH_MANY; its children settle in the same
+    transaction through the table's trigger); with ``hold``, keep the transaction open until it is set."""
     done = Action(TaskState.COMPLETED, 0, result_json="1")
     params = sql.outcome_params([(task_id, started_at, done)], worker_id)
     with psycopg.connect(url) as conn:
+        conn.execute(WRITE_SETTINGS)  # as the worker's write connection (bitmap scans off)
         assert conn.execute(sql.FINISH_MANY, params).fetchall()
-        conn.execute(sql.BITMAPS_ON)
-        conn.execute(sql.SETTLE_CHILDREN, {"ids": params["ids"]})
         if hold is not None:
             hold.wait(10)
         conn.commit()
