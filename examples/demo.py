@@ -1,8 +1,9 @@
 """`make demo`: the dashboard, a worker and a stream of example tasks, on the embedded PostgreSQL.
 
 Open http://127.0.0.1:8080/ and watch tasks complete, fail, retry, time out and wait; async tasks
-run many at once and a recurring one every 15 s (the Schedules page). Ctrl+C stops
-the demo (the embedded database keeps running for the next start: `tasklib db stop` stops it).
+run many at once, a recurring one every 15 s (the Schedules page) and small workflows (resize,
+then publish, then notify; one in four fails at publish and can be resumed from its workflow page).
+Ctrl+C stops the demo (the embedded database keeps running for the next start: `tasklib db stop` stops it).
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def submit_some() -> None:
         tasklib.submit_task_sync(tasks.flaky_api_call, endpoint=f"/v1/orders/{random.randint(1, 500)}")
     if random.random() < 0.25:
         tasklib.submit_task_sync(tasks.slow_report, pages=random.randint(1, 10))
+    if random.random() < 0.3:
+        submit_album(random.randint(1, 9999))
     if random.random() < 0.2:
         tasklib.submit_task_sync(
             tasks.send_email,
@@ -96,6 +99,20 @@ def submit_some() -> None:
             subject="Reminder",
             body="Scheduled",
         )
+
+
+def submit_album(number: int) -> None:
+    """A workflow: resize an image to four widths side by side, then publish (which waits for all
+    four and reads their results), then tell the owner either way. One album in four is "broken":
+    its publish fails and cancels nothing but what waits for it; retry it from the dashboard."""
+    album = f"album-{number}" + ("-broken" if number % 4 == 0 else "")
+    image = f"/photos/{number}.jpg"
+    fan = tasklib.group(
+        [tasklib.step(tasks.resize, image=image, width=w) for w in (320, 640, 1280, 2560)],
+        then=tasklib.step(tasks.publish, album=album),
+    )
+    assert fan.then is not None
+    tasklib.submit_task_sync(tasks.notify_owner, album=album, depends_on=[fan.then], on_parent_failure="run")
 
 
 if __name__ == "__main__":

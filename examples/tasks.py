@@ -51,3 +51,26 @@ async def fetch_page(url: str) -> int:
 def refresh_rates(source: str) -> dict:
     """A recurring task: one run every 15 seconds, however many workers are running."""
     return {"source": source, "eur_usd": round(random.uniform(1.05, 1.12), 4)}
+
+
+@tasklib.task
+def resize(image: str, width: int) -> str:
+    """A step of the demo's workflow: one of several run side by side."""
+    time.sleep(random.uniform(0.1, 0.5))
+    return f"{image}@{width}"
+
+
+@tasklib.task(max_retries=0)
+def publish(album: str) -> dict:
+    """The workflow's last step: it waits for every resize and reads their results. Albums whose name
+    ends in "-broken" fail, so the dashboard has a workflow to resume with one click."""
+    sizes = sorted(tasklib.parent_results().values())
+    if album.endswith("-broken") and random.random() < 0.8:
+        raise RuntimeError(f"the CDN refused {album}")
+    return {"album": album, "images": sizes}
+
+
+@tasklib.task
+def notify_owner(album: str) -> str:
+    """Runs after publish whatever happened (on_parent_failure="run")."""
+    return f"told the owner of {album}"

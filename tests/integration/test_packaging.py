@@ -205,7 +205,11 @@ def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:
                 for line in metrics.splitlines()
                 if line.startswith('tasklib_tasks{state="completed"')
             }
-            return sum(completed.values()) >= 5 and "examples.tasks.fetch_page" in completed
+            return (
+                sum(completed.values()) >= 5
+                and "examples.tasks.fetch_page" in completed
+                and "examples.tasks.resize" in completed  # a workflow's steps ran
+            )
 
         assert wait_for(enough_ran, timeout=20, interval=0.5), metrics  # async tasks too
         # Every page has something to show: the recurring task is on the Schedules page.
