@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasklib  # noqa: E402
-from bench import burst, dashboard_bench, headline, memory_bench, retention_bench, startup  # noqa: E402
+from bench import burst, dashboard_bench, headline, memory_bench, retention_bench, startup, workflows_bench  # noqa: E402
 from bench.report import print_burst, print_dashboard, print_held, print_retention  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
 
@@ -72,6 +72,8 @@ def main() -> int:
     parser.add_argument("--only-retention", action="store_true", help="run just the prune-under-load measure")
     parser.add_argument("--skip-memory", action="store_true", help="skip the memory and async-throughput measure")
     parser.add_argument("--only-memory", action="store_true", help="run just the memory and async-throughput measure")
+    parser.add_argument("--skip-workflows", action="store_true", help="skip the workflow measures")
+    parser.add_argument("--only-workflows", action="store_true", help="run just the workflow measures")
     parser.add_argument(
         "--only-headline", action="store_true", help="run just the headline: submit, pickup, drains, bursts, /metrics"
     )
@@ -80,7 +82,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None, help="where to write (default: bench/results/<part>.json)")
     args = parser.parse_args()
     if args.only_headline:
-        args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = True
+        args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = args.skip_workflows = True
     args.json = args.json or ROOT / "bench" / "results" / f"{part_name(args)}.json"
     if args.only_burst and args.sets > 1:
         return burst_sets(args.sets, args.json)
@@ -106,6 +108,11 @@ def main() -> int:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
             write(results, args.json, started)
             print_dashboard(results)
+            return 0
+        if args.only_workflows:
+            results["workflows"] = workflows_bench.run(url)
+            write(results, args.json, started)
+            workflows_bench.print_workflows(results)
             return 0
         if args.only_memory:
             results["memory"] = memory_bench.run(url)
@@ -147,6 +154,8 @@ def main() -> int:
             results["retention"] = retention_bench.run(url, drain=n)
         if not args.skip_dashboard:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
+        if not args.skip_workflows:
+            results["workflows"] = workflows_bench.run(url)
     write(results, args.json, started)
     headline.print_headline(results["headline"])
     memory_bench.print_memory(results)
@@ -154,13 +163,15 @@ def main() -> int:
     startup.print_startup(results)
     print_retention(results)
     print_dashboard(results)
+    if "workflows" in results:
+        workflows_bench.print_workflows(results)
     print(f"\nJSON: {args.json}")
     return 0
 
 
 #: The result file each part writes by default; a re-measurement replaces it. Only the files the docs
 #: cite are committed (a whole run's ``latest.json`` is not).
-PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard")
+PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard", "workflows")
 
 
 def part_name(args: argparse.Namespace) -> str:
