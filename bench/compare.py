@@ -106,18 +106,27 @@ def run_measure(name: str, url: str, n: int) -> float:
             created, _, last = _wait_done(url, n)
         return n / (last - created).total_seconds()
     if name == "pickup_p50_ms":
-        latencies = []
         with _worker(url, 4, idle_seconds=2.0):
-            for i in range(205):
-                task_id = tasklib.submit_task_sync(btasks.stamp)
-                submitted = time.time()
-                while (task := tasklib.get_task(task_id)) is None or task.state != "completed":
-                    time.sleep(0.0005)
-                if i >= 5:  # warm-up
-                    latencies.append((task.result - submitted) * 1000)
-                time.sleep(0.01)
-        return statistics.median(latencies)
+            return statistics.median(pickup_samples(200))
     raise ValueError(name)
+
+
+def pickup_samples(count: int) -> list[float]:
+    """Milliseconds from ``submit_task_sync`` returning to the task running in a child (its result
+    is its start time), one task at a time, after 5 for warm-up; a worker must be running."""
+    import tasklib
+    from bench import tasks as btasks
+
+    latencies = []
+    for i in range(count + 5):
+        task_id = tasklib.submit_task_sync(btasks.stamp)
+        submitted = time.time()
+        while (task := tasklib.get_task(task_id)) is None or task.state != "completed":
+            time.sleep(0.0005)
+        if i >= 5:  # warm-up
+            latencies.append((task.result - submitted) * 1000)
+        time.sleep(0.01)  # idle again before the next submit
+    return latencies
 
 
 # -- the driver -----------------------------------------------------------------------------------

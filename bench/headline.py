@@ -28,6 +28,7 @@ import tasklib
 from bench import baseline, burst, peers
 from bench import tasks as btasks
 from bench.common import percentiles, prefill, tasklib_process, truncate
+from bench.compare import pickup_samples
 from bench.dashboard_bench import generate
 from tests.net import free_port, wait_healthy
 
@@ -69,18 +70,9 @@ def raw_bulk(url: str, n: int) -> float:
 def pickup(url: str, n: int) -> dict[str, float]:
     truncate(url)
     tasklib.init(tasklib.Config(database_url=url))
-    latencies = []
     with burst.running_workers(url, 1, 4):
         time.sleep(1.0)  # children ready
-        for i in range(PICKUPS + 5):
-            task_id = tasklib.submit_task_sync(btasks.stamp)
-            submitted = time.time()
-            while (task := tasklib.get_task(task_id)) is None or task.state != "completed":
-                time.sleep(0.0005)
-            if i >= 5:  # warm-up
-                latencies.append((task.result - submitted) * 1000)
-            time.sleep(0.01)  # idle again before the next submit
-    return percentiles(latencies)
+        return percentiles(pickup_samples(PICKUPS))
 
 
 def listener(url: str, n: int) -> dict[str, float]:
