@@ -105,9 +105,11 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "ALTER TABLE tasks DROP CONSTRAINT IF EXISTS tasks_state_valid",
         f"ALTER TABLE tasks ADD CONSTRAINT tasks_state_valid CHECK (state IN ({_states()})) NOT VALID",
         "CREATE INDEX IF NOT EXISTS tasks_parents_idx ON tasks USING gin (parent_ids) WHERE parent_ids IS NOT NULL",
+        sql.NOTE_ENDED,
         sql.SETTLE_CHILDREN,
+        "DROP TRIGGER IF EXISTS tasks_note_ended ON tasks",
         "DROP TRIGGER IF EXISTS tasks_settle_children ON tasks",
-        sql.SETTLE_TRIGGER,
+        *sql.SETTLE_TRIGGERS,
     ],
 }
 

@@ -231,58 +231,95 @@ SELECT (SELECT found FROM judged), (SELECT min(state) FROM ins),
        (SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY)} WHERE EXISTS (SELECT 1 FROM ins WHERE state = 'pending'))
 """
 
-#: The trigger that settles a task's children when it ends (completed, failed or cancelled), in the
-#: transaction of the statement that ended it, whichever it is (an outcome, a rescue, a cancel, by
-#: hand): there is no resolver to lag or die, and no statement to forget. It fires only for a task
-#: marked ``has_children``: a task without children costs one test of that flag. A parent that
-#: failed or was cancelled first cancels its waiting descendants (all of them, through children that
-#: do not run anyway; their own ends fire it again, for the children that run anyway); then each task
-#: still waiting for it counts it off, and becomes pending, due now or at its own later time, when it
-#: was the last. Each statement of the function reads a fresh snapshot, so it sees a child whose
-#: submit committed while the end waited for the parent's row; two parents of one child ending at
-#: once both update the child's row, the second after the first, from its result. Children are
-#: found through the child index only (the state test is kept out of index selection, as in
-#: ``STILL_RUNNING``): through the state index every waiting task's parent list would be read for
-#: each end. The child index is GIN, read by bitmap scans only: the function turns them on, and
-#: sequential scans off, for itself (a worker's write connection has them the other way round).
+#: The triggers that settle a task's children when it ends (completed, failed or cancelled), in the
+#: transaction of the statement that ended it, whichever it is (an outcome batch, a rescue, a
+#: cancel, by hand): there is no resolver to lag or die, and no statement to forget. A row trigger,
+#: which fires only for a task marked ``has_children``, notes the task in a transaction-local setting;
+#: a statement trigger then settles every task its statement ended at once, so the child of many
+#: parents ended in one outcome batch is counted down once, and a statement that ended no parent
+#: finds the note empty and returns. A parent that failed or was cancelled first cancels its waiting
+#: descendants (all of them, through children that do not run anyway; that cancel settles their
+#: children in turn); then each task still waiting counts off its parents that ended and becomes
+#: pending, due now or at its own later time, when none is left. Each statement of the function
+#: reads a fresh snapshot, so it sees a child whose submit committed while the end waited for the
+#: parent's row; two statements ending parents of one child both update the child's row, the second
+#: after the first, from its result. Children are found through the child index only (the state
+#: test is kept out of index selection, as in ``STILL_RUNNING``). The child index is GIN, read by
+#: bitmap scans only: the function turns them on, and sequential scans off, for itself (a worker's
+#: write connection has them the other way round), and hash joins on.
+NOTE_ENDED = """
+CREATE OR REPLACE FUNCTION tasklib_note_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config(
+        'tasklib.ended',
+        coalesce(nullif(current_setting('tasklib.ended', true), '') || ',', '') || NEW.id || ' ' || NEW.state
+            || ' ' || coalesce(replace(substring(NEW.error FROM 1 FOR 80), ',', ' '), ''),
+        true);
+    RETURN NULL;
+END
+$$
+"""
 SETTLE_CHILDREN = rf"""
 CREATE OR REPLACE FUNCTION tasklib_settle_children() RETURNS trigger
-LANGUAGE plpgsql SET enable_bitmapscan = on SET enable_seqscan = off AS $$
+LANGUAGE plpgsql SET enable_bitmapscan = on SET enable_seqscan = off SET enable_hashjoin = on AS $$
 DECLARE
-    cause text;
+    noted text := current_setting('tasklib.ended', true);
     woken integer;
 BEGIN
-    IF NEW.state <> 'completed' THEN
-        cause := coalesce(substring(NEW.error FROM '^{PARENT_FAILED}(\S+ \S+)'), NEW.id || ' ' || NEW.state);
-        WITH RECURSIVE doomed(id) AS (
-            SELECT c.id FROM tasks AS c
-            WHERE c.parent_ids && ARRAY[NEW.id] AND c.state || '' = 'waiting' AND c.on_parent_failure IS NULL
-            UNION
-            SELECT c.id FROM doomed AS d JOIN tasks AS c ON c.parent_ids && ARRAY[d.id]
-            WHERE c.state || '' = 'waiting' AND c.on_parent_failure IS NULL
-        )
-        UPDATE tasks SET state = 'cancelled', completed_at = now(), error = '{PARENT_FAILED}' || cause
-        WHERE id IN (SELECT id FROM doomed) AND state = 'waiting';
+    IF noted IS NULL OR noted = '' THEN
+        RETURN NULL;
     END IF;
-    WITH released AS (
-        UPDATE tasks
-        SET waiting_for = waiting_for - 1,
-            state = CASE WHEN waiting_for <= 1 THEN 'pending' ELSE 'waiting' END,
-            scheduled_at = CASE WHEN waiting_for <= 1 THEN greatest(scheduled_at, now()) ELSE scheduled_at END
-        WHERE parent_ids && ARRAY[NEW.id] AND state || '' = 'waiting'
-        RETURNING state, name, priority
+    PERFORM set_config('tasklib.ended', '', true);
+    WITH RECURSIVE noted_ends AS (
+        SELECT n, split_part(n, ' ', 1) AS id_text, split_part(n, ' ', 2) AS state
+        FROM unnest(string_to_array(noted, ',')) AS n
+    ), ended AS (
+        SELECT CAST(id_text AS uuid) AS id, state = 'completed' AS ok,
+               coalesce(substring(substr(n, length(id_text) + length(state) + 3) FROM '^{PARENT_FAILED}(\S+ \S+)'),
+                        id_text || ' ' || state) AS cause
+        FROM noted_ends
+    ), doomed(id, cause) AS (
+        SELECT c.id, e.cause FROM ended AS e JOIN tasks AS c ON c.parent_ids && ARRAY[e.id]
+        WHERE NOT e.ok AND c.state || '' = 'waiting' AND c.on_parent_failure IS NULL
+        UNION
+        SELECT c.id, d.cause FROM doomed AS d JOIN tasks AS c ON c.parent_ids && ARRAY[d.id]
+        WHERE c.state || '' = 'waiting' AND c.on_parent_failure IS NULL
+    ), counts AS (
+        SELECT c.id, (SELECT count(*) FROM unnest(c.parent_ids) AS p(id) WHERE p.id IN (SELECT id FROM ended)) AS n
+        FROM tasks AS c
+        WHERE c.parent_ids && ARRAY(SELECT id FROM ended) AND c.state || '' = 'waiting'
+          AND c.id NOT IN (SELECT id FROM doomed)
+    ), cancelled AS (
+        UPDATE tasks AS t SET state = 'cancelled', completed_at = now(), error = '{PARENT_FAILED}' || d.cause
+        FROM (SELECT id, min(cause) AS cause FROM doomed GROUP BY id) AS d
+        WHERE t.id = d.id AND t.state = 'waiting'
+        RETURNING t.id
+    ), released AS (
+        UPDATE tasks AS t
+        SET waiting_for = t.waiting_for - k.n,
+            state = CASE WHEN t.waiting_for <= k.n THEN 'pending' ELSE 'waiting' END,
+            scheduled_at = CASE WHEN t.waiting_for <= k.n THEN greatest(t.scheduled_at, now()) ELSE t.scheduled_at END
+        FROM counts AS k
+        WHERE t.id = k.id AND t.state = 'waiting'
+        RETURNING t.state, t.name, t.priority
     )
-    SELECT count({notify_submit("r.name", "CAST(r.priority AS text)")}) INTO woken
+    SELECT count({notify_submit("r.name", "CAST(r.priority AS text)")}) + (SELECT count(*) FROM cancelled) INTO woken
     FROM (SELECT DISTINCT name, priority FROM released WHERE state = 'pending') AS r;
     RETURN NULL;
 END
 $$
 """
-SETTLE_TRIGGER = """
-CREATE TRIGGER tasks_settle_children AFTER UPDATE OF state ON tasks FOR EACH ROW
+SETTLE_TRIGGERS = [
+    """
+CREATE TRIGGER tasks_note_ended AFTER UPDATE OF state ON tasks FOR EACH ROW
 WHEN (NEW.has_children AND NEW.state IN ('completed', 'failed', 'cancelled') AND OLD.state IS DISTINCT FROM NEW.state)
+EXECUTE FUNCTION tasklib_note_ended()
+""",
+    """
+CREATE TRIGGER tasks_settle_children AFTER UPDATE OF state ON tasks FOR EACH STATEMENT
 EXECUTE FUNCTION tasklib_settle_children()
-"""
+""",
+]
 
 #: cancelled -> waiting: after retry_task (or a bulk retry) of the tasks in %(ids)s, in its
 #: transaction, the descendants their failure or cancel cancelled go back to waiting, each counting
