@@ -23,7 +23,7 @@ FAN = 10_000
 CHAIN = 200
 
 
-def _span(url: str, ids: list[Any] | None = None) -> float:
+def _span(url: str) -> float:
     with psycopg.connect(url) as conn:
         first, last = conn.execute("SELECT min(started_at), max(completed_at) FROM tasks").fetchone()  # type: ignore[misc]
     return (last - first).total_seconds()

@@ -49,13 +49,17 @@ def _transition(
     verb: str,
     done: str,
     expected: str,
-    then: Callable[[Callable[..., list[Any]], list[uuid.UUID]], None],
+    then: Callable[[Callable[..., list[Any]], list[uuid.UUID]], None] | None = None,
 ) -> Task:
+    """``statement`` on one task, and ``then`` in the same transaction when it changed it."""
     tid = parse_task_id(task_id)
-    with db.transaction() as run:
-        changed = run(statement, {"id": tid})
-        if changed:
-            then(run, [tid])
+    if then is None:
+        changed = db.rows(statement, {"id": tid})
+    else:
+        with db.transaction() as run:
+            changed = run(statement, {"id": tid})
+            if changed:
+                then(run, [tid])
     task = get(db, tid)
     if task is None:
         raise TaskNotFound(f"no task with id {tid}")
@@ -67,10 +71,6 @@ def _transition(
     return task
 
 
-def _nothing(run: Callable[..., list[Any]], ids: list[uuid.UUID]) -> None:
-    """A cancel's descendants are settled by the table's trigger, in the cancel's own statement."""
-
-
 def restore_children(run: Callable[..., list[Any]], retried: list[uuid.UUID]) -> None:
     """In the transaction that retried ``retried``: the descendants their end cancelled wait again."""
     if retried:
@@ -80,7 +80,7 @@ def restore_children(run: Callable[..., list[Any]], retried: list[uuid.UUID]) ->
 def cancel(db: Database, task_id: uuid.UUID | str) -> Task:
     """pending/waiting/running -> cancelled; a running task's worker kills its code. What waits for
     it (``depends_on``) is cancelled too, unless it runs anyway (``on_parent_failure="run"``)."""
-    return _transition(db, sql.CANCEL_TASK, task_id, "cancel", "cancelled", "pending, waiting or running", _nothing)
+    return _transition(db, sql.CANCEL_TASK, task_id, "cancel", "cancelled", "pending, waiting or running")
 
 
 def retry(db: Database, task_id: uuid.UUID | str) -> Task:
@@ -129,9 +129,7 @@ def retry_matching(db: Database, flt: TaskFilter) -> int:
 def cancel_matching(db: Database, flt: TaskFilter) -> int:
     """pending/waiting -> cancelled for up to BULK_CAP tasks matching the filter; returns how many."""
     where, params = flt.clause(states=BULK_SOURCES["cancel"])
-    with db.transaction() as run:
-        cancelled = run(sql.cancel_matching(where), {**params, "cap": BULK_CAP})
-    return len(cancelled)
+    return len(db.rows(sql.cancel_matching(where), {**params, "cap": BULK_CAP}, as_dict=False))
 
 
 def act_on_steps(db: Database, kind: str, steps: Iterable[Any]) -> int:

@@ -29,6 +29,7 @@ class Graph:
     capped: bool
     layer: dict[uuid.UUID, int] = field(default_factory=dict)
     column: dict[uuid.UUID, int] = field(default_factory=dict)
+    widths: dict[int, int] = field(default_factory=dict)  # tasks per layer
 
     @property
     def edges(self) -> list[tuple[uuid.UUID, uuid.UUID]]:
@@ -45,8 +46,7 @@ class Graph:
 
     def slot(self, task_id: uuid.UUID) -> float:
         """Where a task sits across its layer, in columns: each layer centred on the widest."""
-        row = sum(1 for n in self.nodes if self.layer[n.id] == self.layer[task_id])
-        return self.column[task_id] + (self.width - row) / 2
+        return self.column[task_id] + (self.width - self.widths[self.layer[task_id]]) / 2
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -75,9 +75,8 @@ def lay_out(graph: Graph) -> Graph:
     parents), columns in creation order within a layer."""
     for node in graph.nodes:
         graph.layer[node.id] = 1 + max((graph.layer[p] for p in node.parents if p in graph.layer), default=-1)
-    used: dict[int, int] = {}
     for node in graph.nodes:
         layer = graph.layer[node.id]
-        graph.column[node.id] = used.get(layer, 0)
-        used[layer] = graph.column[node.id] + 1
+        graph.column[node.id] = graph.widths.get(layer, 0)
+        graph.widths[layer] = graph.column[node.id] + 1
     return graph

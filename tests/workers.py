@@ -62,8 +62,10 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
 
 
 @contextmanager
-def workers(database_url: str, log_path: Path, count: int = 1, *extra: str) -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs = [start_worker(database_url, log_path, *extra) for _ in range(count)]
+def workers(
+    database_url: str, log_path: Path, count: int = 1, *extra: str, app: str = "tests.integration.jobs"
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    procs = [start_worker(database_url, log_path, *extra, app=app) for _ in range(count)]
     try:
         yield procs
     finally:

@@ -9,7 +9,6 @@ child after a grace period (``async_executor``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import inspect
 import os
@@ -22,12 +21,6 @@ from tasklib.worker.messages import Cancel, Finished, Ready, Run, Status, TaskOr
 from tasklib.workflow import running_with
 
 
-@contextlib.asynccontextmanager
-async def _results(parent_results_json: str | None) -> Any:
-    with running_with(parent_results_json):
-        yield
-
-
 async def run_async(
     definitions: dict[str, Any], name: str, kwargs_json: str, timeout: int | None, parent_results_json: str | None = None
 ) -> tuple[Status, str]:
@@ -36,10 +29,11 @@ async def run_async(
     deadline = asyncio.timeout(timeout or None)  # None: no deadline, and never expired
     try:
         definition, kwargs = load_call(definitions, name, kwargs_json)
-        async with deadline, _results(parent_results_json):
-            result = definition.func(**kwargs)
-            if inspect.isawaitable(result):
-                result = await result
+        async with deadline:
+            with running_with(parent_results_json):
+                result = definition.func(**kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
     except asyncio.CancelledError:
         raise  # the worker cancelled it: nothing to report but that
     except BaseException as exc:

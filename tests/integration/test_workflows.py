@@ -18,7 +18,7 @@ from tasklib.db import WRITE_PLANNER_SETTINGS, set_statement
 from tasklib.outcome import Action
 from tasklib.states import TaskState
 from tests.integration import workflow_jobs as wf
-from tests.workers import start_worker, stop, task_row, wait_for
+from tests.workers import start_worker, stop, task_row, wait_for, workers
 
 APP = "tests.integration.workflow_jobs"
 WRITE_SETTINGS = set_statement(WRITE_PLANNER_SETTINGS)
@@ -30,18 +30,9 @@ def _state(task_id: uuid.UUID) -> str:
     return str(task.state)
 
 
-def _run(url: str, log: Path, count: int = 1, *extra: str):  # type: ignore[no-untyped-def]
-    procs = [start_worker(url, log, "--concurrency", "4", *extra, app=APP) for _ in range(count)]
-
-    class _Workers:
-        def __enter__(self):  # type: ignore[no-untyped-def]
-            return procs
-
-        def __exit__(self, *exc: object) -> None:
-            for proc in procs:
-                stop(proc)
-
-    return _Workers()
+def _run(url: str, log: Path, count: int = 1):  # type: ignore[no-untyped-def]
+    """``count`` workers (concurrency 4) that run the workflow tasks."""
+    return workers(url, log, count, "--concurrency", "4", app=APP)
 
 
 # -- submit ----------------------------------------------------------------------------------------
@@ -166,14 +157,24 @@ def test_prune_keeps_a_parent_while_a_child_waits_for_it(tl: tasklib.Config) -> 
 # -- the races -------------------------------------------------------------------------------------
 
 
-def _finish(url: str, task_id: uuid.UUID, started_at, worker_id: str, hold: threading.Event | None = None) -> None:  # type: ignore[no-untyped-def]
+def _finish(  # type: ignore[no-untyped-def]
+    url: str,
+    task_id: uuid.UUID,
+    started_at,
+    worker_id: str,
+    hold: threading.Event | None = None,
+    ran: threading.Event | None = None,
+) -> None:
     """Record ``task_id`` completed as a worker does (FINISH_MANY; its children settle in the same
-    transaction through the table's trigger); with ``hold``, keep the transaction open until it is set."""
+    transaction through the table's trigger); with ``hold``, keep the transaction open until it is set,
+    and set ``ran`` once its statement ran (its locks are held from then on)."""
     done = Action(TaskState.COMPLETED, 0, result_json="1")
     params = sql.outcome_params([(task_id, started_at, done)], worker_id)
     with psycopg.connect(url) as conn:
         conn.execute(WRITE_SETTINGS)  # as the worker's write connection (bitmap scans off)
         assert conn.execute(sql.FINISH_MANY, params).fetchall()
+        if ran is not None:
+            ran.set()
         if hold is not None:
             hold.wait(10)
         conn.commit()
@@ -196,9 +197,10 @@ def test_two_parents_ending_at_once_release_their_child_exactly_once(tl: tasklib
     first, second = tasklib.submit_task_sync(wf.value, x=1), tasklib.submit_task_sync(wf.value, x=2)
     child = tasklib.submit_task_sync(wf.collect, depends_on=[first, second])
     claims = _claim_all(url, "w")
-    hold = threading.Event()
-    one = threading.Thread(target=_finish, args=(url, first, claims[first], "w", hold))
+    hold, ran = threading.Event(), threading.Event()
+    one = threading.Thread(target=_finish, args=(url, first, claims[first], "w", hold, ran))
     one.start()
+    assert ran.wait(10)  # the first end has updated the child and holds its row
     assert wait_for(lambda: task_row(url, child)["waiting_for"] == 2, 5)  # first's end is not committed
     two = threading.Thread(target=_finish, args=(url, second, claims[second], "w"))
     two.start()
@@ -219,10 +221,10 @@ def test_a_child_submitted_while_its_parent_ends_never_waits_forever(tl: tasklib
     # 1. The parent's end is open when the child is submitted.
     parent = tasklib.submit_task_sync(wf.value, x=1)
     claims = _claim_all(url, "w")
-    hold = threading.Event()
-    ending = threading.Thread(target=_finish, args=(url, parent, claims[parent], "w", hold))
+    hold, ran = threading.Event(), threading.Event()
+    ending = threading.Thread(target=_finish, args=(url, parent, claims[parent], "w", hold, ran))
     ending.start()
-    time.sleep(0.2)
+    assert ran.wait(10)  # the end holds the parent's row
     submitted: list[uuid.UUID] = []
     submit = threading.Thread(target=lambda: submitted.append(tasklib.submit_task_sync(wf.collect, depends_on=[parent])))
     submit.start()
