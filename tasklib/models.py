@@ -75,17 +75,19 @@ class Task(SQLModel, table=True):
             text("scheduled_at DESC"),
             postgresql_where=text(f"unique_key LIKE '{SLOT_KEY_PREFIX}%'"),
         ),
-        # Tag filters (tags @> '{"batch": "x"}'). Partial: untagged rows (most) never touch it, so the
-        # two updates every task goes through do not feed a GIN pending list that some unlucky
-        # statement must then flush.
         # Workflows (schema 8): a task's children, by the parents they name. Partial: a task without
-        # parents (most) never touches it.
+        # parents (most) never touches it. No pending list (schema 9): every parent's end looks its
+        # children up here, and each lookup would read the whole list (docs/workflows.md).
         Index(
             "tasks_parents_idx",
             "parent_ids",
             postgresql_using="gin",
+            postgresql_with={"fastupdate": "off"},
             postgresql_where=text("parent_ids IS NOT NULL"),
         ),
+        # Tag filters (tags @> '{"batch": "x"}'). Partial: untagged rows (most) never touch it, so the
+        # two updates every task goes through do not feed a GIN pending list that some unlucky
+        # statement must then flush.
         Index(
             "tasks_tagged_idx",
             "tags",

@@ -17,7 +17,7 @@ from tasklib import sql
 from tasklib.sql import UNIQUE_KEY_HELD
 from tasklib.states import SLOT_KEY_PREFIX
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 #: Storage settings for a queue table: room on each page for a row's next versions (a batch updates
 #: a page's rows together), and vacuum and analyze after a fixed number of changed rows, not a
@@ -110,6 +110,12 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "DROP TRIGGER IF EXISTS tasks_note_ended ON tasks",
         "DROP TRIGGER IF EXISTS tasks_settle_children ON tasks",
         *sql.SETTLE_TRIGGERS,
+    ],
+    # 9: a fan-in child counts its ended parents through the children index, which keeps no pending
+    # list. Setting the option rewrites nothing; the function is replaced in place.
+    9: lambda: [
+        "ALTER INDEX IF EXISTS tasks_parents_idx SET (fastupdate = off)",
+        sql.SETTLE_CHILDREN,
     ],
 }
 

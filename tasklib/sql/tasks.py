@@ -243,10 +243,13 @@ SELECT (SELECT found FROM judged), (SELECT min(state) FROM ins),
 #: pending, due now or at its own later time, when none is left. Each statement of the function
 #: reads a fresh snapshot, so it sees a child whose submit committed while the end waited for the
 #: parent's row; two statements ending parents of one child both update the child's row, the second
-#: after the first, from its result. Children are found through the child index only (the state
-#: test is kept out of index selection, as in ``STILL_RUNNING``). The child index is GIN, read by
-#: bitmap scans only: the function turns them on, and sequential scans off, for itself (a worker's
-#: write connection has them the other way round), and hash joins on.
+#: after the first, from its result. A child counts its ended parents by looking each one up in the
+#: child index, never by reading its own parent list, which for a fan-in holds thousands of ids; the
+#: count is materialized, so it runs once whatever the statistics say. Children are found through
+#: the child index, and updated through the primary key, only: state tests are kept out of index
+#: selection, as in ``STILL_RUNNING``. The child index is GIN, read by bitmap scans only: the
+#: function turns them on, and sequential scans off, for itself (a worker's write connection has
+#: them the other way round), and hash joins on.
 NOTE_ENDED = """
 CREATE OR REPLACE FUNCTION tasklib_note_ended() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -284,15 +287,15 @@ BEGIN
         UNION
         SELECT c.id, d.cause FROM doomed AS d JOIN tasks AS c ON c.parent_ids && ARRAY[d.id]
         WHERE c.state || '' = 'waiting' AND c.on_parent_failure IS NULL
-    ), counts AS (
-        SELECT c.id, (SELECT count(*) FROM unnest(c.parent_ids) AS p(id) WHERE p.id IN (SELECT id FROM ended)) AS n
-        FROM tasks AS c
-        WHERE c.parent_ids && ARRAY(SELECT id FROM ended) AND c.state || '' = 'waiting'
-          AND c.id NOT IN (SELECT id FROM doomed)
+    ), counts AS MATERIALIZED (
+        SELECT c.id, count(*) AS n
+        FROM ended AS e JOIN tasks AS c ON c.parent_ids && ARRAY[e.id]
+        WHERE c.state || '' = 'waiting' AND c.id NOT IN (SELECT id FROM doomed)
+        GROUP BY c.id
     ), cancelled AS (
         UPDATE tasks AS t SET state = 'cancelled', completed_at = now(), error = '{PARENT_FAILED}' || d.cause
         FROM (SELECT id, min(cause) AS cause FROM doomed GROUP BY id) AS d
-        WHERE t.id = d.id AND t.state = 'waiting'
+        WHERE t.id = d.id AND t.state || '' = 'waiting'
         RETURNING t.id
     ), released AS (
         UPDATE tasks AS t
@@ -300,7 +303,7 @@ BEGIN
             state = CASE WHEN t.waiting_for <= k.n THEN 'pending' ELSE 'waiting' END,
             scheduled_at = CASE WHEN t.waiting_for <= k.n THEN greatest(t.scheduled_at, now()) ELSE t.scheduled_at END
         FROM counts AS k
-        WHERE t.id = k.id AND t.state = 'waiting'
+        WHERE t.id = k.id AND t.state || '' = 'waiting'
         RETURNING t.state, t.name, t.priority
     )
     SELECT count({notify_submit("r.name", "CAST(r.priority AS text)")}) + (SELECT count(*) FROM cancelled) INTO woken

@@ -213,6 +213,20 @@ def test_two_parents_ending_at_once_release_their_child_exactly_once(tl: tasklib
     assert (row["state"], row["waiting_for"]) == ("pending", 0)
 
 
+def test_a_child_counts_down_one_parent_at_a_time(tl: tasklib.Config) -> None:
+    url = tl.database_url
+    assert url is not None
+    first, second = tasklib.submit_task_sync(wf.value, x=1), tasklib.submit_task_sync(wf.value, x=2)
+    child = tasklib.submit_task_sync(wf.collect, depends_on=[first, second])
+    claims = _claim_all(url, "w")
+    _finish(url, first, claims[first], "w")
+    row = task_row(url, child)
+    assert (row["state"], row["waiting_for"]) == ("waiting", 1)
+    _finish(url, second, claims[second], "w")
+    row = task_row(url, child)
+    assert (row["state"], row["waiting_for"]) == ("pending", 0)
+
+
 def test_a_child_submitted_while_its_parent_ends_never_waits_forever(tl: tasklib.Config) -> None:
     """Both orders: the end commits first (the submit waits on its FOR SHARE lock, then reads the
     parent as ended), or the submit commits first (the end waits, and its SETTLE then sees it)."""
@@ -300,7 +314,13 @@ def test_many_two_parent_joins_across_three_workers(tl: tasklib.Config, tmp_path
     assert tasklib.count_by_state()["waiting"] == 0
     with psycopg.connect(url) as conn:
         totals = conn.execute("SELECT result FROM tasks WHERE id = ANY(%s) ORDER BY created_at", [children]).fetchall()
+        early = conn.execute(
+            "SELECT count(*) FROM tasks AS c JOIN tasks AS p ON p.id = ANY(c.parent_ids)"
+            " WHERE c.id = ANY(%s) AND c.started_at < p.completed_at",
+            [children],
+        ).fetchone()
     assert [r[0] for r in totals] == [4 * i + 1 for i in range(pairs)]
+    assert early == (0,)  # no child started before both its parents had ended
     runs = [line for line in (tmp_path / "runs.log").read_text().splitlines() if line.startswith("total ")]
     assert len(runs) == pairs  # each child ran once
 
