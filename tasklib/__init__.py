@@ -31,11 +31,13 @@ if TYPE_CHECKING:
         current_config,
         get_task,
         init,
+        iter_tasks,
         list_tasks,
         prune,
         retry_task,
     )
     from tasklib.models import Task
+    from tasklib.queues import QueueInfo, list_queues, pause_queue, resume_queue, set_queue_limit
     from tasklib.submit import submit_many, submit_many_sync, submit_task, submit_task_in, submit_task_sync
     from tasklib.worker import TaskWorker
     from tasklib.workflow import Group, Step, chain, group, parent_results, step
@@ -50,12 +52,14 @@ _LAZY = {
             "current_config",
             "get_task",
             "init",
+            "iter_tasks",
             "list_tasks",
             "prune",
             "retry_task",
         ],
         "tasklib.api",
     ),
+    **dict.fromkeys(["QueueInfo", "list_queues", "pause_queue", "resume_queue", "set_queue_limit"], "tasklib.queues"),
     **dict.fromkeys(
         ["submit_many", "submit_many_sync", "submit_task", "submit_task_in", "submit_task_sync"], "tasklib.submit"
     ),
@@ -81,6 +85,7 @@ __all__ = [
     "Group",
     "InvalidTransition",
     "NotInitialized",
+    "QueueInfo",
     "Retention",
     "Step",
     "Task",
@@ -99,10 +104,15 @@ __all__ = [
     "get_task",
     "group",
     "init",
+    "iter_tasks",
+    "list_queues",
     "list_tasks",
     "parent_results",
+    "pause_queue",
     "prune",
+    "resume_queue",
     "retry_task",
+    "set_queue_limit",
     "step",
     "submit_many",
     "submit_many_sync",

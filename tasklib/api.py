@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 
 import psycopg
@@ -80,20 +81,60 @@ def parse_state(state: TaskState | str) -> TaskState:
         raise ValidationError(f"unknown state {str(state)[:40]!r}; expected one of: {valid}") from None
 
 
-def list_tasks(state: TaskState | str | None = None, name: str | None = None, limit: int = 100) -> list[Task]:
+def list_tasks(
+    state: TaskState | str | None = None,
+    name: str | None = None,
+    limit: int = 100,
+    before: uuid.UUID | str | None = None,
+) -> list[Task]:
     """Tasks newest first (by ``created_at``, then id), optionally of one state and/or task name.
 
     ``name`` is a full name (``myapp.tasks.send_email``) or, for tasks registered in this process, the
-    bare function name (``send_email``).
+    bare function name (``send_email``). ``before`` is the id of a task: the page starts after it in
+    the same order (a keyset, so pages stay stable while tasks are added); pass the last task of
+    one page to get the next. :func:`iter_tasks` walks every page.
     """
     if not isinstance(limit, int) or not 1 <= limit <= _MAX_LIST_LIMIT:
         raise ValidationError(f"limit must be an integer from 1 to {_MAX_LIST_LIMIT}")
+    cursor = None
+    if before is not None:
+        anchor = get_task(_task_id(before, "before"))
+        if anchor is None:
+            raise ValidationError(f"before: no task {before} (deleted, or never existed)")
+        cursor = (anchor.created_at, anchor.id)
+    return _page(state, name, limit, cursor)
+
+
+def iter_tasks(state: TaskState | str | None = None, name: str | None = None, page_size: int = 500) -> Iterator[Task]:
+    """Every matching task, newest first, read page by page (each ``page_size`` rows, a keyset
+    after the last one): each task present when the walk started comes once, however many tasks
+    are added meanwhile (those come before the start and are not walked)."""
+    if not isinstance(page_size, int) or not 1 <= page_size <= _MAX_LIST_LIMIT:
+        raise ValidationError(f"page_size must be an integer from 1 to {_MAX_LIST_LIMIT}")
+    cursor = None
+    while True:
+        page = _page(state, name, page_size, cursor)
+        yield from page
+        if len(page) < page_size:
+            return
+        cursor = (page[-1].created_at, page[-1].id)
+
+
+def _page(state: TaskState | str | None, name: str | None, limit: int, cursor: tuple[object, object] | None) -> list[Task]:
     query, params = listing.page_query(
         state=None if state is None else parse_state(state).value,
         names=None if name is None else tuple(resolve_names(name)),
+        cursor=cursor,
     )
     rows = database().rows(query, {**params, "limit": limit})
     return [row_to_task(r) for r in rows]
+
+
+def _task_id(value: uuid.UUID | str, what: str) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        raise ValidationError(f"{what}: {str(value)[:40]!r} is not a task id") from None
 
 
 def cancel_task(task_id: uuid.UUID | str) -> Task:
@@ -131,5 +172,6 @@ def count_by_state() -> dict[str, int]:
     """Exact number of tasks per state (every state present, zero included)."""
     counts = {s.value: 0 for s in TaskState}
     for state, count in database().rows(sql.COUNT_BY_STATE, as_dict=False):
-        counts[state] = count
+        if state in counts:  # (settings rows have a state of their own: tasklib.queues)
+            counts[state] = count
     return counts

@@ -51,7 +51,7 @@ def translated_errors() -> Iterator[None]:
         raise DatabaseError(f"PostgreSQL refused the statement: {exc}") from exc
 
 
-#: For the worker's claim connection: the claim walks tasks_pending_idx in order, never a bitmap scan
+#: For the worker's claim connection: the claim walks tasks_queue_pending_idx in order, never a bitmap scan
 #: and a sort of every pending row, whatever stale statistics say. No parallel plans on either
 #: worker connection: its statements touch a few hundred rows, and a Gather competes with the task
 #: children for the cores (docs/design/plans.md).

@@ -3,7 +3,7 @@
 ``--log-format json`` is for log pipelines (Loki, CloudWatch, Datadog): every line is an object
 with ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``event`` (a stable name such as
 ``task.completed``) and ``message``, plus the task fields the line is about: ``task_id``,
-``task_name``, ``attempt``, ``duration_ms``, ``outcome``, ``child_pid``, ``worker_id``.
+``task_name``, ``queue``, ``attempt``, ``duration_ms``, ``outcome``, ``child_pid``, ``worker_id``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
-FIELDS = ("task_id", "task_name", "attempt", "duration_ms", "outcome", "retry_in_seconds", "child_pid", "worker_id")
+FIELDS = ("task_id", "task_name", "queue", "attempt", "duration_ms", "outcome", "retry_in_seconds", "child_pid", "worker_id")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 

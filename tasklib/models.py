@@ -12,9 +12,9 @@ from sqlmodel import Field, SQLModel
 
 from tasklib.ids import new_id
 from tasklib.sql import UNIQUE_KEY_HELD
-from tasklib.states import PRIORITY_MAX, PRIORITY_MIN, SLOT_KEY_PREFIX, TaskState
+from tasklib.states import PRIORITY_MAX, PRIORITY_MIN, SLOT_KEY_PREFIX, STORED_STATES, TaskState
 
-_STATES_SQL = ", ".join(f"'{s.value}'" for s in TaskState)
+_STATES_SQL = ", ".join(f"'{s}'" for s in STORED_STATES)
 
 
 def _ts(nullable: bool = True, default_now: bool = False) -> Any:
@@ -41,10 +41,12 @@ class Task(SQLModel, table=True):
             "state <> 'running' OR (worker_id IS NOT NULL AND locked_until IS NOT NULL)",
             name="tasks_running_is_locked",
         ),
-        # The claim: next due pending task by priority, then due time, then id (FIFO within a
-        # priority, with a total order so the claim never needs a sort). Partial, so it stays small.
+        # The claim: a queue's next due pending task by priority, then due time, then id (FIFO within
+        # a priority, with a total order so the claim never needs a sort). Led by the queue, so a
+        # worker never walks another queue's backlog (schema 10). Partial, so it stays small.
         Index(
-            "tasks_pending_idx",
+            "tasks_queue_pending_idx",
+            "queue",
             text("priority DESC"),
             "scheduled_at",
             "id",
@@ -126,3 +128,6 @@ class Task(SQLModel, table=True):
     on_parent_failure: str | None = Field(default=None, sa_column=Column(String, nullable=True))
     #: Set on a task when another is submitted with it in ``depends_on``: its end then settles them.
     has_children: bool | None = Field(default=None, sa_column=Column(Boolean, nullable=True))
+    #: The queue it runs in (``@task(queue=...)`` or ``submit_task(..., queue=...)``): workers serve
+    #: named queues. A queue's settings (paused, its limit) are a row of its own (docs/queues.md).
+    queue: str = Field(default="default", sa_column=Column(String, nullable=False, server_default="default"))

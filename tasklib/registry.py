@@ -17,6 +17,7 @@ import pydantic_core
 from typing_extensions import TypedDict
 
 from tasklib.errors import TaskNotRegistered, ValidationError, problems_of, summary_of
+from tasklib.limits import DEFAULT_QUEUE, Rate, check_limit, check_queue
 
 if TYPE_CHECKING:
     from tasklib.schedules import Schedule
@@ -67,6 +68,17 @@ class TaskDefinition:
     schedule: Schedule | None = None
     #: How much memory an attempt may allocate in its child (MB), else the worker's default.
     memory_limit_mb: int | None = None
+    #: The queue its tasks go to unless a submit names another (``queue=``).
+    queue: str = DEFAULT_QUEUE
+    #: At most this many running at once across every worker, else None.
+    concurrency_limit: int | None = None
+    #: At most so many starts per period across every worker, spread evenly, else None.
+    rate_limit: Rate | None = None
+
+    @property
+    def limited(self) -> bool:
+        """Whether each claim of it must be counted against a limit (``tasklib.worker.sources``)."""
+        return self.concurrency_limit is not None or self.rate_limit is not None
 
     def validate(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Validate call arguments; return their JSON form. Raise ValidationError naming each field."""
@@ -196,6 +208,9 @@ def task(
     schedule_kwargs: Mapping[str, Any] | None = None,
     catch_up: bool = False,
     memory_limit_mb: int | None = None,
+    queue: str = DEFAULT_QUEUE,
+    concurrency_limit: int | None = None,
+    rate_limit: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -212,6 +227,9 @@ def task(
     schedule_kwargs: Mapping[str, Any] | None = None,
     catch_up: bool = False,
     memory_limit_mb: int | None = None,
+    queue: str = DEFAULT_QUEUE,
+    concurrency_limit: int | None = None,
+    rate_limit: str | None = None,
 ) -> Any:
     """Register a function (sync, or ``async def``) as a task. The function stays directly callable.
 
@@ -219,6 +237,10 @@ def task(
     seconds) or ``every=`` (seconds or a timedelta) makes it recurring: every worker that has it
     registered schedules its slots, one row per slot (``tasklib.schedules``), each run getting
     ``schedule_kwargs``, validated here like a submit's arguments.
+
+    ``queue`` is the queue its tasks go to (workers serve named queues); ``concurrency_limit`` caps
+    how many run at once and ``rate_limit`` (``"20/s"``, ``"100/m"``, ``"500/h"``) how often one
+    starts, both across every worker (docs/queues.md).
     """
     if max_retries is not None and max_retries < 0:
         raise ValueError("max_retries must be >= 0")
@@ -226,6 +248,9 @@ def task(
         raise ValueError("timeout_seconds must be >= 1")
     if memory_limit_mb is not None and (isinstance(memory_limit_mb, bool) or memory_limit_mb < 16):
         raise ValueError("memory_limit_mb must be at least 16")
+    check_queue(queue)
+    check_limit(concurrency_limit)
+    rate = None if rate_limit is None else Rate.parse(rate_limit)
     schedule = None
     if cron is not None or every is not None:
         from tasklib.schedules import Schedule
@@ -240,6 +265,7 @@ def task(
         definition = TaskDefinition(task_name, fn, max_retries, timeout_seconds, accepts_extra, names, adapter, args_type)
         if memory_limit_mb is not None:
             definition = replace(definition, memory_limit_mb=int(memory_limit_mb))
+        definition = replace(definition, queue=queue, concurrency_limit=concurrency_limit, rate_limit=rate)
         if schedule is not None:
             kwargs = definition.validate(dict(schedule_kwargs or {}))  # ValidationError now, not at 3 a.m.
             definition = replace(definition, schedule=schedule.with_kwargs(kwargs))

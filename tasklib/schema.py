@@ -17,7 +17,7 @@ from tasklib import sql
 from tasklib.sql import UNIQUE_KEY_HELD
 from tasklib.states import SLOT_KEY_PREFIX
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 #: Storage settings for a queue table: room on each page for a row's next versions (a batch updates
 #: a page's rows together), and vacuum and analyze after a fixed number of changed rows, not a
@@ -117,13 +117,25 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "ALTER INDEX IF EXISTS tasks_parents_idx SET (fastupdate = off)",
         sql.SETTLE_CHILDREN,
     ],
+    # 10: queues. A column with a constant default is a catalogue change (no rewrite); the state
+    # check gains the settings rows' state (NOT VALID, as in 8); the claim index gains the queue in
+    # front, built while the table is locked for writes (CONCURRENTLY by hand first on a very large
+    # table, as for 2). Workers of version 9 still claim meanwhile, with a sort.
+    10: lambda: [
+        "ALTER TABLE tasks ADD COLUMN IF NOT EXISTS queue varchar NOT NULL DEFAULT 'default'",
+        "ALTER TABLE tasks DROP CONSTRAINT IF EXISTS tasks_state_valid",
+        f"ALTER TABLE tasks ADD CONSTRAINT tasks_state_valid CHECK (state IN ({_states()})) NOT VALID",
+        "CREATE INDEX IF NOT EXISTS tasks_queue_pending_idx ON tasks (queue, priority DESC, scheduled_at, id) "
+        "WHERE state = 'pending'",
+        "DROP INDEX IF EXISTS tasks_pending_idx",
+    ],
 }
 
 
 def _states() -> str:
-    from tasklib.states import TaskState
+    from tasklib.states import STORED_STATES
 
-    return ", ".join(f"'{state.value}'" for state in TaskState)
+    return ", ".join(f"'{state}'" for state in STORED_STATES)
 
 
 def _version_comment(version: int) -> str:

@@ -19,6 +19,7 @@ from tasklib.api import configured, database
 from tasklib.db import translated_errors
 from tasklib.errors import DatabaseError, ValidationError, problems_of, summary_of
 from tasklib.ids import new_id, new_ids
+from tasklib.limits import check_queue
 from tasklib.models import PRIORITY_MAX, PRIORITY_MIN
 from tasklib.registry import definition_for, dumps_json
 
@@ -35,7 +36,8 @@ T = TypeVar("T")
 class SubmitOptions(BaseModel):
     """The options every submit function takes, validated like the arguments. Their names are
     reserved: a task cannot have parameters called ``delay_seconds``, ``max_retries``,
-    ``timeout_seconds``, ``priority``, ``tags``, ``unique_key``, ``depends_on`` or ``on_parent_failure``."""
+    ``timeout_seconds``, ``priority``, ``tags``, ``unique_key``, ``depends_on``, ``on_parent_failure``
+    or ``queue``."""
 
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -53,6 +55,13 @@ class SubmitOptions(BaseModel):
     #: What a parent that fails (retries used up) or is cancelled does to this task: ``"cancel"`` it
     #: (and what waits for it), or ``"run"`` it anyway once every parent has ended (clean-up steps).
     on_parent_failure: Literal["cancel", "run"] = "cancel"
+    #: The queue it goes to, instead of its ``@task``'s (only workers serving that queue run it).
+    queue: str | None = None
+
+    @field_validator("queue")
+    @classmethod
+    def _check_queue(cls, value: str | None) -> str | None:
+        return None if value is None else check_queue(value)
 
     @field_validator("depends_on")
     @classmethod
@@ -101,6 +110,7 @@ class SubmitArgs(TypedDict, total=False):
     unique_key: str | None
     depends_on: list[uuid.UUID] | None
     on_parent_failure: Literal["cancel", "run"]
+    queue: str | None
 
 
 def check_unique_key(key: str) -> str:
@@ -142,6 +152,7 @@ def _insert_params(
         "unique_key": opts.unique_key,
         "parents": _array(opts.depends_on) if opts.depends_on else None,
         "on_failure": "run" if opts.on_parent_failure == "run" else None,
+        "queue": opts.queue or definition.queue,
     }
 
 

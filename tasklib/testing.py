@@ -11,16 +11,20 @@ from psycopg.rows import dict_row
 
 from tasklib import sql
 from tasklib.api import current_config, database, list_tasks
+from tasklib.limits import DEFAULT_QUEUE
 from tasklib.models import Task
 from tasklib.outcome import Outcome, decide
 from tasklib.registry import definition_for, registered_definitions
 from tasklib.worker.child import run_one
-from tasklib.worker.claim import EARLIEST
+from tasklib.worker.claim import EARLIEST, queue_params
 from tasklib.worker.jobs import Job
 
 
-def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
+def drain(*, max_tasks: int = 10_000, batch: int = 100, queues: list[str] | None = None) -> int:
     """Run due tasks synchronously in this process until none is due; returns how many ran.
+
+    ``queues``: the queues to run (default: every queue a registered task names); a paused queue's
+    tasks are not run. Concurrency and rate limits do not apply here.
 
     Uses the same claim and finish statements as the worker, so states, results, errors and retry
     scheduling are what a worker would record (retries land in the future and are not run again).
@@ -29,11 +33,14 @@ def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
     config = current_config()
     definitions = registered_definitions()
     worker_id = f"tasklib.testing:{os.getpid()}"
+    served = queues if queues is not None else sorted({d.queue for d in definitions.values()} or {DEFAULT_QUEUE})
     ran = 0
     with database().pool().connection() as conn:
         while ran < max_tasks:
-            rows = (
-                conn.cursor(row_factory=dict_row)
+            rows = [
+                row
+                for queue in served
+                for row in conn.cursor(row_factory=dict_row)
                 .execute(
                     sql.CLAIM_NEXT,
                     {
@@ -42,10 +49,11 @@ def drain(*, max_tasks: int = 10_000, batch: int = 100) -> int:
                         "floor": EARLIEST,
                         "worker_id": worker_id,
                         "lock_seconds": float(config.lock_timeout_seconds),
+                        **queue_params(queue),
                     },
                 )
                 .fetchall()
-            )
+            ]
             jobs = sorted((Job.from_row(row) for row in rows if row["id"] is not None), key=lambda j: j.queue_order)
             if not jobs:
                 break

@@ -77,7 +77,7 @@ _SLOT = f"unique_key LIKE '{SLOT_KEY_PREFIX}%%'"
 #: scheduler always keeps the next slot queued) and its newest slot that is not pending (the last
 #: run). Task names come from a loose index scan of tasks_slot_idx (one probe per name), and each
 #: lateral reads the first entries of that name's range: the cost follows the number of recurring
-#: tasks, not the slots they have accumulated. No state test may pick tasks_pending_idx, which would
+#: tasks, not the slots they have accumulated. No state test may pick tasks_queue_pending_idx, which would
 #: walk every pending task of every name.
 SCHEDULES = f"""
 WITH RECURSIVE names AS (
@@ -111,13 +111,13 @@ ORDER BY n.name
 #: neither takes nor frees a slot. Returns the new id, or nothing when the task has no slot rows.
 RUN_SCHEDULE_NOW = f"""
 WITH src AS (
-    SELECT name, kwargs, max_retries, timeout_seconds, priority, tags FROM tasks
+    SELECT name, kwargs, max_retries, timeout_seconds, priority, tags, queue FROM tasks
     WHERE name = %(name)s AND {_SLOT} ORDER BY scheduled_at DESC LIMIT 1
 ), ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at, created_at,
-                       timeout_seconds, priority, tags)
+                       timeout_seconds, priority, tags, queue)
     SELECT %(id)s, name, '[]', kwargs, 'pending', 0, max_retries, now(), now(), timeout_seconds, priority,
-           coalesce(tags, '{{}}') || '{{"run": "manual"}}'
+           coalesce(tags, '{{}}') || '{{"run": "manual"}}', queue
     FROM src
     RETURNING id, name, priority
 )

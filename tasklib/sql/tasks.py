@@ -36,6 +36,7 @@ TASK_COLUMNS: tuple[str, ...] = (
     "waiting_for",
     "on_parent_failure",
     "has_children",
+    "queue",
 )
 
 #: Rows whose ``unique_key`` is taken: a user key while its task is pending or running, a slot key always.
@@ -85,11 +86,12 @@ def notify_submit(name: str, priority: str) -> str:
 INSERT_TASK = Prepared(f"""
 WITH ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
-                       created_at, timeout_seconds, priority, tags)
+                       created_at, timeout_seconds, priority, tags, queue)
     VALUES (CAST(%(id)s AS uuid), CAST(%(name)s AS varchar), '[]', CAST(%(kwargs)s AS jsonb), 'pending', 0,
             CAST(%(max_retries)s AS integer),
             now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
-            CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb))
+            CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
+            CAST(%(queue)s AS varchar))
     RETURNING name, priority
 )
 SELECT {notify_submit("name", "priority")} FROM ins
@@ -101,10 +103,11 @@ SELECT {notify_submit("name", "priority")} FROM ins
 INSERT_MANY = f"""
 WITH ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
-                       created_at, timeout_seconds, priority, tags)
+                       created_at, timeout_seconds, priority, tags, queue)
     SELECT i.id, CAST(%(name)s AS varchar), '[]', k.kwargs, 'pending', 0, CAST(%(max_retries)s AS integer),
            now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
-           CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb)
+           CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
+           CAST(%(queue)s AS varchar)
     FROM unnest(CAST(%(ids)s AS uuid[])) WITH ORDINALITY AS i(id, n)
     JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
     RETURNING 1
@@ -127,12 +130,12 @@ def _insert_unique(scheduled_at: str) -> str:
     return f"""
 WITH ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
-                       created_at, timeout_seconds, priority, tags, unique_key)
+                       created_at, timeout_seconds, priority, tags, unique_key, queue)
     VALUES (CAST(%(id)s AS uuid), CAST(%(name)s AS varchar), '[]', CAST(%(kwargs)s AS jsonb), 'pending', 0,
             CAST(%(max_retries)s AS integer),
             {scheduled_at}, now(),
             CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
-            CAST(%(unique_key)s AS text))
+            CAST(%(unique_key)s AS text), CAST(%(queue)s AS varchar))
     ON CONFLICT DO NOTHING
     RETURNING id, name, priority
 )
@@ -154,10 +157,11 @@ INSERT_SLOT = _insert_unique("CAST(%(at)s AS timestamptz)")
 INSERT_MANY_UNIQUE = f"""
 WITH ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at,
-                       created_at, timeout_seconds, priority, tags, unique_key)
+                       created_at, timeout_seconds, priority, tags, unique_key, queue)
     SELECT i.id, CAST(%(name)s AS varchar), '[]', k.kwargs, 'pending', 0, CAST(%(max_retries)s AS integer),
            now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
-           CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb), u.key
+           CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb), u.key,
+           CAST(%(queue)s AS varchar)
     FROM unnest(CAST(%(ids)s AS uuid[])) WITH ORDINALITY AS i(id, n)
     JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
     JOIN unnest(CAST(%(keys)s AS text[])) WITH ORDINALITY AS u(key, n) USING (n)
@@ -180,6 +184,7 @@ SELECT unique_key, CAST(id AS text) FROM tasks WHERE unique_key = ANY(CAST(%(key
 GET_TASK = f"{_SELECT_TASK} WHERE id = %(id)s"
 
 
+#: Settings rows (``SETTING_STATE``) are counted too; ``count_by_state`` leaves them out.
 COUNT_BY_STATE = "SELECT state, count(*) FROM tasks GROUP BY state"
 
 
@@ -214,13 +219,14 @@ WITH parents AS (
 ), ins AS (
     INSERT INTO tasks (id, name, args, kwargs, state, retry_count, max_retries, scheduled_at, created_at,
                        timeout_seconds, priority, tags, parent_ids, waiting_for, on_parent_failure,
-                       completed_at, error)
+                       completed_at, error, queue)
     SELECT i.id, CAST(%(name)s AS varchar), '[]', k.kwargs, d.state, 0, CAST(%(max_retries)s AS integer),
            now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
            CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
            CAST(%(parents)s AS uuid[]), d.unfinished, CAST(%(on_failure)s AS varchar),
            CASE WHEN d.state = 'cancelled' THEN now() END,
-           CASE WHEN d.state = 'cancelled' THEN '{PARENT_FAILED}' || d.failed END
+           CASE WHEN d.state = 'cancelled' THEN '{PARENT_FAILED}' || d.failed END,
+           CAST(%(queue)s AS varchar)
     FROM decided AS d
     CROSS JOIN unnest(CAST(%(ids)s AS uuid[])) WITH ORDINALITY AS i(id, n)
     JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)

@@ -28,7 +28,7 @@ WITH claimed AS (
         locked_until = now() + make_interval(secs => %(lock_seconds)s)
     WHERE id = ANY(ARRAY({pick}))
     RETURNING id, name, kwargs::text AS kwargs_json, retry_count, max_retries, timeout_seconds, priority,
-              scheduled_at, started_at,
+              scheduled_at, started_at, queue,
               CASE WHEN parent_ids IS NOT NULL THEN (
                   SELECT CAST(jsonb_object_agg(CAST(p.id AS text), p.result) AS text)
                   FROM tasks AS p WHERE p.id = ANY(tasks.parent_ids)) END AS parent_results_json
@@ -37,12 +37,17 @@ SELECT now() AS claimed_at, claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed O
 """
 
 
-#: The rows a claim may take, and the order and locking it takes them in.
-_DUE = "state = 'pending' AND scheduled_at <= now() AND scheduled_at >= %(floor)s AND name = ANY(%(names)s)"
+#: The rows a claim may take, and the order and locking it takes them in: one queue's, unless its
+#: settings row says it is paused (read once per statement, so a pause holds from its commit on).
+_DUE = (
+    "queue = %(queue)s AND state = 'pending' AND scheduled_at <= now() AND scheduled_at >= %(floor)s"
+    " AND name = ANY(%(names)s) AND NOT EXISTS (SELECT FROM tasks AS q WHERE q.id = %(queue_row)s"
+    " AND q.state = 'setting' AND q.kwargs @> '{\"paused\": true}')"
+)
 _IN_ORDER = "ORDER BY priority DESC, scheduled_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
 
-#: pending -> running: up to %(limit)s due tasks this worker runs, highest priority first, then
-#: oldest due first (FIFO within a priority), from %(floor)s on (docs/design/claim.md).
+#: pending -> running: up to %(limit)s due tasks of one queue this worker runs, highest priority
+#: first, then oldest due first (FIFO within a priority), from %(floor)s on (docs/design/claim.md).
 CLAIM_NEXT = _claim(f"SELECT id FROM tasks WHERE {_DUE} {_IN_ORDER}")
 #: pending -> running: CLAIM_NEXT within one priority, where the floor bounds the index walk.
 CLAIM_AT_PRIORITY = _claim(f"SELECT id FROM tasks WHERE {_DUE} AND priority = %(priority)s {_IN_ORDER}")

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasklib import sql
+from tasklib.limits import DEFAULT_QUEUE, queue_row_id
 from tasklib.states import PRIORITY_MAX, PRIORITY_MIN
 from tasklib.worker.jobs import Job
 
@@ -105,6 +106,11 @@ def claim_statement(
         above, below = other_priorities(others)
         return sql.CLAIM_OTHER_PRIORITIES, {"above": above, "below": below}
     return sql.CLAIM_NEXT, {}
+
+
+def queue_params(queue: str = DEFAULT_QUEUE) -> dict[str, Any]:
+    """A claim statement's parameters that name its queue (and the row saying whether it is paused)."""
+    return {"queue": queue, "queue_row": queue_row_id(queue)}
 
 
 def _heads(claimed: Sequence[tuple[int, datetime]]) -> dict[int, datetime]:
@@ -282,7 +288,7 @@ def _taken(jobs: Sequence[Job]) -> list[tuple[int, datetime]]:
 
 
 class ClaimPlanner:
-    """Plans the claims of one executor's task ``names``: sweep steps first while a sweep is in
+    """Plans the claims of one executor's task ``names`` in one ``queue``: sweep steps first while a sweep is in
     progress, then each priority it knows of from its own floor, then every other priority."""
 
     def __init__(
@@ -293,9 +299,16 @@ class ClaimPlanner:
         sweep_every_seconds: float,
         clock: Callable[[], float] = time.monotonic,
         margin_seconds: float = FLOOR_MARGIN_SECONDS,
+        queue: str = DEFAULT_QUEUE,
     ) -> None:
         self.floor = ClaimFloor(sweep_every_seconds, margin_seconds)
-        self._params: dict[str, Any] = {"names": list(names), "worker_id": worker_id, "lock_seconds": float(lock_seconds)}
+        self.names = frozenset(names)
+        self._params: dict[str, Any] = {
+            "names": list(names),
+            "worker_id": worker_id,
+            "lock_seconds": float(lock_seconds),
+            **queue_params(queue),
+        }
         self._clock = clock
 
     def claim(self, limit: int) -> Generator[ClaimQuery, ClaimReply, list[Job]]:

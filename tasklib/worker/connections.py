@@ -11,12 +11,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import psycopg
-from psycopg.rows import RowFactory, tuple_row
+from psycopg.rows import RowFactory, dict_row, tuple_row
 
 from tasklib import sql
 from tasklib.db import CLAIM_PLANNER_SETTINGS, WRITE_PLANNER_SETTINGS, connect_kwargs, set_statement
@@ -109,6 +110,26 @@ class WorkerConnections:
                 await broken.close()
             raise
 
+    @asynccontextmanager
+    async def transaction(self, role: Role) -> AsyncIterator[Callable[[str, dict[str, Any]], Awaitable[list[Any]]]]:
+        """A transaction on the ``role`` connection: yields a function running one statement in it
+        (rows as dicts); commits at the end, rolls back on an error. On a connection failure the
+        connection is dropped, as with ``execute``."""
+        conn = await self.connection(role)
+        try:
+            async with conn.transaction():
+
+                async def run(statement: str, params: dict[str, Any]) -> list[Any]:
+                    cursor = conn.cursor(row_factory=dict_row)
+                    await cursor.execute(statement, params)  # type: ignore[arg-type]
+                    return await cursor.fetchall() if cursor.description else []
+
+                yield run
+        except psycopg.OperationalError:
+            self._conns[role] = None
+            await conn.close()
+            raise
+
     async def close(self) -> None:
         for role, conn in self._conns.items():
             if conn is not None:
@@ -144,7 +165,14 @@ class CancelRequested:
     task_id: uuid.UUID
 
 
-async def notifications(url: str, application_name: str) -> AsyncIterator[Submitted | CancelRequested]:
+@dataclass(frozen=True, slots=True)
+class QueueChanged:
+    """A queue's settings changed (paused, resumed, its limit)."""
+
+    queue: str
+
+
+async def notifications(url: str, application_name: str) -> AsyncIterator[Submitted | CancelRequested | QueueChanged]:
     """LISTEN until cancelled, reconnecting with backoff. After every (re)connect it yields a bare
     ``Submitted``: anything may have been submitted while nobody listened."""
     backoff = 0.1
@@ -154,10 +182,14 @@ async def notifications(url: str, application_name: str) -> AsyncIterator[Submit
             async with await psycopg.AsyncConnection.connect(url, **connect_kwargs(application_name)) as conn:
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_SUBMIT}")
                 await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_CANCEL}")
+                await conn.execute(f"LISTEN {sql.NOTIFY_CHANNEL_QUEUE}")
                 backoff = 0.1
                 outage.ok()
                 yield Submitted()
                 async for note in conn.notifies():
+                    if note.channel == sql.NOTIFY_CHANNEL_QUEUE:
+                        yield QueueChanged(note.payload)
+                        continue
                     if note.channel != sql.NOTIFY_CHANNEL_CANCEL:
                         yield Submitted(*submit_note(note.payload))
                         continue

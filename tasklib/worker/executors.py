@@ -77,6 +77,7 @@ def log_started(child: Child, batch: Iterable[Job]) -> None:
                 "event": "task.started",
                 "task_id": str(j.id),
                 "task_name": j.name,
+                "queue": j.queue,
                 "attempt": j.retry_count + 1,
                 "child_pid": child.pid,
             },

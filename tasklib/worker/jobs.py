@@ -31,6 +31,7 @@ class Job:
     scheduled_at: datetime
     started_at: datetime  # identifies the claim: finishing requires the row to still carry it
     parent_results_json: str | None = None  # a workflow child's parents' results, {id: result}
+    queue: str = "default"
     seq: int = 0  # the worker's own number for this job, used on the pipes to its children
     cancelled: bool = False  # cancelled or rescued elsewhere: its outcome is not ours to record
     recalling: bool = False  # its child was asked to give it back (not started yet)
@@ -52,6 +53,7 @@ class Job:
             scheduled_at=row["scheduled_at"],
             started_at=row["started_at"],
             parent_results_json=row.get("parent_results_json"),
+            queue=row.get("queue", "default"),
         )
 
     def order(self, timeout_seconds: int | None = None) -> TaskOrder:

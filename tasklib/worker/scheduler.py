@@ -64,6 +64,7 @@ class Scheduler:
             "priority": 0,
             "tags": json.dumps(schedule.tags()),
             "unique_key": slot_key(definition.name, slot),
+            "queue": definition.queue,
         }
 
     async def run(self, statement: str, params: dict[str, Any]) -> list[Any]:

@@ -20,20 +20,22 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 
 from tasklib.config import Config, redact_url
 from tasklib.db import connect_kwargs
 from tasklib.errors import DatabaseError
+from tasklib.limits import DEFAULT_QUEUE, check_queue
 from tasklib.registry import TaskDefinition, registered_definitions
 from tasklib.schema import check_cleanup, ensure_schema
 from tasklib.worker.async_executor import AsyncExecutor
 from tasklib.worker.children import KillReason
-from tasklib.worker.claim import CLAIM_BATCH_LIMIT, ClaimPlanner, ClaimReply
+from tasklib.worker.claim import CLAIM_BATCH_LIMIT, ClaimPlanner
 from tasklib.worker.connections import (
     MAX_BACKOFF_SECONDS,
     CancelRequested,
     Outage,
+    QueueChanged,
+    Submitted,
     WorkerConnections,
     brief,
     notifications,
@@ -43,6 +45,7 @@ from tasklib.worker.forkserver import ForkServer
 from tasklib.worker.liveness import Liveness, session_name
 from tasklib.worker.retention import RetentionLoop
 from tasklib.worker.scheduler import Scheduler
+from tasklib.worker.sources import Claimer, Source, make_sources
 from tasklib.worker.writer import OutcomeWriter
 
 log = logging.getLogger("tasklib.worker")
@@ -56,10 +59,10 @@ DEFAULT_ASYNC_CONCURRENCY = 10
 
 @dataclass(eq=False)
 class Lane:
-    """One executor and the planner of its claims (each claims only the task names it runs)."""
+    """One executor and the sources of its claims (each claims only the task names it runs)."""
 
     executor: Executor
-    planner: ClaimPlanner
+    sources: list[Source]
 
 
 class Lanes:
@@ -78,6 +81,9 @@ class Lanes:
     def running(self) -> int:
         """Jobs in children, of every lane."""
         return sum(lane.executor.pool.outstanding() for lane in self.lanes)
+
+    def sources(self) -> list[Source]:
+        return [source for lane in self.lanes for source in lane.sources]
 
 
 def default_worker_id() -> str:
@@ -102,6 +108,7 @@ class TaskWorker:
         modules: list[str] | None = None,
         handle_signals: bool = True,
         async_concurrency: int = DEFAULT_ASYNC_CONCURRENCY,
+        queues: list[str] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -109,6 +116,8 @@ class TaskWorker:
             raise ValueError("async_concurrency must be >= 0 (0 runs async tasks in the sync children)")
         if poll_interval_seconds <= 0:
             raise ValueError("poll_interval_seconds must be > 0")
+        #: The queues it serves (None: every queue its registered tasks name).
+        self.queues = None if queues is None else sorted({check_queue(q) for q in queues})
         self.config = config
         self.concurrency = concurrency
         self.async_concurrency = async_concurrency
@@ -129,6 +138,7 @@ class TaskWorker:
         )
         self._writer = OutcomeWriter(self._execute, self.worker_id, config)
         self._lanes = Lanes([])
+        self._claimer = Claimer(self._connections, poll_interval_seconds)
 
     @property
     def processed(self) -> int:
@@ -230,10 +240,13 @@ class TaskWorker:
             executors.append(ProcessExecutor(sync_names, self.concurrency, context))
         if async_names:
             executors.append(AsyncExecutor(async_names, self.async_concurrency, context))
-        return [Lane(executor, self._planner(executor.names)) for executor in executors]
+        queues = self.queues or sorted({d.queue for d in definitions.values()} or {DEFAULT_QUEUE})
+        self._writer.limited_names = frozenset(n for n, d in definitions.items() if d.limited)
+        return [Lane(e, make_sources(e.names, definitions, queues, self._planner)) for e in executors]
 
-    def _planner(self, names: list[str]) -> ClaimPlanner:
-        return ClaimPlanner(names, self.worker_id, self.config.lock_timeout_seconds, self.poll_interval)
+    def _planner(self, names: list[str], queue: str) -> ClaimPlanner:
+        timeout, poll = self.config.lock_timeout_seconds, self.poll_interval
+        return ClaimPlanner(names, self.worker_id, timeout, poll, queue=queue)
 
     def _stop(self) -> None:
         self._stopping = True
@@ -295,34 +308,25 @@ class TaskWorker:
             if isinstance(event, CancelRequested):
                 self._lanes.stop_lost({event.task_id})
                 continue
-            if event.scheduled_at is not None:
+            if isinstance(event, QueueChanged) or event.scheduled_at is None:
+                self._claimer.settings.stale = True  # (after a reconnect too: a change may have been missed)
+            if isinstance(event, Submitted) and event.scheduled_at is not None:
                 at = datetime.fromtimestamp(event.scheduled_at, UTC)
-                for lane in self._lanes.lanes:
-                    lane.planner.lower_to(at, event.priority)
+                for source in self._lanes.sources():
+                    source.planner.lower_to(at, event.priority)
             if not self._stopping:
                 self._wake.set()
 
     # -- claiming ---------------------------------------------------------------------------------
 
     async def _claim(self, lane: Lane, limit: int) -> int:
-        """Run one claim's statements; each statement's jobs go to the executor as soon as it returns."""
-        plan = lane.planner.claim(limit)
-        claimed = 0
-        try:
-            query = next(plan)
-            while True:
-                started = time.monotonic()
-                rows = await self._connections.execute(query.statement, query.params, role="claim", row_factory=dict_row)
-                reply = ClaimReply.from_rows(rows, time.monotonic() - started)
-                lane.executor.hold(reply.jobs)
-                claimed += len(reply.jobs)
-                query = plan.send(reply)
-        except StopIteration:
-            return claimed
+        """One claim of up to ``limit`` jobs from the lane's sources; jobs go to its executor."""
+        return await self._claimer.claim(lane.sources, limit, lane.executor.hold)
 
     async def _claim_round(self) -> bool:
         """Claim for every lane with room; True when some claim came back full (more may be due)."""
         claimed_full = False
+        await self._claimer.refresh()
         for lane in self._lanes.lanes:
             wanted = min(lane.executor.wanted(), CLAIM_BATCH_LIMIT)
             if wanted and lane.executor.names:
@@ -344,8 +348,8 @@ class TaskWorker:
                 backoff = 0.1
                 outage.ok()
             except psycopg.Error as exc:
-                for lane in self._lanes.lanes:
-                    lane.planner.forget()
+                for source in self._lanes.sources():
+                    source.planner.forget()
                 outage.failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
@@ -353,6 +357,8 @@ class TaskWorker:
             if claimed_full:
                 continue  # more may be due: claim again at once
             rechecks = [t for t in (lane.executor.recheck_in() for lane in self._lanes.lanes) if t is not None]
+            rate_wait = self._claimer.recheck_in(self._lanes.sources())
+            rechecks += [] if rate_wait is None else [rate_wait]
             try:
                 await asyncio.wait_for(self._wake.wait(), min([self.poll_interval, *rechecks]))
             except TimeoutError:

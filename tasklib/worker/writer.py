@@ -50,6 +50,9 @@ class OutcomeWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = False
+        #: Tasks with a concurrency or rate limit: once their outcomes are written, the workers
+        #: waiting for a free slot are woken (``sql.SLOT_FREED``) rather than left to their poll.
+        self.limited_names: frozenset[str] = frozenset()
 
     # -- in ---------------------------------------------------------------------------------------
 
@@ -177,6 +180,9 @@ class OutcomeWriter:
             if not fallback:
                 await self._write([(job, decide_unstorable(action, brief(exc)))], fallback=True)
             return
+        freed = sorted({job.name for job, _ in batch if job.name in self.limited_names})
+        if freed:
+            await self._execute(sql.SLOT_FREED, {"names": freed})
         if len(rows) != len(batch):
             written = {r[0] for r in rows}
             for job, _ in batch:
@@ -203,6 +209,7 @@ def _log_outcome(job: Job, action: Action, duration: float) -> None:
             "event": f"task.{outcome}",
             "task_id": str(job.id),
             "task_name": job.name,
+            "queue": job.queue,
             "attempt": job.retry_count + 1,
             "duration_ms": round(duration * 1000, 3),
             "outcome": outcome,

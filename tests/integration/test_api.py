@@ -162,7 +162,7 @@ def test_concurrent_init_from_ten_processes(database_url: str) -> None:
         comment = conn.execute("SELECT obj_description('tasks'::regclass, 'pg_class')").fetchone()
         assert comment == (f"tasklib schema {SCHEMA_VERSION}",)
         indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'tasks'")}
-    assert "tasks_pending_idx" in indexes
+    assert "tasks_queue_pending_idx" in indexes
 
 
 def test_init_switches_database(config) -> None:

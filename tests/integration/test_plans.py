@@ -28,7 +28,7 @@ from tasklib.db import (
 )
 from tasklib.outcome import Action
 from tasklib.states import TaskState
-from tasklib.worker.claim import EARLIEST, other_priorities
+from tasklib.worker.claim import EARLIEST, other_priorities, queue_params
 from tasklib.worker.liveness import RESCUE_BATCH
 from tests.workers import wait_for
 
@@ -85,7 +85,7 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
     done = Action(TaskState.COMPLETED, 0, result_json="1")
     lost = Action(TaskState.PENDING, 1, error="WorkerLost", delay_seconds=5.0)
     runs = range(len(batches))
-    claim = {"names": [NAME], "limit": 256, "floor": EARLIEST, "worker_id": "w2", "lock_seconds": 60.0}
+    claim = {"names": [NAME], "limit": 256, "floor": EARLIEST, "worker_id": "w2", "lock_seconds": 60.0, **queue_params()}
     ids = [[c[0] for c in batch] for batch in batches]
     return {
         "claim 256": (CLAIM_SETTINGS, sql.CLAIM_NEXT, [claim for _ in runs]),
@@ -137,6 +137,7 @@ def _submit_params() -> dict[str, Any]:
         "timeout": None,
         "priority": 0,
         "tags": None,
+        "queue": "default",
     }
 
 
@@ -151,6 +152,7 @@ def _slot_params() -> dict[str, Any]:
         "priority": 0,
         "tags": None,
         "unique_key": f"tasklib.slot:{SLOT_NAME}:{uuid.uuid4().int}",
+        "queue": "default",
     }
 
 
@@ -204,7 +206,7 @@ def test_worker_statements_stay_linear_after_an_empty_table_fills(tl: tasklib.Co
 
 
 def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
-    """The plans that matter, read back: the claim walks tasks_pending_idx in order (no sort), the
+    """The plans that matter, read back: the claim walks tasks_queue_pending_idx in order (no sort), the
     statements that name rows by id use the primary key only, the rescue scan reads the lock index."""
     url = tl.database_url
     assert url is not None
@@ -213,9 +215,9 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         _insert(admin, "pending", 5000)
         running = _insert(admin, "running", 300, lock="10 minutes")
     expected = {
-        "claim 256": ("tasks_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
-        "sweep step 256": ("tasks_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
-        "claim of the other priorities 256": ("tasks_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
+        "claim 256": ("tasks_queue_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
+        "sweep step 256": ("tasks_queue_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
+        "claim of the other priorities 256": ("tasks_queue_pending_idx", ("Sort", "Seq Scan", "Bitmap")),
         "finish 256": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "heartbeat 256": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "find expired locks": ("tasks_locked_idx", ("Seq Scan", "tasks_state_created_idx")),
@@ -261,7 +263,7 @@ def test_retention_and_schedule_reads_stay_on_their_indexes(tl: tasklib.Config) 
         schedules = "\n".join(r[0] for r in conn.execute("EXPLAIN " + sql.SCHEDULES, {}).fetchall())
         # (the one sort is of the recurring tasks' names, a handful of rows)
         assert "tasks_slot_idx" in schedules and "Seq Scan" not in schedules and "Sort Key: tasks" not in schedules
-        assert "tasks_pending_idx" not in schedules, schedules
+        assert "tasks_queue_pending_idx" not in schedules, schedules
         started = time.perf_counter()
         rows = conn.execute(sql.SCHEDULES, {}).fetchall()
         assert [r[0] for r in rows] == ["app.job_0", "app.job_1", "app.job_2"]

@@ -13,7 +13,7 @@ import psycopg
 
 import tasklib
 from tasklib import sql
-from tasklib.worker.claim import EARLIEST, ClaimFloor, Step, claim_statement
+from tasklib.worker.claim import EARLIEST, ClaimFloor, Step, claim_statement, queue_params
 from tests.integration.test_plans import CLAIM_SETTINGS, NAME, _insert_spread, _plan_sum, _worker_connection
 
 
@@ -54,7 +54,14 @@ def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Confi
             floor_state.observe(datetime.now(UTC), [full])  # …and was full
             floor = floor_state.floor_for_next(1.0)  # the common floor: a full sweep leaves it low…
             assert [at for _, at in floor_state.priorities_for(floor)] != [EARLIEST]  # …priority 0's is high
-            claim = {"names": [NAME], "limit": 256, "floor": floor, "worker_id": "w2", "lock_seconds": 60.0}
+            claim = {
+                "names": [NAME],
+                "limit": 256,
+                "floor": floor,
+                "worker_id": "w2",
+                "lock_seconds": 60.0,
+                **queue_params(),
+            }
             with _worker_connection(url, CLAIM_SETTINGS) as conn:
                 buffers = taken = 0
                 for priority, at in [*floor_state.priorities_for(floor), (None, floor)]:  # as TaskWorker._claim does
@@ -64,7 +71,7 @@ def test_a_floored_claim_steps_over_what_a_held_snapshot_keeps(tl: tasklib.Confi
                         (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + statement, params).fetchone()  # type: ignore[misc]
                     top = plan[0]["Plan"]
                     buffers += _plan_sum(
-                        top, ("Index Name", "tasks_pending_idx"), ("Shared Hit Blocks", "Shared Read Blocks")
+                        top, ("Index Name", "tasks_queue_pending_idx"), ("Shared Hit Blocks", "Shared Read Blocks")
                     )
                     taken += _plan_sum(top, ("Node Type", "ModifyTable"), ("Actual Rows",))
                     if taken >= 256:
@@ -102,7 +109,7 @@ def test_a_claim_past_its_known_priorities_steps_over_none_of_their_kept_entries
             floor = floor_state.floor_for_next(1.0)
             known = floor_state.priorities_for(floor)
             assert floor < stale and [p for p, _ in known] == [0]
-            claim = {"names": [NAME], "floor": floor, "worker_id": "w2", "lock_seconds": 60.0}
+            claim = {"names": [NAME], "floor": floor, "worker_id": "w2", "lock_seconds": 60.0, **queue_params()}
             with _worker_connection(url, CLAIM_SETTINGS) as conn:
                 buffers, taken = 0, []
                 for priority, at in [*known, (None, floor)]:  # as TaskWorker._claim does
@@ -113,7 +120,9 @@ def test_a_claim_past_its_known_priorities_steps_over_none_of_their_kept_entries
                     with conn.transaction():
                         taken += [row[7] for row in conn.execute(statement, params) if row[1] is not None]
                     buffers += _plan_sum(
-                        plan[0]["Plan"], ("Index Name", "tasks_pending_idx"), ("Shared Hit Blocks", "Shared Read Blocks")
+                        plan[0]["Plan"],
+                        ("Index Name", "tasks_queue_pending_idx"),
+                        ("Shared Hit Blocks", "Shared Read Blocks"),
                     )
     assert sorted(taken) == [-2, 0, 0, 0, 0, 0, 7, 7, 7], taken  # (RETURNING comes in no particular order)
     # The index and heap pages of the 9 rows and of the ranges' edges: 16 here. Across
@@ -147,8 +156,15 @@ def test_a_sweep_under_a_held_snapshot_goes_in_windows_and_finds_the_straggler(t
             floor_state.floor_for_next(0.0)
             # The claims came back short as the last of them was taken: the floors are just below it.
             floor_state.observe(last + timedelta(seconds=0.1), [Step(None, 256)])
-            claim = {"names": names, "worker_id": "w2", "lock_seconds": 60.0, "limit": 256, "priority": None}
-            returned = "SELECT pg_stat_get_xact_tuples_returned('tasks_pending_idx'::regclass)"
+            claim = {
+                "names": names,
+                "worker_id": "w2",
+                "lock_seconds": 60.0,
+                **queue_params(),
+                "limit": 256,
+                "priority": None,
+            }
+            returned = "SELECT pg_stat_get_xact_tuples_returned('tasks_queue_pending_idx'::regclass)"
             with _worker_connection(url, CLAIM_SETTINGS) as conn:
 
                 def run(statement: str, params: dict[str, Any], keep: bool) -> tuple[list[Any], int]:

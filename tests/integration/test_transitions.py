@@ -20,6 +20,7 @@ from tasklib import sql
 from tasklib.filters import TaskFilter
 from tasklib.outcome import Action
 from tasklib.states import TRANSITIONS, TaskState
+from tasklib.worker.claim import queue_params
 from tests.factory import make_task
 
 WORKER = "w-transitions"
@@ -29,7 +30,14 @@ Params = Callable[[uuid.UUID, str], tuple[str, dict[str, Any]]]
 
 def _claim(_: uuid.UUID, name: str) -> tuple[str, dict[str, Any]]:
     floor = datetime(2000, 1, 1, tzinfo=UTC)
-    return sql.CLAIM_NEXT, {"worker_id": WORKER, "lock_seconds": 60, "floor": floor, "names": [name], "limit": 5}
+    return sql.CLAIM_NEXT, {
+        "worker_id": WORKER,
+        "lock_seconds": 60,
+        "floor": floor,
+        "names": [name],
+        "limit": 5,
+        **queue_params(),
+    }
 
 
 def _outcome(statement: str, state: TaskState) -> Params:

@@ -8,6 +8,7 @@ from typing import Any
 
 from tasklib.worker.claim import ClaimPlanner, ClaimQuery
 from tasklib.worker.executors import ExecutorContext, ProcessExecutor
+from tasklib.worker.sources import Claimer, Source
 from tasklib.worker.worker import Lane, Lanes, TaskWorker
 from tests.unit.worker.fakes import CONFIG, T0, FakePool, Tasks, answer_all, job
 
@@ -33,10 +34,11 @@ def worker_with_lane(tasks: Tasks, size: int = 2) -> tuple[TaskWorker, Lane, Fak
     executor = ProcessExecutor(["n"], size, context)
     pool = FakePool(size)
     executor.pool = pool  # type: ignore[assignment]
-    lane = Lane(executor, ClaimPlanner(["n"], worker.worker_id, 60, sweep_every_seconds=1e12))
+    lane = Lane(executor, [Source("default", ClaimPlanner(["n"], worker.worker_id, 60, sweep_every_seconds=1e12))])
     worker._lanes = Lanes([lane])
     statements = Statements(tasks, pool)
     worker._connections = statements  # type: ignore[assignment]
+    worker._claimer = Claimer(statements, 1.0)
     return worker, lane, pool, statements
 
 

@@ -1,0 +1,91 @@
+"""Queues and limits: the settings rows, and what a gated claim reads and writes around its claim.
+
+A queue's settings (paused, its concurrency limit) and a rate-limited task's clock are rows of the
+tasks table in the state ``setting``, each with a fixed id (``tasklib.limits``): no statement on
+tasks names that state, so lists, counts, claims and retention never meet them. docs/queues.md.
+"""
+
+from __future__ import annotations
+
+NOTIFY_CHANNEL_QUEUE = "tasklib_queue"
+QUEUE_ROW_NAME = "tasklib.queue"
+CLOCK_ROW_NAME = "tasklib.rate"
+
+#: (none) -> setting, setting -> setting: merge %(settings)s into a queue's settings row (made on
+#: first use); ``completed_at`` says when they last changed. Workers hear of it at once.
+SET_QUEUE = f"""
+WITH saved AS (
+    INSERT INTO tasks (id, name, state, queue, kwargs, max_retries, completed_at)
+    VALUES (%(id)s, '{QUEUE_ROW_NAME}', 'setting', %(queue)s, CAST(%(settings)s AS jsonb), 0, now())
+    ON CONFLICT (id) DO UPDATE SET kwargs = tasks.kwargs || EXCLUDED.kwargs, completed_at = now()
+    WHERE tasks.state = 'setting'
+    RETURNING kwargs
+)
+SELECT CAST(kwargs AS text), pg_notify('{NOTIFY_CHANNEL_QUEUE}', %(queue)s) FROM saved
+"""
+
+#: Every queue's settings, for the workers (each claim round reads them when they may have changed).
+QUEUE_SETTINGS = f"SELECT queue, kwargs FROM tasks WHERE state = 'setting' AND name = '{QUEUE_ROW_NAME}'"
+
+#: Per queue: tasks pending, waiting, running and failed, and its settings; a queue with neither
+#: tasks in those states nor settings is not listed.
+QUEUE_OVERVIEW = f"""
+WITH counts AS (
+    SELECT queue,
+           count(*) FILTER (WHERE state = 'pending') AS pending,
+           count(*) FILTER (WHERE state = 'waiting') AS waiting,
+           count(*) FILTER (WHERE state = 'running') AS running,
+           count(*) FILTER (WHERE state = 'failed') AS failed
+    FROM tasks WHERE state IN ('pending', 'waiting', 'running', 'failed')
+    GROUP BY queue
+), settings AS (
+    SELECT queue, kwargs, completed_at FROM tasks WHERE state = 'setting' AND name = '{QUEUE_ROW_NAME}'
+)
+SELECT coalesce(c.queue, s.queue) AS queue, coalesce(c.pending, 0) AS pending, coalesce(c.waiting, 0) AS waiting,
+       coalesce(c.running, 0) AS running, coalesce(c.failed, 0) AS failed,
+       coalesce(CAST(s.kwargs ->> 'paused' AS boolean), false) AS paused,
+       CAST(s.kwargs ->> 'concurrency_limit' AS integer) AS concurrency_limit, s.completed_at AS changed_at
+FROM counts AS c FULL JOIN settings AS s ON s.queue = c.queue
+ORDER BY 1
+"""
+
+#: The clocks of rate-limited tasks (their next allowed start), by task name.
+CLOCKS = f"""
+SELECT kwargs ->> 'task' AS task, scheduled_at AS next_start FROM tasks
+WHERE state = 'setting' AND name = '{CLOCK_ROW_NAME}' AND kwargs ->> 'task' = ANY(%(tasks)s)
+"""
+
+# A gated claim: one transaction on the claim connection --------------------------------------
+
+#: First: the advisory locks of every limit the claim counts against (queue and task), in one order
+#: everywhere, held to the end of the transaction. Claims counted against one limit take turns.
+GATE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(%(keys)s AS text[])) AS k ORDER BY k"
+
+#: (none) -> setting: a rate-limited task's clock, made the first time one of its claims needs it.
+ENSURE_CLOCK = f"""
+INSERT INTO tasks (id, name, state, kwargs, max_retries, scheduled_at, completed_at)
+VALUES (%(clock)s, '{CLOCK_ROW_NAME}', 'setting', jsonb_build_object('task', CAST(%(task)s AS text)), 0, '-infinity', now())
+ON CONFLICT (id) DO NOTHING
+"""
+
+#: Then, in a snapshot taken after the locks: what runs now against each limit, and the task's clock.
+#: Running tasks are counted from their claim to their outcome or rescue (the state says it).
+GATE_COUNTS = """
+SELECT clock_timestamp() AS now,
+       CASE WHEN %(count_queue)s THEN (
+           SELECT count(*) FROM tasks WHERE locked_until IS NOT NULL AND queue = %(queue)s AND state = 'running'
+       ) END AS queue_running,
+       CASE WHEN %(task)s IS NOT NULL THEN (
+           SELECT count(*) FROM tasks WHERE name = %(task)s AND state = 'running'
+       ) END AS task_running,
+       (SELECT scheduled_at FROM tasks WHERE id = %(clock)s AND state = 'setting') AS clock
+"""
+
+#: setting -> setting: move a rate-limited task's clock on by the starts just claimed.
+SET_CLOCK = "UPDATE tasks SET scheduled_at = %(at)s WHERE id = %(clock)s AND state = 'setting'"
+
+#: A finished limited task frees its slot: wake the workers that wait for one (a submit's payload).
+SLOT_FREED = """
+SELECT pg_notify('tasklib_submit', n || ' ' || CAST(extract(epoch FROM now()) AS text))
+FROM unnest(CAST(%(names)s AS text[])) AS n
+"""

@@ -1,0 +1,196 @@
+"""Where a worker's claims come from: each queue it serves, and each limited task in it, in turn.
+
+A lane (one executor) has one source per queue it serves for its task names without limits, and
+one per queue for each task with a concurrency or rate limit. A limited task's source, and every
+source of a queue that has a concurrency limit, claims in a transaction that first takes the
+limits' advisory locks, then counts what runs against them in a snapshot taken after the locks
+(``tasklib.sql.queues``): claims counted against one limit take turns, so no count misses another
+worker's claim, and the claim asks for no more than the limits leave. The jobs of such a claim go
+to the executor only once it has committed. docs/queues.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg.rows import dict_row
+
+from tasklib import sql
+from tasklib.limits import allowance, clock_row_id, lock_key
+from tasklib.registry import TaskDefinition
+from tasklib.worker.claim import ClaimPlanner, ClaimQuery, ClaimReply
+from tasklib.worker.jobs import Job
+
+#: Runs one statement and returns its rows as dicts.
+Run = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+#: A clock far enough in the past to allow a start at once (psycopg cannot read '-infinity').
+_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(eq=False)
+class Source:
+    """One queue's tasks of some names, claimed by one planner (its own floors)."""
+
+    queue: str
+    planner: ClaimPlanner
+    #: A limited task's own source: the definition whose limits its claims count against.
+    task: TaskDefinition | None = None
+    #: Monotonic time before which a rate-limited source claims nothing (its next allowed start).
+    not_before: float = 0.0
+    clock_ready: bool = False
+
+
+@dataclass
+class QueueSettings:
+    """The queues' settings as this worker last read them (every poll interval, and at once when a
+    change is notified). A pause is also checked by every claim statement, so a stale copy only
+    costs a claim that finds nothing; a new limit applies from the next read."""
+
+    paused: set[str] = field(default_factory=set)
+    limits: dict[str, int] = field(default_factory=dict)
+    read_at: float = float("-inf")
+    stale: bool = True
+
+    def load(self, rows: Sequence[dict[str, Any]], now: float) -> None:
+        self.paused = {r["queue"] for r in rows if r["kwargs"].get("paused")}
+        limits = {r["queue"]: r["kwargs"].get("concurrency_limit") for r in rows}
+        self.limits = {queue: int(limit) for queue, limit in limits.items() if limit}
+        self.read_at, self.stale = now, False
+
+
+def make_sources(
+    names: Sequence[str],
+    definitions: dict[str, TaskDefinition],
+    queues: Sequence[str],
+    planner: Callable[[list[str], str], ClaimPlanner],
+) -> list[Source]:
+    """A lane's sources: per queue, one for its names without limits and one per limited name."""
+    limited = sorted(n for n in names if definitions[n].limited)
+    free = [n for n in names if n not in limited]
+    sources: list[Source] = []
+    for queue in queues:
+        if free:
+            sources.append(Source(queue, planner(free, queue)))
+        sources += [Source(queue, planner([n], queue), task=definitions[n]) for n in limited]
+    return sources
+
+
+async def drive(plan: Generator[ClaimQuery, ClaimReply, list[Job]], run: Run, hold: Callable[[list[Job]], None]) -> int:
+    """Run one planner claim's statements; each statement's jobs go to ``hold`` as it returns."""
+    claimed = 0
+    try:
+        query = next(plan)
+        while True:
+            started = time.monotonic()
+            rows = await run(query.statement, query.params)
+            reply = ClaimReply.from_rows(rows, time.monotonic() - started)
+            hold(reply.jobs)
+            claimed += len(reply.jobs)
+            query = plan.send(reply)
+    except StopIteration:
+        return claimed
+
+
+async def gated_claim(
+    source: Source, limit: int, queue_limit: int | None, run: Run, clock: Callable[[], float] = time.monotonic
+) -> list[Job]:
+    """One claim of ``source`` counted against its limits, inside the caller's transaction: the
+    jobs to hold once it commits (none when a limit is reached; a rate sets ``not_before``)."""
+    task = source.task
+    keys = ([lock_key("queue", source.queue)] if queue_limit is not None else []) + (
+        [lock_key("task", task.name)] if task is not None else []
+    )
+    rate = task.rate_limit if task is not None else None
+    clock_id = clock_row_id(task.name) if rate is not None and task is not None else None
+    if clock_id is not None and not source.clock_ready:
+        await run(sql.ENSURE_CLOCK, {"clock": clock_id, "task": task.name if task else None})
+        source.clock_ready = True
+    await run(sql.GATE_LOCK, {"keys": keys})
+    counts = (
+        await run(
+            sql.GATE_COUNTS,
+            {
+                "count_queue": queue_limit is not None,
+                "queue": source.queue,
+                "task": task.name if task is not None and task.concurrency_limit is not None else None,
+                "clock": clock_id,
+            },
+        )
+    )[0]
+    room = [limit]
+    if queue_limit is not None:
+        room.append(queue_limit - counts["queue_running"])
+    if task is not None and task.concurrency_limit is not None:
+        room.append(task.concurrency_limit - counts["task_running"])
+    allowed = None
+    if rate is not None:
+        allowed = allowance(rate, counts["clock"] or _NEVER, counts["now"])
+        room.append(allowed.count)
+        if allowed.count == 0:
+            source.not_before = clock() + allowed.wait_seconds(counts["now"])
+    wanted = min(room)
+    if wanted <= 0:
+        return []
+    jobs: list[Job] = []
+    await drive(source.planner.claim(wanted), run, jobs.extend)
+    if allowed is not None and jobs:
+        await run(sql.SET_CLOCK, {"clock": clock_id, "at": allowed.clock_after(len(jobs))})
+        source.not_before = clock() + max(0.0, (allowed.clock_after(len(jobs)) - counts["now"]).total_seconds())
+    return jobs
+
+
+class Claimer:
+    """Claims for a worker's lanes from their sources, in turn (each claim round starts one source
+    further on, so no queue waits behind another's backlog), through the worker's connections."""
+
+    def __init__(self, connections: Any, refresh_every: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._connections = connections
+        self._refresh_every = refresh_every
+        self._clock = clock
+        self.settings = QueueSettings()
+        self._turn = 0
+
+    async def refresh(self) -> None:
+        """Read the queues' settings when a change was notified or a poll interval has passed."""
+        now = self._clock()
+        if self.settings.stale or now - self.settings.read_at >= self._refresh_every:
+            rows = await self._connections.execute(sql.QUEUE_SETTINGS, {}, role="claim", row_factory=dict_row)
+            self.settings.load(rows, now)
+
+    async def claim(self, sources: Sequence[Source], limit: int, hold: Callable[[list[Job]], None]) -> int:
+        """Up to ``limit`` jobs from ``sources``, each claimed job handed to ``hold``."""
+        claimed = 0
+        self._turn += 1
+        now = self._clock()
+        for i in range(len(sources)):
+            source = sources[(self._turn + i) % len(sources)]
+            if claimed >= limit or source.queue in self.settings.paused or source.not_before > now:
+                continue
+            queue_limit = self.settings.limits.get(source.queue)
+            if source.task is None and queue_limit is None:
+                claimed += await drive(source.planner.claim(limit - claimed), self._run, hold)
+                continue
+            try:
+                async with self._connections.transaction("claim") as run:
+                    jobs = await gated_claim(source, limit - claimed, queue_limit, run, self._clock)
+            except BaseException:
+                source.planner.forget()  # its floors may have moved on rows the rollback gave back
+                source.clock_ready = False
+                raise
+            hold(jobs)
+            claimed += len(jobs)
+        return claimed
+
+    async def _run(self, statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = await self._connections.execute(statement, params, role="claim", row_factory=dict_row)
+        return rows
+
+    def recheck_in(self, sources: Sequence[Source]) -> float | None:
+        """Seconds until a rate-limited source may start a task again (None: none is waiting)."""
+        now = self._clock()
+        waits = [s.not_before - now for s in sources if s.not_before > now]
+        return max(0.001, min(waits)) if waits else None
