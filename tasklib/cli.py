@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: keep everything)",
     )
     worker.add_argument("--worker-id", default=None, help="name shown in the dashboard (default: host:pid:random)")
+    worker.add_argument(
+        "--queue",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="serve this queue; repeat for several (default: every queue the registered tasks name)",
+    )
     _add_log_format(worker)
     _add_database(worker)
 
@@ -167,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
         )
     _add_database(prune)
 
+    queue = sub.add_parser(
+        "queue",
+        help="list, pause, resume or limit queues",
+        description="Queue controls, applied by every worker from its next claim. "
+        "list: each queue's tasks and settings; pause/resume NAME; limit NAME N (or none): at most N running at once.",
+    )
+    queue.add_argument("action", choices=["list", "pause", "resume", "limit"])
+    queue.add_argument("name", nargs="?", help="the queue (pause, resume, limit)")
+    queue.add_argument("limit", nargs="?", help="limit: the most tasks of the queue running at once, or none")
+    _add_database(queue)
+
     init = sub.add_parser("init-db", help="create or upgrade the tasks table, then exit")
     _add_database(init)
 
@@ -197,6 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(_config(args), host=args.host, port=args.port, auth=auth, insecure=args.insecure)
     if args.command == "prune":
         return _prune(args)
+    if args.command == "queue":
+        return _queue(args)
     if args.command == "init-db":
         import tasklib
 
@@ -225,6 +245,34 @@ def _prune(args: argparse.Namespace) -> int:
     except tasklib.ValidationError as exc:
         raise SystemExit(f"tasklib prune: {exc}") from None
     print(f"removed {removed} finished task(s)")
+    return 0
+
+
+def _queue(args: argparse.Namespace) -> int:
+    import tasklib
+
+    if args.action != "list" and not args.name:
+        raise SystemExit(f"tasklib queue {args.action}: name the queue")
+    if (args.action == "limit") != (args.limit is not None):
+        raise SystemExit("tasklib queue: a limit goes with `limit NAME N` only (N a whole number, or none)")
+    tasklib.init(_config(args))
+    try:
+        if args.action == "pause":
+            tasklib.pause_queue(args.name)
+        elif args.action == "resume":
+            tasklib.resume_queue(args.name)
+        elif args.action == "limit":
+            text = args.limit.strip().lower()
+            if text != "none" and not text.isdigit():
+                raise SystemExit(f"tasklib queue limit: expected a whole number or none, got {args.limit!r}")
+            tasklib.set_queue_limit(args.name, None if text == "none" else int(text))
+    except tasklib.ValidationError as exc:
+        raise SystemExit(f"tasklib queue: {exc}") from None
+    print(f"{'queue':<24} {'pending':>8} {'running':>8} {'failed':>8} {'limit':>6}  state")
+    for q in tasklib.list_queues():
+        limit = "-" if q.concurrency_limit is None else str(q.concurrency_limit)
+        state = "paused" if q.paused else "active"
+        print(f"{q.name:<24} {q.pending:>8} {q.running:>8} {q.failed:>8} {limit:>6}  {state}")
     return 0
 
 
@@ -271,13 +319,17 @@ def _worker(args: argparse.Namespace) -> int:
         extra["retention"] = parse_retention(args.retention)
     if args.memory_limit is not None:
         extra["default_memory_limit_mb"] = args.memory_limit
-    worker = TaskWorker(
-        _config(args, **extra),
-        concurrency=args.concurrency,
-        poll_interval_seconds=args.poll_interval,
-        modules=list(args.app),
-        **({} if args.async_concurrency is None else {"async_concurrency": args.async_concurrency}),
-    )
+    try:
+        worker = TaskWorker(
+            _config(args, **extra),
+            concurrency=args.concurrency,
+            poll_interval_seconds=args.poll_interval,
+            modules=list(args.app),
+            queues=args.queue,
+            **({} if args.async_concurrency is None else {"async_concurrency": args.async_concurrency}),
+        )
+    except ValueError as exc:
+        raise SystemExit(f"tasklib worker: {exc}") from None
     asyncio.run(worker.run())
     return 0
 

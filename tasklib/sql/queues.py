@@ -57,6 +57,16 @@ WHERE state = 'setting' AND name = '{CLOCK_ROW_NAME}' AND kwargs ->> 'task' = AN
 
 # A gated claim: one transaction on the claim connection --------------------------------------
 
+#: Before it: is any task of these names due in this queue? Read through the name index (the queue
+#: test is kept out of index selection: a walk of the queue's own range would step over every
+#: pending task of other names), so a limited task with nothing due costs one short statement.
+ANY_DUE = """
+SELECT EXISTS (
+    SELECT FROM tasks WHERE name = ANY(%(names)s) AND state = 'pending' AND scheduled_at <= now()
+                        AND queue || '' = %(queue)s
+) AS due
+"""
+
 #: First: the advisory locks of every limit the claim counts against (queue and task), in one order
 #: everywhere, held to the end of the transaction. Claims counted against one limit take turns.
 GATE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(%(keys)s AS text[])) AS k ORDER BY k"
@@ -64,7 +74,7 @@ GATE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CA
 #: (none) -> setting: a rate-limited task's clock, made the first time one of its claims needs it.
 ENSURE_CLOCK = f"""
 INSERT INTO tasks (id, name, state, kwargs, max_retries, scheduled_at, completed_at)
-VALUES (%(clock)s, '{CLOCK_ROW_NAME}', 'setting', jsonb_build_object('task', CAST(%(task)s AS text)), 0, '-infinity', now())
+VALUES (%(clock)s, '{CLOCK_ROW_NAME}', 'setting', jsonb_build_object('task', CAST(%(task)s AS text)), 0, 'epoch', now())
 ON CONFLICT (id) DO NOTHING
 """
 
@@ -72,13 +82,14 @@ ON CONFLICT (id) DO NOTHING
 #: Running tasks are counted from their claim to their outcome or rescue (the state says it).
 GATE_COUNTS = """
 SELECT clock_timestamp() AS now,
-       CASE WHEN %(count_queue)s THEN (
-           SELECT count(*) FROM tasks WHERE locked_until IS NOT NULL AND queue = %(queue)s AND state = 'running'
+       CASE WHEN CAST(%(count_queue)s AS boolean) THEN (
+           SELECT count(*) FROM tasks
+           WHERE locked_until IS NOT NULL AND queue = CAST(%(queue)s AS varchar) AND state = 'running'
        ) END AS queue_running,
-       CASE WHEN %(task)s IS NOT NULL THEN (
-           SELECT count(*) FROM tasks WHERE name = %(task)s AND state = 'running'
+       CASE WHEN CAST(%(task)s AS varchar) IS NOT NULL THEN (
+           SELECT count(*) FROM tasks WHERE name = CAST(%(task)s AS varchar) AND state = 'running'
        ) END AS task_running,
-       (SELECT scheduled_at FROM tasks WHERE id = %(clock)s AND state = 'setting') AS clock
+       (SELECT scheduled_at FROM tasks WHERE id = CAST(%(clock)s AS uuid) AND state = 'setting') AS clock
 """
 
 #: setting -> setting: move a rate-limited task's clock on by the starts just claimed.

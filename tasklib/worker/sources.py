@@ -27,7 +27,7 @@ from tasklib.worker.jobs import Job
 
 #: Runs one statement and returns its rows as dicts.
 Run = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
-#: A clock far enough in the past to allow a start at once (psycopg cannot read '-infinity').
+#: A clock far enough in the past to allow a start at once (the row starts at the epoch too).
 _NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -153,9 +153,12 @@ class Claimer:
         self._clock = clock
         self.settings = QueueSettings()
         self._turn = 0
+        self._skipped = float("inf")  # the earliest next start of a source the last round skipped
 
-    async def refresh(self) -> None:
-        """Read the queues' settings when a change was notified or a poll interval has passed."""
+    async def start_round(self) -> None:
+        """Before a claim round (one claim per lane): read the queues' settings when a change was
+        notified or a poll interval has passed."""
+        self._skipped = float("inf")
         now = self._clock()
         if self.settings.stale or now - self.settings.read_at >= self._refresh_every:
             rows = await self._connections.execute(sql.QUEUE_SETTINGS, {}, role="claim", row_factory=dict_row)
@@ -168,11 +171,17 @@ class Claimer:
         now = self._clock()
         for i in range(len(sources)):
             source = sources[(self._turn + i) % len(sources)]
-            if claimed >= limit or source.queue in self.settings.paused or source.not_before > now:
+            if claimed >= limit or source.queue in self.settings.paused:
+                continue
+            if source.not_before > now:
+                self._skipped = min(self._skipped, source.not_before)
                 continue
             queue_limit = self.settings.limits.get(source.queue)
             if source.task is None and queue_limit is None:
                 claimed += await drive(source.planner.claim(limit - claimed), self._run, hold)
+                continue
+            due = await self._run(sql.ANY_DUE, {"names": sorted(source.planner.names), "queue": source.queue})
+            if not due[0]["due"]:
                 continue
             try:
                 async with self._connections.transaction("claim") as run:
@@ -190,7 +199,8 @@ class Claimer:
         return rows
 
     def recheck_in(self, sources: Sequence[Source]) -> float | None:
-        """Seconds until a rate-limited source may start a task again (None: none is waiting)."""
+        """Seconds until a rate-limited source may start a task again (None: none is waiting). A
+        source the last claim skipped counts even if its time came while the claim went on."""
         now = self._clock()
-        waits = [s.not_before - now for s in sources if s.not_before > now]
-        return max(0.001, min(waits)) if waits else None
+        waits = [s.not_before - now for s in sources if s.not_before > now] + [self._skipped - now]
+        return max(0.001, min(waits)) if min(waits) < float("inf") else None

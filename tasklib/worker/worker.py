@@ -326,7 +326,7 @@ class TaskWorker:
     async def _claim_round(self) -> bool:
         """Claim for every lane with room; True when some claim came back full (more may be due)."""
         claimed_full = False
-        await self._claimer.refresh()
+        await self._claimer.start_round()
         for lane in self._lanes.lanes:
             wanted = min(lane.executor.wanted(), CLAIM_BATCH_LIMIT)
             if wanted and lane.executor.names:
