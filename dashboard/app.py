@@ -27,13 +27,14 @@ from dashboard.context import (
     detail_context,
     list_context,
     overview_context,
+    queues_context,
     schedules_context,
     workers_context,
     workflow_context,
 )
 from dashboard.filters import parse_list_params
 from dashboard.security import BasicAuth, add_security_headers
-from tasklib import actions, metrics
+from tasklib import actions, metrics, queues
 from tasklib.config import Config
 from tasklib.db import Database, translated_errors
 from tasklib.errors import DatabaseError, InvalidTransition, TaskLibError, TaskNotFound, ValidationError
@@ -140,6 +141,16 @@ def workers_partial(state: State, request: Request) -> Template | Response[None]
     return _poll(request, "_workers.html", workers_context(_monitor(state)))
 
 
+@get("/queues", sync_to_thread=True)
+def queues_page(state: State) -> Template:
+    return Template("queues.html", context=queues_context(_monitor(state)))
+
+
+@get("/partials/queues", sync_to_thread=True)
+def queues_partial(state: State, request: Request) -> Template | Response[None]:
+    return _poll(request, "_queues.html", queues_context(_monitor(state)))
+
+
 @get("/schedules", sync_to_thread=True)
 def schedules_page(state: State, request: Request) -> Template:
     context = schedules_context(_monitor(state))
@@ -187,6 +198,15 @@ def workflow_action(state: State, task_id: FromPath[str], kind: FromPath[str], r
     context = workflow_context(_monitor(state), task_id)
     actions.act_on_steps(_monitor(state).db, kind, context["graph"].nodes)
     return Redirect(f"{rendering.mount_path(request)}/workflows/{task_id}", status_code=303)
+
+
+@post("/queues/{name:str}/{kind:str}", sync_to_thread=True, status_code=303)
+def queue_action(state: State, name: FromPath[str], kind: FromPath[str], request: Request) -> Redirect:
+    """``pause`` or ``resume`` a queue (every worker applies it from its next claim)."""
+    if kind not in ("pause", "resume"):
+        raise NotFoundException(f"no queue action {kind!r}")
+    queues.save_on(_monitor(state).db, name, {"paused": kind == "pause"})
+    return Redirect(f"{rendering.mount_path(request)}/queues", status_code=303)
 
 
 def _back(request: Request, default: str) -> str:
@@ -323,6 +343,9 @@ def create_app(
             workflow_action,
             workers_page,
             workers_partial,
+            queues_page,
+            queues_partial,
+            queue_action,
             schedules_page,
             schedules_partial,
             run_schedule_action,

@@ -14,7 +14,7 @@ from typing import Any
 
 from dashboard.explain import explain
 from dashboard.filters import ListParams
-from tasklib import graph
+from tasklib import graph, queues
 from tasklib.actions import parse_task_id
 from tasklib.errors import TaskNotFound
 from tasklib.monitor import Monitor
@@ -68,6 +68,10 @@ def workflow_context(monitor: Monitor, task_id: str) -> dict[str, Any]:
 
 def workers_context(monitor: Monitor) -> dict[str, Any]:
     return _versioned({"workers": monitor.workers(), "page": "workers"})
+
+
+def queues_context(monitor: Monitor) -> dict[str, Any]:
+    return _versioned({"queues": queues.queues_on(monitor.db), "page": "queues"})
 
 
 def schedules_context(monitor: Monitor) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from tasklib import queues
 from tasklib.graph import Node
 from tasklib.models import Task
 from tasklib.monitor import COUNT_CAP, RECENT_START_WINDOW_SECONDS, Monitor
@@ -32,9 +33,14 @@ def explain(monitor: Monitor, task: Task, parents: list[Node] | None = None) -> 
         assert task.scheduled_at is not None
         why = "a retry after a failure" if task.next_retry_at else "a delayed submit"
         reasons.append(f"It is scheduled in the future ({why}): due in {_human(task.scheduled_at - now)}.")
-    elif ahead := monitor.ahead_of(task):
+    else:
+        reasons += _held_back(monitor, task, now)
+    if due and not reasons and (ahead := monitor.ahead_of(task)):
         more = "+" if ahead >= COUNT_CAP else ""
-        reasons.append(f"It is waiting behind {ahead:,}{more} due task(s) of higher priority or earlier schedule.")
+        reasons.append(
+            f"It is waiting behind {ahead:,}{more} due task(s) of its queue `{task.queue}` "
+            "of higher priority or earlier schedule."
+        )
     live = monitor.live_workers()
     if not live:
         reasons.append("No worker is connected to this database. Start one: tasklib worker --app your.tasks")
@@ -44,13 +50,31 @@ def explain(monitor: Monitor, task: Task, parents: list[Node] | None = None) -> 
         reasons.append(
             f"{workers} connected, but none has started a {task.name} task in the last "
             f"{RECENT_START_WINDOW_SECONDS // 60} minutes: check that a worker imports the module defining it "
-            "(--app). Workers only claim the task names they have registered."
+            f"(--app) and serves its queue `{task.queue}` (--queue). Workers only claim the task names they have registered."
         )
     if task.error and task.error.startswith("WorkerLost"):
         reasons.append("Its previous attempt's worker died (lock expired); it was rescued and will run again.")
     if not reasons:
         reasons.append("It is due and first in line: a worker should claim it within one poll interval.")
     return reasons
+
+
+def _held_back(monitor: Monitor, task: Task, now: datetime) -> list[str]:
+    """What holds a due task back in its queue: a pause, the queue's limit, its task's limits."""
+    held: list[str] = []
+    queue = queues.queue_state_on(monitor.db, task.queue)
+    if queue["paused"]:
+        held.append(f"Its queue `{task.queue}` is paused: no worker claims its tasks until it is resumed (Queues page).")
+    limit = queue["concurrency_limit"]
+    if limit is not None and queue["running"] >= limit:
+        held.append(f"Its queue `{task.queue}` is at its concurrency limit ({queue['running']} running, at most {limit}).")
+    for own in queues.task_limits_on(monitor.db, task.name):
+        if own.concurrency_limit is not None and own.running >= own.concurrency_limit:
+            held.append(f"{task.name} is at its concurrency limit ({own.running} running, at most {own.concurrency_limit}).")
+        if own.rate_limit and own.next_start and own.next_start > now:
+            wait = (own.next_start - now).total_seconds()
+            held.append(f"{task.name} is rate-limited ({own.rate_limit}): next start in {wait:.1f} s.")
+    return held
 
 
 def _human(delta: timedelta) -> str:

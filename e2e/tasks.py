@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import tasklib
 
@@ -16,4 +17,15 @@ def needs_file(path: str) -> str:
 
 @tasklib.task
 def echo(text: str) -> str:
+    return text
+
+
+@tasklib.task(queue="emails")
+def send(text: str) -> str:
+    time.sleep(0.02)
+    return text
+
+
+@tasklib.task(concurrency_limit=1, rate_limit="5/s")
+def report(text: str) -> str:
     return text

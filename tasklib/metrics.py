@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from tasklib.monitor import Monitor
+from tasklib.queues import queue_settings_on
 
 
 def _label(value: str) -> str:
@@ -16,7 +19,13 @@ def render(monitor: Monitor) -> str:
         " cancelled finished within the last 24 h (tasklib_finished_window_seconds: how much of it is loaded).",
         "# TYPE tasklib_tasks gauge",
     ]
-    for name, state, count in monitor.active_by_name():
+    active = monitor.active()
+    by_name: Counter[tuple[str, str]] = Counter()
+    by_queue: Counter[tuple[str, str]] = Counter()
+    for name, queue, state, count in active:
+        by_name[name, state] += count
+        by_queue[queue, state] += count
+    for (name, state), count in sorted(by_name.items()):
         lines.append(f'tasklib_tasks{{state="{state}",name="{_label(name)}"}} {count}')
     for totals in monitor.recent.by_name():
         for outcome in ("completed", "failed", "cancelled"):
@@ -41,6 +50,24 @@ def render(monitor: Monitor) -> str:
         "# HELP tasklib_workers_connected Worker processes connected to the database.",
         "# TYPE tasklib_workers_connected gauge",
         f"tasklib_workers_connected {sum(1 for w in workers if w.live)}",
+    ]
+    queues = queue_settings_on(monitor.db)  # (settings rows only: the counts come from the rows above)
+    lines += [
+        "# HELP tasklib_queue_tasks Tasks pending, waiting and running now, by queue.",
+        "# TYPE tasklib_queue_tasks gauge",
+    ]
+    for (queue, state), count in sorted(by_queue.items()):
+        lines.append(f'tasklib_queue_tasks{{queue="{_label(queue)}",state="{state}"}} {count}')
+    lines += ["# HELP tasklib_queue_paused 1 while a queue is paused.", "# TYPE tasklib_queue_paused gauge"]
+    lines += [f'tasklib_queue_paused{{queue="{_label(q)}"}} {int(s.get("paused") or 0)}' for q, s in queues.items()]
+    lines += [
+        "# HELP tasklib_queue_concurrency_limit The most tasks of a queue that may run at once (queues with a limit).",
+        "# TYPE tasklib_queue_concurrency_limit gauge",
+    ]
+    lines += [
+        f'tasklib_queue_concurrency_limit{{queue="{_label(q)}"}} {s["concurrency_limit"]}'
+        for q, s in queues.items()
+        if s.get("concurrency_limit") is not None
     ]
     schedules = monitor.schedules()
     lines += [

@@ -332,12 +332,14 @@ class Monitor:
     def ahead_of(self, task: Task) -> int:
         """Due pending tasks a worker would claim before this one (capped at COUNT_CAP)."""
         params = {"id": task.id, "priority": task.priority, "scheduled_at": task.scheduled_at, "cap": COUNT_CAP}
+        params["queue"] = task.queue
         return int(self._value(sql.AHEAD_OF, params))
 
     def name_recently_started(self, name: str) -> bool:
         return bool(self._value(sql.NAME_RECENTLY_STARTED, {"name": name, "window": RECENT_START_WINDOW_SECONDS}))
 
-    def active_by_name(self) -> list[tuple[str, str, int]]:
+    def active(self) -> list[tuple[str, str, str, int]]:
+        """(name, queue, state, count) of the pending, waiting and running tasks."""
         return [tuple(r) for r in self.db.rows(sql.METRICS_ACTIVE, as_dict=False)]
 
     def oldest_due_pending(self) -> datetime | None:

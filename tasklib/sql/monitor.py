@@ -57,7 +57,7 @@ SELECT min(scheduled_at) FROM tasks WHERE state = 'pending' AND scheduled_at <= 
 AHEAD_OF = """
 SELECT count(*) FROM (
     SELECT 1 FROM tasks
-    WHERE state = 'pending' AND scheduled_at <= now() AND id <> %(id)s
+    WHERE queue = %(queue)s AND state = 'pending' AND scheduled_at <= now() AND id <> %(id)s
       AND (priority > %(priority)s OR (priority = %(priority)s AND scheduled_at < %(scheduled_at)s))
     LIMIT %(cap)s) AS ahead
 """
@@ -93,7 +93,7 @@ EXPIRED_LOCKS = "SELECT count(*) FROM tasks WHERE state = 'running' AND locked_u
 
 #: Unfinished tasks by name and state, for /metrics (finished ones come from tasklib.recent).
 METRICS_ACTIVE = """
-SELECT name, state, count(*) FROM tasks WHERE state IN ('pending', 'waiting', 'running') GROUP BY 1, 2
+SELECT name, queue, state, count(*) FROM tasks WHERE state IN ('pending', 'waiting', 'running') GROUP BY 1, 2, 3
 """
 
 HEALTH = "SELECT 1"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 NOTIFY_CHANNEL_QUEUE = "tasklib_queue"
 QUEUE_ROW_NAME = "tasklib.queue"
-CLOCK_ROW_NAME = "tasklib.rate"
+LIMITS_ROW_NAME = "tasklib.limits"
 
 #: (none) -> setting, setting -> setting: merge %(settings)s into a queue's settings row (made on
 #: first use); ``completed_at`` says when they last changed. Workers hear of it at once.
@@ -49,10 +49,23 @@ FROM counts AS c FULL JOIN settings AS s ON s.queue = c.queue
 ORDER BY 1
 """
 
-#: The clocks of rate-limited tasks (their next allowed start), by task name.
-CLOCKS = f"""
-SELECT kwargs ->> 'task' AS task, scheduled_at AS next_start FROM tasks
-WHERE state = 'setting' AND name = '{CLOCK_ROW_NAME}' AND kwargs ->> 'task' = ANY(%(tasks)s)
+#: One queue's settings and how many of its tasks run now (the explainer's question).
+QUEUE_STATE = """
+SELECT coalesce(CAST(s.kwargs ->> 'paused' AS boolean), false) AS paused,
+       CAST(s.kwargs ->> 'concurrency_limit' AS integer) AS concurrency_limit,
+       (SELECT count(*) FROM tasks WHERE locked_until IS NOT NULL AND queue = %(queue)s AND state = 'running') AS running
+FROM (SELECT 1) AS one LEFT JOIN tasks AS s ON s.id = %(row)s AND s.state = 'setting'
+"""
+
+#: The limits of the tasks that have one, as their workers last saved them, and each one's clock
+#: (its next allowed start, for a rate) with how many of it run now.
+TASK_LIMITS = f"""
+SELECT s.kwargs ->> 'task' AS task, s.queue, CAST(s.kwargs ->> 'concurrency_limit' AS integer) AS concurrency_limit,
+       s.kwargs ->> 'rate_limit' AS rate_limit, s.scheduled_at AS next_start,
+       (SELECT count(*) FROM tasks AS r WHERE r.name = s.kwargs ->> 'task' AND r.state = 'running') AS running
+FROM tasks AS s
+WHERE s.state = 'setting' AND s.name = '{LIMITS_ROW_NAME}' AND (%(task)s::text IS NULL OR s.kwargs ->> 'task' = %(task)s)
+ORDER BY 1
 """
 
 # A gated claim: one transaction on the claim connection --------------------------------------
@@ -71,11 +84,15 @@ SELECT EXISTS (
 #: everywhere, held to the end of the transaction. Claims counted against one limit take turns.
 GATE_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended(k, 0)) FROM unnest(CAST(%(keys)s AS text[])) AS k ORDER BY k"
 
-#: (none) -> setting: a rate-limited task's clock, made the first time one of its claims needs it.
-ENSURE_CLOCK = f"""
-INSERT INTO tasks (id, name, state, kwargs, max_retries, scheduled_at, completed_at)
-VALUES (%(clock)s, '{CLOCK_ROW_NAME}', 'setting', jsonb_build_object('task', CAST(%(task)s AS text)), 0, 'epoch', now())
-ON CONFLICT (id) DO NOTHING
+#: (none) -> setting, setting -> setting: a limited task's row, saved by each worker that runs it
+#: before its first claim of it: the limits its code declares (for the dashboard), and the clock a
+#: rate keeps in ``scheduled_at``. Its own statement, never inside a gated claim: a row lock taken
+#: before the advisory locks could deadlock with a claim holding them.
+SAVE_LIMITS = f"""
+INSERT INTO tasks (id, name, state, queue, kwargs, max_retries, scheduled_at, completed_at)
+VALUES (%(row)s, '{LIMITS_ROW_NAME}', 'setting', %(queue)s, CAST(%(limits)s AS jsonb), 0, 'epoch', now())
+ON CONFLICT (id) DO UPDATE SET kwargs = EXCLUDED.kwargs, queue = EXCLUDED.queue, completed_at = now()
+WHERE tasks.state = 'setting' AND tasks.kwargs IS DISTINCT FROM EXCLUDED.kwargs
 """
 
 #: Then, in a snapshot taken after the locks: what runs now against each limit, and the task's clock.
@@ -93,7 +110,7 @@ SELECT clock_timestamp() AS now,
 """
 
 #: setting -> setting: move a rate-limited task's clock on by the starts just claimed.
-SET_CLOCK = "UPDATE tasks SET scheduled_at = %(at)s WHERE id = %(clock)s AND state = 'setting'"
+SET_CLOCK = "UPDATE tasks SET scheduled_at = %(at)s WHERE id = %(clock)s AND state = 'setting' RETURNING 1 AS saved"
 
 #: A finished limited task frees its slot: wake the workers that wait for one (a submit's payload).
 SLOT_FREED = """

@@ -37,12 +37,11 @@ SELECT now() AS claimed_at, claimed.* FROM (SELECT 1) AS one LEFT JOIN claimed O
 """
 
 
-#: The rows a claim may take, and the order and locking it takes them in: one queue's, unless its
-#: settings row says it is paused (read once per statement, so a pause holds from its commit on).
+#: The rows a claim may take, and the order and locking it takes them in: one queue's. (Whether the
+#: queue is paused is the worker's to know, from the queue's settings: ``tasklib.worker.sources``.)
 _DUE = (
     "queue = %(queue)s AND state = 'pending' AND scheduled_at <= now() AND scheduled_at >= %(floor)s"
-    " AND name = ANY(%(names)s) AND NOT EXISTS (SELECT FROM tasks AS q WHERE q.id = %(queue_row)s"
-    " AND q.state = 'setting' AND q.kwargs @> '{\"paused\": true}')"
+    " AND name = ANY(%(names)s)"
 )
 _IN_ORDER = "ORDER BY priority DESC, scheduled_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tasklib import sql
-from tasklib.limits import DEFAULT_QUEUE, queue_row_id
+from tasklib.limits import DEFAULT_QUEUE
 from tasklib.states import PRIORITY_MAX, PRIORITY_MIN
 from tasklib.worker.jobs import Job
 
@@ -109,8 +109,8 @@ def claim_statement(
 
 
 def queue_params(queue: str = DEFAULT_QUEUE) -> dict[str, Any]:
-    """A claim statement's parameters that name its queue (and the row saying whether it is paused)."""
-    return {"queue": queue, "queue_row": queue_row_id(queue)}
+    """A claim statement's parameters that name its queue."""
+    return {"queue": queue}
 
 
 def _heads(claimed: Sequence[tuple[int, datetime]]) -> dict[int, datetime]:

@@ -11,6 +11,7 @@ to the executor only once it has committed. docs/queues.md.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from tasklib import sql
-from tasklib.limits import allowance, clock_row_id, lock_key
+from tasklib.limits import allowance, limits_row_id, lock_key
 from tasklib.registry import TaskDefinition
 from tasklib.worker.claim import ClaimPlanner, ClaimQuery, ClaimReply
 from tasklib.worker.jobs import Job
@@ -41,14 +42,15 @@ class Source:
     task: TaskDefinition | None = None
     #: Monotonic time before which a rate-limited source claims nothing (its next allowed start).
     not_before: float = 0.0
-    clock_ready: bool = False
+    #: Its task's row of limits is saved (``sql.SAVE_LIMITS``, before its first gated claim).
+    saved: bool = False
 
 
 @dataclass
 class QueueSettings:
-    """The queues' settings as this worker last read them (every poll interval, and at once when a
-    change is notified). A pause is also checked by every claim statement, so a stale copy only
-    costs a claim that finds nothing; a new limit applies from the next read."""
+    """The queues' settings as this worker last read them: every poll interval, and at once when a
+    change is notified (a pause or a new limit applies from the claim after that read). Read by the
+    worker rather than by each claim statement: a test in the claim cost every claim a tenth more."""
 
     paused: set[str] = field(default_factory=set)
     limits: dict[str, int] = field(default_factory=dict)
@@ -105,10 +107,7 @@ async def gated_claim(
         [lock_key("task", task.name)] if task is not None else []
     )
     rate = task.rate_limit if task is not None else None
-    clock_id = clock_row_id(task.name) if rate is not None and task is not None else None
-    if clock_id is not None and not source.clock_ready:
-        await run(sql.ENSURE_CLOCK, {"clock": clock_id, "task": task.name if task else None})
-        source.clock_ready = True
+    clock_id = limits_row_id(task.name) if rate is not None and task is not None else None
     await run(sql.GATE_LOCK, {"keys": keys})
     counts = (
         await run(
@@ -138,9 +137,20 @@ async def gated_claim(
     jobs: list[Job] = []
     await drive(source.planner.claim(wanted), run, jobs.extend)
     if allowed is not None and jobs:
-        await run(sql.SET_CLOCK, {"clock": clock_id, "at": allowed.clock_after(len(jobs))})
+        if not await run(sql.SET_CLOCK, {"clock": clock_id, "at": allowed.clock_after(len(jobs))}):
+            source.saved = False  # its row is gone (deleted by hand): saved again before the next claim
         source.not_before = clock() + max(0.0, (allowed.clock_after(len(jobs)) - counts["now"]).total_seconds())
     return jobs
+
+
+def limits_params(task: TaskDefinition) -> dict[str, Any]:
+    """SAVE_LIMITS's parameters: what a task's ``@task`` declares."""
+    limits = {
+        "task": task.name,
+        "concurrency_limit": task.concurrency_limit,
+        "rate_limit": None if task.rate_limit is None else str(task.rate_limit),
+    }
+    return {"row": limits_row_id(task.name), "queue": task.queue, "limits": json.dumps(limits)}
 
 
 class Claimer:
@@ -180,6 +190,9 @@ class Claimer:
             if source.task is None and queue_limit is None:
                 claimed += await drive(source.planner.claim(limit - claimed), self._run, hold)
                 continue
+            if source.task is not None and not source.saved:
+                await self._run(sql.SAVE_LIMITS, limits_params(source.task))
+                source.saved = True
             due = await self._run(sql.ANY_DUE, {"names": sorted(source.planner.names), "queue": source.queue})
             if not due[0]["due"]:
                 continue
@@ -188,7 +201,6 @@ class Claimer:
                     jobs = await gated_claim(source, limit - claimed, queue_limit, run, self._clock)
             except BaseException:
                 source.planner.forget()  # its floors may have moved on rows the rollback gave back
-                source.clock_ready = False
                 raise
             hold(jobs)
             claimed += len(jobs)
