@@ -24,7 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import tasklib  # noqa: E402
-from bench import burst, dashboard_bench, headline, memory_bench, retention_bench, startup, workflows_bench  # noqa: E402
+from bench import (  # noqa: E402
+    burst,
+    dashboard_bench,
+    headline,
+    memory_bench,
+    queues_bench,
+    retention_bench,
+    startup,
+    workflows_bench,
+)
 from bench.report import print_burst, print_dashboard, print_held, print_retention  # noqa: E402
 from tests.pg import fresh_database  # noqa: E402
 
@@ -74,6 +83,8 @@ def main() -> int:
     parser.add_argument("--only-memory", action="store_true", help="run just the memory and async-throughput measure")
     parser.add_argument("--skip-workflows", action="store_true", help="skip the workflow measures")
     parser.add_argument("--only-workflows", action="store_true", help="run just the workflow measures")
+    parser.add_argument("--skip-queues", action="store_true", help="skip the queue and limit measures")
+    parser.add_argument("--only-queues", action="store_true", help="run just the queue and limit measures")
     parser.add_argument(
         "--only-headline", action="store_true", help="run just the headline: submit, pickup, drains, bursts, /metrics"
     )
@@ -83,6 +94,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.only_headline:
         args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = args.skip_workflows = True
+        args.skip_queues = True
     args.json = args.json or ROOT / "bench" / "results" / f"{part_name(args)}.json"
     if args.only_burst and args.sets > 1:
         return burst_sets(args.sets, args.json)
@@ -113,6 +125,11 @@ def main() -> int:
             results["workflows"] = workflows_bench.run(url)
             write(results, args.json, started)
             workflows_bench.print_workflows(results)
+            return 0
+        if args.only_queues:
+            results["queues"] = queues_bench.run(url)
+            write(results, args.json, started)
+            queues_bench.print_queues(results)
             return 0
         if args.only_memory:
             results["memory"] = memory_bench.run(url)
@@ -156,6 +173,8 @@ def main() -> int:
             results["dashboard"] = dashboard_bench.run(url, shapes, args.load_tasks)  # type: ignore[arg-type]
         if not args.skip_workflows:
             results["workflows"] = workflows_bench.run(url)
+        if not args.skip_queues:
+            results["queues"] = queues_bench.run(url)
     write(results, args.json, started)
     headline.print_headline(results["headline"])
     memory_bench.print_memory(results)
@@ -165,13 +184,15 @@ def main() -> int:
     print_dashboard(results)
     if "workflows" in results:
         workflows_bench.print_workflows(results)
+    if "queues" in results:
+        queues_bench.print_queues(results)
     print(f"\nJSON: {args.json}")
     return 0
 
 
 #: The result file each part writes by default; a re-measurement replaces it. Only the files the docs
 #: cite are committed (a whole run's ``latest.json`` is not).
-PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard", "workflows")
+PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard", "workflows", "queues")
 
 
 def part_name(args: argparse.Namespace) -> str:
