@@ -3,6 +3,8 @@
 Open http://127.0.0.1:8080/ and watch tasks complete, fail, retry, time out and wait; async tasks
 run many at once, a recurring one every 15 s (the Schedules page) and small workflows (resize,
 then publish, then notify; one in four fails at publish and can be resumed from its workflow page).
+The Queues page shows the emails and payments queues beside the default one, a task limited to one
+run at a time and one limited to two starts a second; pause a queue there and watch it fill.
 Ctrl+C stops the demo (the embedded database keeps running for the next start: `tasklib db stop` stops it).
 """
 
@@ -91,6 +93,10 @@ def submit_some() -> None:
         tasklib.submit_task_sync(tasks.slow_report, pages=random.randint(1, 10))
     if random.random() < 0.3:
         submit_album(random.randint(1, 9999))
+    if random.random() < 0.5:
+        tasklib.submit_task_sync(tasks.rebuild_search_index, reason=random.choice(["new product", "price change"]))
+    for _ in range(random.choice([0, 1, 2, 3])):
+        tasklib.submit_task_sync(tasks.charge_card, order=random.randint(1, 99_999), cents=random.randint(100, 9_999))
     if random.random() < 0.2:
         tasklib.submit_task_sync(
             tasks.send_email,

@@ -1,5 +1,6 @@
 """Example tasks used by the demo and the examples: some succeed, some fail, some retry, some wait,
-one runs on a schedule and one is ``async def``."""
+one runs on a schedule and one is ``async def``; emails have a queue of their own, one task may run
+only once at a time and one at most twice a second."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import time
 import tasklib
 
 
-@tasklib.task
+@tasklib.task(queue="emails")
 def send_email(to: str, subject: str, body: str) -> bool:
     """Pretend to send an email."""
     time.sleep(random.uniform(0.01, 0.2))
@@ -74,3 +75,17 @@ def publish(album: str) -> dict:
 def notify_owner(album: str) -> str:
     """Runs after publish whatever happened (on_parent_failure="run")."""
     return f"told the owner of {album}"
+
+
+@tasklib.task(concurrency_limit=1)
+def rebuild_search_index(reason: str) -> str:
+    """Must never run twice at once (across every worker)."""
+    time.sleep(random.uniform(0.5, 1.5))
+    return f"rebuilt ({reason})"
+
+
+@tasklib.task(rate_limit="2/s", queue="payments")
+def charge_card(order: int, cents: int) -> bool:
+    """The payment provider allows two calls a second (across every worker)."""
+    time.sleep(0.05)
+    return True

@@ -19,10 +19,21 @@ def _objects(text: str) -> list[dict]:
 
 
 def test_worker_logs_one_json_object_per_line(tl: tasklib.Config, tmp_path: Path) -> None:
-    ok = tasklib.submit_task_sync(jobs.mark, key="fine")
+    ok = tasklib.submit_task_sync(jobs.mark, key="fine", queue="special")
     bad = tasklib.submit_task_sync(jobs.hard_exit, code=3, max_retries=0)
     log = tmp_path / "runs.log"
-    proc = start_worker(tl.database_url, log, "--log-format", "json", "--worker-id", "json-worker")
+    proc = start_worker(
+        tl.database_url,
+        log,
+        "--log-format",
+        "json",
+        "--worker-id",
+        "json-worker",
+        "--queue",
+        "default",
+        "--queue",
+        "special",
+    )
     try:
         assert wait_for(lambda: all(tasklib.get_task(t).state in ("completed", "failed") for t in (ok, bad)), 30)  # type: ignore[union-attr]
         time.sleep(0.3)
@@ -33,6 +44,8 @@ def test_worker_logs_one_json_object_per_line(tl: tasklib.Config, tmp_path: Path
     done = next(line for line in lines if line["event"] == "task.completed")
     assert done["task_id"] == str(ok) and done["task_name"] == "tests.integration.jobs.mark"
     assert done["outcome"] == "completed" and done["duration_ms"] >= 0 and done["attempt"] == 1
+    assert done["queue"] == "special"
+    assert any(line["event"] == "task.started" and line.get("queue") == "special" for line in lines)
     assert any(line["event"] == "task.started" and line["task_id"] == str(bad) for line in lines)
     died = next(line for line in lines if line["event"] == "child.died")
     assert died["task_id"] == str(bad) and died["level"] == "error"
