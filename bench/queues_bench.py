@@ -6,7 +6,10 @@
 - concurrency limit: 60 tasks of 0.2 s limited to 2 at once on 3 workers x 4: the time they take
   against 60 x 0.2 / 2 = 6 s, and the most seen running (sampled every 10 ms);
 - rate limit: a task limited to 20/s with 300 waiting, on 3 workers x 4: its starts in the first
-  10 s and in its busiest 1-second window.
+  10 s and in its busiest 1-second window;
+- what serving more costs a plain task: 20,000 no-op tasks of ``default`` drained, and pickup latency,
+  by a worker of ``bench.tasks`` (one queue, no limits) against one of ``bench.queue_tasks`` (two
+  queues and two limited tasks registered as well: six claim sources), alternated.
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ import psycopg
 
 import tasklib
 from bench import burst
+from bench import queue_tasks as qtasks
 from bench import tasks as btasks
-from bench.common import truncate
+from bench.common import prefill, truncate
+from bench.compare import pickup_samples
 from tests.pg import fresh_database
 
+APP_X4 = ("--app", "bench.queue_tasks", "--concurrency", "4")
 BACKLOG = 1_000_000
 DRAIN = 20_000
 
@@ -47,9 +53,9 @@ def _drain_emails(url: str) -> float:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("DELETE FROM tasks WHERE queue = 'emails'")
         tasklib.init(tasklib.Config(database_url=url))
-        tasklib.submit_many_sync(btasks.mail, [{"i": i} for i in range(DRAIN)])
+        tasklib.submit_many_sync(qtasks.mail, [{"i": i} for i in range(DRAIN)])
         conn.execute("VACUUM ANALYZE tasks")  # both tables' statistics know what they hold
-    options = ("--app", "bench.tasks", "--concurrency", "4", "--queue", "emails")
+    options = ("--app", "bench.queue_tasks", "--concurrency", "4", "--queue", "emails")
     with burst.running_workers(url, 1, options=options), psycopg.connect(url, autocommit=True) as conn:
         deadline = time.monotonic() + 300
         query = "SELECT count(*) FROM tasks WHERE queue = 'emails' AND state = 'completed'"
@@ -98,14 +104,14 @@ def _sample_running(url: str, name: str, stop: threading.Event, seen: list[int])
 def concurrency(url: str) -> dict[str, Any]:
     truncate(url)
     tasklib.init(tasklib.Config(database_url=url))
-    tasklib.submit_many_sync(btasks.limited, [{"i": i} for i in range(60)])
+    tasklib.submit_many_sync(qtasks.limited, [{"i": i} for i in range(60)])
     seen: list[int] = []
     stop = threading.Event()
-    name = btasks.limited.__tasklib_name__  # type: ignore[attr-defined]
+    name = qtasks.limited.__tasklib_name__  # type: ignore[attr-defined]
     sampler = threading.Thread(target=_sample_running, args=(url, name, stop, seen))
     sampler.start()
     try:
-        with burst.running_workers(url, 3, 4):
+        with burst.running_workers(url, 3, options=APP_X4):
             while tasklib.count_by_state()["completed"] < 60:
                 time.sleep(0.05)
     finally:
@@ -128,8 +134,8 @@ def concurrency(url: str) -> dict[str, Any]:
 def rate(url: str) -> dict[str, Any]:
     truncate(url)
     tasklib.init(tasklib.Config(database_url=url))
-    tasklib.submit_many_sync(btasks.paced, [{"i": i} for i in range(300)])
-    with burst.running_workers(url, 3, 4):
+    tasklib.submit_many_sync(qtasks.paced, [{"i": i} for i in range(300)])
+    with burst.running_workers(url, 3, options=APP_X4):
         time.sleep(12.0)
     with psycopg.connect(url) as conn:
         starts = sorted(r[0].timestamp() for r in conn.execute("SELECT started_at FROM tasks WHERE started_at IS NOT NULL"))
@@ -139,9 +145,50 @@ def rate(url: str) -> dict[str, Any]:
     return {"rate": "20/s", "starts_in_10s": in_ten, "busiest_second": busiest}
 
 
+def _plain_drain(url: str, app: str) -> float:
+    prefill(url, DRAIN)
+    with burst.running_workers(url, 1, options=("--app", app, "--concurrency", "4")):
+        first, last, done = burst.wait_done(url, DRAIN, 180, since="started_at")
+    return done / (last - first).total_seconds()
+
+
+def _plain_pickup(url: str, app: str) -> float:
+    truncate(url)
+    tasklib.init(tasklib.Config(database_url=url))
+    with burst.running_workers(url, 1, options=("--app", app, "--concurrency", "4")):
+        return statistics.median(pickup_samples(100))
+
+
+def sources(url: str, rounds: int) -> dict[str, Any]:
+    """The plain path, served alone and beside other queues and limited tasks (alternated)."""
+    figures: dict[str, list[float]] = {f"{m}_{a}": [] for m in ("drain", "pickup") for a in ("plain", "more")}
+    apps = {"plain": "bench.tasks", "more": "bench.queue_tasks"}
+    for r in range(rounds):
+        for side in ("plain", "more") if r % 2 == 0 else ("more", "plain"):
+            figures[f"drain_{side}"].append(_plain_drain(url, apps[side]))
+            figures[f"pickup_{side}"].append(_plain_pickup(url, apps[side]))
+            print(
+                f"round {r + 1}/{rounds} {side:5} drain {figures[f'drain_{side}'][-1]:,.0f}/s"
+                f" pickup p50 {figures[f'pickup_{side}'][-1]:.2f} ms",
+                flush=True,
+            )
+    med = {k: statistics.median(v) for k, v in figures.items()}
+    return {
+        "figures": figures,
+        "medians": med,
+        "drain_ratio": med["drain_more"] / med["drain_plain"],
+        "pickup_ratio": med["pickup_more"] / med["pickup_plain"],
+        "spread": {k: max(v) / min(v) for k, v in figures.items()},
+    }
+
+
 def run(url: str, rounds: int = 4) -> dict[str, Any]:
-    results = {"isolation": isolation(url, rounds), "concurrency": concurrency(url), "rate": rate(url)}
-    return results
+    return {
+        "isolation": isolation(url, rounds),
+        "sources": sources(url, rounds),
+        "concurrency": concurrency(url),
+        "rate": rate(url),
+    }
 
 
 def print_queues(r: dict[str, Any]) -> None:
@@ -157,6 +204,17 @@ def print_queues(r: dict[str, Any]) -> None:
     print(
         f"| 60 x 0.2 s limited to 2, 3 workers x 4 | {lim['span_s']:.2f} s, at most {lim['most_running']} running"
         f" ({lim['samples']} samples) | 6.00 s | {lim['ratio']:.2f} | never > 2, about 6 s |"
+    )
+    src = q["sources"]
+    m, sp = src["medians"], src["spread"]
+    print(
+        f"| plain drain 1 x 4, worker also serving `emails` and 2 limited tasks | {m['drain_more']:,.0f}/s"
+        f" | serving `default` alone {m['drain_plain']:,.0f}/s | {src['drain_ratio']:.2f}"
+        f" (spreads {sp['drain_more']:.2f} / {sp['drain_plain']:.2f}) | >= 0.95 |"
+    )
+    print(
+        f"| plain pickup p50, the same two workers | {m['pickup_more']:.2f} ms | {m['pickup_plain']:.2f} ms"
+        f" | {src['pickup_ratio']:.2f} (spreads {sp['pickup_more']:.2f} / {sp['pickup_plain']:.2f}) | <= 1.05 |"
     )
     starts = f"{rt['starts_in_10s']} starts in 10 s, busiest second {rt['busiest_second']}"
     print(f"| 20/s on 3 workers x 4 | {starts} | 200 | | 200 +- 10, <= 22 |")

@@ -154,10 +154,18 @@ def submit_note(payload: str) -> tuple[float | None, int | None]:
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """A submit committed (or the listener reconnected: both None, anything may be due)."""
+    """A submit committed (or the listener reconnected: all None, anything may be due)."""
 
     scheduled_at: float | None = None  # epoch seconds
     priority: int | None = None
+    name: str | None = None  # the task's name (None: any)
+
+    @classmethod
+    def of(cls, payload: str) -> Submitted:
+        """From a submit's payload "<name> <epoch> <priority>" (or "<name> <epoch>")."""
+        scheduled_at, priority = submit_note(payload)
+        tail = 2 if priority is not None else 1 if scheduled_at is not None else 0
+        return cls(scheduled_at, priority, payload.rsplit(" ", tail)[0] if tail else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +199,7 @@ async def notifications(url: str, application_name: str) -> AsyncIterator[Submit
                         yield QueueChanged(note.payload)
                         continue
                     if note.channel != sql.NOTIFY_CHANNEL_CANCEL:
-                        yield Submitted(*submit_note(note.payload))
+                        yield Submitted.of(note.payload)
                         continue
                     try:
                         yield CancelRequested(uuid.UUID(note.payload))

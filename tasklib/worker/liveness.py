@@ -45,6 +45,8 @@ class HeldWork(Protocol):
 
     def stop_lost(self, lost: set[uuid.UUID]) -> None: ...
 
+    def rescued(self) -> None: ...  # tasks went back to pending: every claim source may have some
+
 
 def session_name(worker_id: str) -> str:
     """The ``application_name`` of a worker's connections, as PostgreSQL keeps it (63 bytes)."""
@@ -219,6 +221,7 @@ class Liveness:
             if len(found) < RESCUE_BATCH or not rescued:
                 break  # all done, or another worker is rescuing the same rows
         if total:
+            self._work.rescued()
             self._wake.set()
         return total
 
@@ -250,6 +253,7 @@ class Liveness:
                 if not rescued:
                     break  # it reconnected meanwhile, or another worker took them: look again next round
         if total:
+            self._work.rescued()
             self._wake.set()
         return total
 

@@ -24,6 +24,7 @@ from tasklib import sql
 from tasklib.limits import allowance, limits_row_id, lock_key
 from tasklib.registry import TaskDefinition
 from tasklib.worker.claim import ClaimPlanner, ClaimQuery, ClaimReply
+from tasklib.worker.connections import QueueChanged, Submitted
 from tasklib.worker.jobs import Job
 
 #: Runs one statement and returns its rows as dicts.
@@ -44,13 +45,20 @@ class Source:
     not_before: float = 0.0
     #: Its task's row of limits is saved (``sql.SAVE_LIMITS``, before its first gated claim).
     saved: bool = False
+    #: A submit of one of its names was notified since its last claim: the next claim asks it first.
+    hinted: bool = False
+    #: Monotonic time before which it is not asked unless hinted: its last claim came back short,
+    #: so it held nothing due; what becomes due later without a notification (a delay, a retry)
+    #: waits at most one poll interval, as it would for a worker with nothing to do.
+    rest_until: float = 0.0
 
 
 @dataclass
 class QueueSettings:
     """The queues' settings as this worker last read them: every poll interval, and at once when a
     change is notified (a pause or a new limit applies from the claim after that read). Read by the
-    worker rather than by each claim statement: a test in the claim cost every claim a tenth more."""
+    worker rather than by each claim statement, which would pay for it on every claim
+    (docs/queues.md)."""
 
     paused: set[str] = field(default_factory=set)
     limits: dict[str, int] = field(default_factory=dict)
@@ -155,7 +163,9 @@ def limits_params(task: TaskDefinition) -> dict[str, Any]:
 
 class Claimer:
     """Claims for a worker's lanes from their sources, in turn (each claim round starts one source
-    further on, so no queue waits behind another's backlog), through the worker's connections."""
+    further on, so no queue waits behind another's backlog), those a notified submit names first (a
+    task just submitted starts without waiting for the other sources' statements), through the
+    worker's connections."""
 
     def __init__(self, connections: Any, refresh_every: float, clock: Callable[[], float] = time.monotonic) -> None:
         self._connections = connections
@@ -179,36 +189,65 @@ class Claimer:
         claimed = 0
         self._turn += 1
         now = self._clock()
-        for i in range(len(sources)):
-            source = sources[(self._turn + i) % len(sources)]
+        turn = [sources[(self._turn + i) % len(sources)] for i in range(len(sources))]
+        for source in sorted(turn, key=lambda s: not s.hinted):  # (stable: in turn within each part)
             if claimed >= limit or source.queue in self.settings.paused:
                 continue
             if source.not_before > now:
                 self._skipped = min(self._skipped, source.not_before)
                 continue
-            queue_limit = self.settings.limits.get(source.queue)
-            if source.task is None and queue_limit is None:
-                claimed += await drive(source.planner.claim(limit - claimed), self._run, hold)
+            if not source.hinted and source.rest_until > now:
                 continue
-            if source.task is not None and not source.saved:
-                await self._run(sql.SAVE_LIMITS, limits_params(source.task))
-                source.saved = True
-            due = await self._run(sql.ANY_DUE, {"names": sorted(source.planner.names), "queue": source.queue})
-            if not due[0]["due"]:
-                continue
-            try:
-                async with self._connections.transaction("claim") as run:
-                    jobs = await gated_claim(source, limit - claimed, queue_limit, run, self._clock)
-            except BaseException:
-                source.planner.forget()  # its floors may have moved on rows the rollback gave back
-                raise
-            hold(jobs)
-            claimed += len(jobs)
+            source.hinted = False
+            asked = limit - claimed
+            got = await self._claim_source(source, asked, hold)
+            paced = source.task is not None and source.task.rate_limit is not None  # (``not_before`` paces it)
+            source.rest_until = now + self._refresh_every if got < asked and not paced else 0.0
+            claimed += got
         return claimed
+
+    async def _claim_source(self, source: Source, limit: int, hold: Callable[[list[Job]], None]) -> int:
+        queue_limit = self.settings.limits.get(source.queue)
+        if source.task is None and queue_limit is None:
+            return await drive(source.planner.claim(limit), self._run, hold)
+        if source.task is not None and not source.saved:
+            await self._run(sql.SAVE_LIMITS, limits_params(source.task))
+            source.saved = True
+        due = await self._run(sql.ANY_DUE, {"names": sorted(source.planner.names), "queue": source.queue})
+        if not due[0]["due"]:
+            return 0
+        try:
+            async with self._connections.transaction("claim") as run:
+                jobs = await gated_claim(source, limit, queue_limit, run, self._clock)
+        except BaseException:
+            source.planner.forget()  # its floors may have moved on rows the rollback gave back
+            raise
+        hold(jobs)
+        return len(jobs)
 
     async def _run(self, statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await self._connections.execute(statement, params, role="claim", row_factory=dict_row)
         return rows
+
+    def heard(self, event: Submitted | QueueChanged, sources: Sequence[Source]) -> None:
+        """A notification: a submit lowers the floors of the sources of its task's name and has them
+        asked first; a queue's change (or a reconnect, after which anything may have changed) has
+        the settings read again and every source asked."""
+        if isinstance(event, QueueChanged) or event.scheduled_at is None:
+            self.settings.stale = True
+            self.hint_all(sources)
+            return
+        at = datetime.fromtimestamp(event.scheduled_at, UTC)
+        for source in sources:
+            if event.name is None or event.name in source.planner.names:
+                source.planner.lower_to(at, event.priority)
+                source.hinted = True
+
+    @staticmethod
+    def hint_all(sources: Sequence[Source]) -> None:
+        """Anything may be due anywhere (a rescue, a reconnect, a queue's settings changed)."""
+        for source in sources:
+            source.hinted = True
 
     def recheck_in(self, sources: Sequence[Source]) -> float | None:
         """Seconds until a rate-limited source may start a task again (None: none is waiting). A

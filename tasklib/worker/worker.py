@@ -16,7 +16,6 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -34,8 +33,6 @@ from tasklib.worker.connections import (
     MAX_BACKOFF_SECONDS,
     CancelRequested,
     Outage,
-    QueueChanged,
-    Submitted,
     WorkerConnections,
     brief,
     notifications,
@@ -84,6 +81,9 @@ class Lanes:
 
     def sources(self) -> list[Source]:
         return [source for lane in self.lanes for source in lane.sources]
+
+    def rescued(self) -> None:
+        Claimer.hint_all(self.sources())
 
 
 def default_worker_id() -> str:
@@ -308,12 +308,7 @@ class TaskWorker:
             if isinstance(event, CancelRequested):
                 self._lanes.stop_lost({event.task_id})
                 continue
-            if isinstance(event, QueueChanged) or event.scheduled_at is None:
-                self._claimer.settings.stale = True  # (after a reconnect too: a change may have been missed)
-            if isinstance(event, Submitted) and event.scheduled_at is not None:
-                at = datetime.fromtimestamp(event.scheduled_at, UTC)
-                for source in self._lanes.sources():
-                    source.planner.lower_to(at, event.priority)
+            self._claimer.heard(event, self._lanes.sources())
             if not self._stopping:
                 self._wake.set()
 

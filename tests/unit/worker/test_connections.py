@@ -9,3 +9,12 @@ def test_a_submit_notification_carries_its_time_and_priority() -> None:
     assert submit_note("my job 5 1764590400.25") == (1764590400.25, None)  # a name with spaces, old form
     assert submit_note("my job 1764590400.25 2") == (1764590400.25, 2)
     assert submit_note("garbage") == (None, None)
+
+
+def test_a_submit_note_names_its_task() -> None:
+    from tasklib.worker.connections import Submitted
+
+    assert Submitted.of("app.send_email 1764590400.25 -3") == Submitted(1764590400.25, -3, "app.send_email")
+    assert Submitted.of("my job 1764590400.25 2").name == "my job"
+    assert Submitted.of("app.old 1764590400.25").name == "app.old"
+    assert Submitted.of("garbage").name is None

@@ -27,6 +27,9 @@ class Held:
     def held_ids(self) -> set[uuid.UUID]:
         return set(self.ids)
 
+    def rescued(self) -> None:
+        pass
+
     def stop_lost(self, lost: set[uuid.UUID]) -> None:
         self.lost.append(lost)
 

@@ -50,6 +50,7 @@ def test_a_claims_first_rows_start_before_its_later_statements_return() -> None:
     worker, lane, pool, statements = worker_with_lane(tasks)
     assert asyncio.run(worker._claim(lane, 2)) == 1  # the first claim: one statement, knows priority 0 now
     tasks.add("second", T0 + timedelta(seconds=4.95), priority=0)  # above the floor the first claim left
+    lane.sources[0].hinted = True  # (its submit's notification)
     statements.sent_before.clear()
     assert asyncio.run(worker._claim(lane, 2)) == 1  # at priority 0 (took it), then across the others
     assert statements.sent_before == [1, 2]  # the second statement found the first's task sent to a child
