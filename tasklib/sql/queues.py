@@ -96,9 +96,11 @@ WHERE tasks.state = 'setting' AND tasks.kwargs IS DISTINCT FROM EXCLUDED.kwargs
 """
 
 #: Then, in a snapshot taken after the locks: what runs now against each limit, and the task's clock.
-#: Running tasks are counted from their claim to their outcome or rescue (the state says it).
+#: Running tasks are counted from their claim to their outcome or rescue (the state says it). The
+#: time is the transaction's, which is also the ``started_at`` its claim writes: the starts a rate
+#: allows are the starts the table records.
 GATE_COUNTS = """
-SELECT clock_timestamp() AS now,
+SELECT now() AS now,
        CASE WHEN CAST(%(count_queue)s AS boolean) THEN (
            SELECT count(*) FROM tasks
            WHERE locked_until IS NOT NULL AND queue = CAST(%(queue)s AS varchar) AND state = 'running'
