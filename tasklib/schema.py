@@ -128,6 +128,7 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "CREATE INDEX IF NOT EXISTS tasks_queue_pending_idx ON tasks (queue, priority DESC, scheduled_at, id) "
         "WHERE state = 'pending'",
         "DROP INDEX IF EXISTS tasks_pending_idx",
+        sql.SETTLE_CHILDREN,  # (its NOTIFY names the released tasks' queues)
     ],
 }
 

@@ -29,9 +29,9 @@ WITH r AS (
     UPDATE tasks SET state = 'pending', scheduled_at = now(), next_retry_at = NULL, completed_at = NULL,
                      locked_until = NULL
     WHERE id = %(id)s AND state IN ('failed', 'cancelled') AND {_KEY_FREE}
-    RETURNING id, name, priority
+    RETURNING id, name, priority, queue
 )
-SELECT r.id, {notify_submit("r.name", "CAST(r.priority AS text)")} FROM r
+SELECT r.id, {notify_submit("r.name", "CAST(r.priority AS text)", "r.queue")} FROM r
 """
 
 
@@ -44,10 +44,10 @@ WITH r AS (
                      locked_until = NULL
     WHERE id IN (SELECT id FROM tasks {where} LIMIT %(cap)s FOR UPDATE SKIP LOCKED)
       AND state IN ('failed', 'cancelled') AND {_KEY_FREE}
-    RETURNING id, name, priority
+    RETURNING id, name, priority, queue
 )
-SELECT id, (SELECT count({notify_submit("d.name", "CAST(d.priority AS text)")})
-            FROM (SELECT DISTINCT name, priority FROM r) AS d)
+SELECT id, (SELECT count({notify_submit("d.name", "CAST(d.priority AS text)", "d.queue")})
+            FROM (SELECT DISTINCT name, priority, queue FROM r) AS d)
 FROM r
 """
 
@@ -119,9 +119,9 @@ WITH src AS (
     SELECT %(id)s, name, '[]', kwargs, 'pending', 0, max_retries, now(), now(), timeout_seconds, priority,
            coalesce(tags, '{{}}') || '{{"run": "manual"}}', queue
     FROM src
-    RETURNING id, name, priority
+    RETURNING id, name, priority, queue
 )
-SELECT id, {notify_submit("name", "CAST(priority AS text)")} FROM ins
+SELECT id, {notify_submit("name", "CAST(priority AS text)", "queue")} FROM ins
 """
 
 

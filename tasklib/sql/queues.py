@@ -114,8 +114,9 @@ SELECT now() AS now,
 #: setting -> setting: move a rate-limited task's clock on by the starts just claimed.
 SET_CLOCK = "UPDATE tasks SET scheduled_at = %(at)s WHERE id = %(clock)s AND state = 'setting' RETURNING 1 AS saved"
 
-#: A finished limited task frees its slot: wake the workers that wait for one (a submit's payload).
+#: A finished limited task frees its slot: wake the workers that wait for one (a submit's payload,
+#: for each task name and queue in %(names)s and %(queues)s).
 SLOT_FREED = """
-SELECT pg_notify('tasklib_submit', n || ' ' || CAST(extract(epoch FROM now()) AS text))
-FROM unnest(CAST(%(names)s AS text[])) AS n
+SELECT pg_notify('tasklib_submit', n || ' @' || q || ' ' || CAST(extract(epoch FROM now()) AS text))
+FROM unnest(CAST(%(names)s AS text[]), CAST(%(queues)s AS text[])) AS f(n, q)
 """

@@ -68,17 +68,24 @@ FROM pg_class AS c WHERE c.oid = 'tasks'::regclass
 
 # Submit (-> pending) --------------------------------------------------------------------------
 
-#: A submit's NOTIFY payload is "<task name> <scheduled_at as epoch seconds> <priority>": delivered
-#: at commit, it tells workers how far back the task they could not see yet lies, and at which
-#: priority (``tasklib.worker.claim``).
+#: A submit's NOTIFY payload is "<task name> <scheduled_at as epoch seconds> <priority>", with
+#: " @<queue>" after the name for a queue other than ``default``: delivered at commit, it tells
+#: workers how far back the task they could not see yet lies, at which priority, and which of their
+#: claim sources holds it (``tasklib.worker.claim``, ``tasklib.worker.sources``). Workers of the
+#: versions before queues read its last two fields only.
 _NOTIFY_CLOCK = "CAST(extract(epoch FROM now()) AS text)"
 #: The priority as a submit statement binds it (bulk statements have no row to read it from).
 _PRIORITY = "CAST(CAST(%(priority)s AS integer) AS text)"
 
 
-def notify_submit(name: str, priority: str) -> str:
-    """The submit NOTIFY, from SQL expressions for the task's name and priority."""
-    return f"pg_notify('{NOTIFY_CHANNEL_SUBMIT}', {name} || ' ' || {_NOTIFY_CLOCK} || ' ' || {priority})"
+#: The queue as a submit statement binds it.
+_QUEUE = "CAST(%(queue)s AS text)"
+
+
+def notify_submit(name: str, priority: str, queue: str) -> str:
+    """The submit NOTIFY, from SQL expressions for the task's name, priority and queue."""
+    at_queue = f"CASE WHEN {queue} = 'default' THEN '' ELSE ' @' || {queue} END"
+    return f"pg_notify('{NOTIFY_CHANNEL_SUBMIT}', {name} || {at_queue} || ' ' || {_NOTIFY_CLOCK} || ' ' || {priority})"
 
 
 #: INSERT one task (-> pending) and wake idle workers; NOTIFY is delivered only on commit.
@@ -92,9 +99,9 @@ WITH ins AS (
             now() + make_interval(secs => CAST(%(delay)s AS double precision)), now(),
             CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
             CAST(%(queue)s AS varchar))
-    RETURNING name, priority
+    RETURNING name, priority, queue
 )
-SELECT {notify_submit("name", "priority")} FROM ins
+SELECT {notify_submit("name", "priority", "queue")} FROM ins
 """)
 
 #: INSERT many tasks (-> pending) in one round trip; one NOTIFY per statement. The arguments arrive as
@@ -112,7 +119,7 @@ WITH ins AS (
     JOIN jsonb_array_elements(CAST(%(kwargs)s AS jsonb)) WITH ORDINALITY AS k(kwargs, n) USING (n)
     RETURNING 1
 )
-SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY)}
+SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY, _QUEUE)}
 WHERE EXISTS (SELECT 1 FROM ins)
 """
 
@@ -137,9 +144,9 @@ WITH ins AS (
             CAST(%(timeout)s AS integer), CAST(%(priority)s AS integer), CAST(%(tags)s AS jsonb),
             CAST(%(unique_key)s AS text), CAST(%(queue)s AS varchar))
     ON CONFLICT DO NOTHING
-    RETURNING id, name, priority
+    RETURNING id, name, priority, queue
 )
-SELECT CAST(id AS text), {notify_submit("name", "priority")} FROM ins
+SELECT CAST(id AS text), {notify_submit("name", "priority", "queue")} FROM ins
 UNION ALL
 SELECT CAST(id AS text), NULL FROM tasks
 WHERE unique_key = CAST(%(unique_key)s AS text) AND {KEY_HELD} AND NOT EXISTS (SELECT 1 FROM ins)
@@ -170,7 +177,7 @@ WITH ins AS (
     RETURNING id
 )
 SELECT CAST(id AS text),
-       (SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY)})
+       (SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY, _QUEUE)})
 FROM ins
 """
 
@@ -234,7 +241,8 @@ WITH parents AS (
     RETURNING state
 )
 SELECT (SELECT found FROM judged), (SELECT min(state) FROM ins),
-       (SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY)} WHERE EXISTS (SELECT 1 FROM ins WHERE state = 'pending'))
+       (SELECT {notify_submit("CAST(%(name)s AS text)", _PRIORITY, _QUEUE)}
+        WHERE EXISTS (SELECT 1 FROM ins WHERE state = 'pending'))
 """
 
 #: The triggers that settle a task's children when it ends (completed, failed or cancelled), in the
@@ -310,10 +318,11 @@ BEGIN
             scheduled_at = CASE WHEN t.waiting_for <= k.n THEN greatest(t.scheduled_at, now()) ELSE t.scheduled_at END
         FROM counts AS k
         WHERE t.id = k.id AND t.state || '' = 'waiting'
-        RETURNING t.state, t.name, t.priority
+        RETURNING t.state, t.name, t.priority, t.queue
     )
-    SELECT count({notify_submit("r.name", "CAST(r.priority AS text)")}) + (SELECT count(*) FROM cancelled) INTO woken
-    FROM (SELECT DISTINCT name, priority FROM released WHERE state = 'pending') AS r;
+    SELECT count({notify_submit("r.name", "CAST(r.priority AS text)", "r.queue")}) + (SELECT count(*) FROM cancelled)
+    INTO woken
+    FROM (SELECT DISTINCT name, priority, queue FROM released WHERE state = 'pending') AS r;
     RETURN NULL;
 END
 $$

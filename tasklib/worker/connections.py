@@ -159,13 +159,20 @@ class Submitted:
     scheduled_at: float | None = None  # epoch seconds
     priority: int | None = None
     name: str | None = None  # the task's name (None: any)
+    queue: str | None = None  # its queue (None: any)
 
     @classmethod
     def of(cls, payload: str) -> Submitted:
-        """From a submit's payload "<name> <epoch> <priority>" (or "<name> <epoch>")."""
+        """From a payload "<name>[ @<queue>] <epoch>[ <priority>]" (``sql.notify_submit``)."""
         scheduled_at, priority = submit_note(payload)
         tail = 2 if priority is not None else 1 if scheduled_at is not None else 0
-        return cls(scheduled_at, priority, payload.rsplit(" ", tail)[0] if tail else None)
+        if not tail:
+            return cls()
+        head = payload.rsplit(" ", tail)[0]
+        name, marked, queue = head.rpartition(" @")
+        if marked and queue and " " not in queue:
+            return cls(scheduled_at, priority, name, queue)
+        return cls(scheduled_at, priority, head, "default")
 
 
 @dataclass(frozen=True, slots=True)

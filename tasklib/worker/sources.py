@@ -201,8 +201,8 @@ class Claimer:
             source.hinted = False
             asked = limit - claimed
             got = await self._claim_source(source, asked, hold)
-            paced = source.task is not None and source.task.rate_limit is not None  # (``not_before`` paces it)
-            source.rest_until = now + self._refresh_every if got < asked and not paced else 0.0
+            held_back = source.not_before > self._clock()  # (a rate's next start wakes it instead)
+            source.rest_until = now + self._refresh_every if got < asked and not held_back else 0.0
             claimed += got
         return claimed
 
@@ -239,7 +239,7 @@ class Claimer:
             return
         at = datetime.fromtimestamp(event.scheduled_at, UTC)
         for source in sources:
-            if event.name is None or event.name in source.planner.names:
+            if (event.name is None or event.name in source.planner.names) and event.queue in (None, source.queue):
                 source.planner.lower_to(at, event.priority)
                 source.hinted = True
 

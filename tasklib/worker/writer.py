@@ -180,9 +180,9 @@ class OutcomeWriter:
             if not fallback:
                 await self._write([(job, decide_unstorable(action, brief(exc)))], fallback=True)
             return
-        freed = sorted({job.name for job, _ in batch if job.name in self.limited_names})
+        freed = sorted({(job.name, job.queue) for job, _ in batch if job.name in self.limited_names})
         if freed:
-            await self._execute(sql.SLOT_FREED, {"names": freed})
+            await self._execute(sql.SLOT_FREED, {"names": [n for n, _ in freed], "queues": [q for _, q in freed]})
         if len(rows) != len(batch):
             written = {r[0] for r in rows}
             for job, _ in batch:

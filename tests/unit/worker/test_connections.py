@@ -14,7 +14,9 @@ def test_a_submit_notification_carries_its_time_and_priority() -> None:
 def test_a_submit_note_names_its_task() -> None:
     from tasklib.worker.connections import Submitted
 
-    assert Submitted.of("app.send_email 1764590400.25 -3") == Submitted(1764590400.25, -3, "app.send_email")
+    assert Submitted.of("app.send_email 1764590400.25 -3") == Submitted(1764590400.25, -3, "app.send_email", "default")
+    assert Submitted.of("app.send_email @emails 1764590400.25 0") == Submitted(1764590400.25, 0, "app.send_email", "emails")
+    assert Submitted.of("my job @a.b 1764590400.25").queue == "a.b"  # a freed slot's note: no priority
     assert Submitted.of("my job 1764590400.25 2").name == "my job"
     assert Submitted.of("app.old 1764590400.25").name == "app.old"
-    assert Submitted.of("garbage").name is None
+    assert Submitted.of("garbage") == Submitted()

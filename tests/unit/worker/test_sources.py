@@ -98,3 +98,15 @@ def test_a_source_a_submit_named_is_asked_first() -> None:
         sources[1].hinted = True
         _claim(claimer, sources, 4)
         assert db.asked[0] == "emails" and not sources[1].hinted
+
+
+def test_a_notified_submit_hints_only_the_sources_of_its_queue_and_name() -> None:
+    from tasklib.worker.connections import QueueChanged, Submitted
+
+    claimer, sources = Claimer(Queues(), 1.0), _sources(["default", "emails"])
+    claimer.heard(Submitted.of("n @emails 1764590400.25 0"), sources)
+    assert [s.hinted for s in sources] == [False, True]
+    claimer.heard(Submitted.of("other 1764590400.25 0"), sources)  # a name none of them runs
+    assert [s.hinted for s in sources] == [False, True]
+    claimer.heard(QueueChanged("emails"), sources)
+    assert [s.hinted for s in sources] == [True, True] and claimer.settings.stale
