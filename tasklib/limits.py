@@ -3,7 +3,8 @@
 A rate limit is kept as one time per task, the start the next claim may make (a "theoretical
 arrival time", as in the generic cell rate algorithm): each start moves it one interval on. Starts
 are spread evenly through the period, never bunched at its start; a claim that comes late may catch
-up one interval, not more, so a rate is kept over time without bursts after idle spells.
+up what it fell behind by, within a bound, so a rate is kept over time without bursts after idle
+spells.
 """
 
 from __future__ import annotations
@@ -83,14 +84,21 @@ class Allowance:
         return max(0.0, (self.base - now).total_seconds())
 
 
+#: How far behind (in intervals) a rate's clock may fall and still be caught up. Below 2, so a claim
+#: takes at most two starts at once and a period never holds more than its count plus two.
+CATCH_UP = 1.9
+
+
 def allowance(rate: Rate, clock: datetime | None, now: datetime) -> Allowance:
     """How many starts ``rate`` allows at ``now`` given the task's ``clock`` (None: never started).
 
     A clock in the future allows nothing until then. A clock in the past allows the starts it has
-    fallen behind by, but at most one interval's worth: a late claim catches up one start, and an idle
-    spell never banks a burst."""
+    fallen behind by, remembered for up to ``CATCH_UP`` intervals: a claim that comes late (a busy
+    machine) loses no start, an idle spell never banks a burst, and any period holds at most two
+    starts more than the rate."""
     interval = rate.interval
-    base = now - interval if clock is None else max(clock, now - interval)
+    behind = clock is None or clock < now - interval * CATCH_UP  # idle: start afresh, one caught up
+    base = now - interval if behind else clock
     if base > now:
         return Allowance(0, base, interval)
     return Allowance(math.floor((now - base) / interval) + 1, base, interval)

@@ -241,7 +241,7 @@ class TaskWorker:
         if async_names:
             executors.append(AsyncExecutor(async_names, self.async_concurrency, context))
         queues = self.queues or sorted({d.queue for d in definitions.values()} or {DEFAULT_QUEUE})
-        self._writer.limited_names = frozenset(n for n, d in definitions.items() if d.limited)
+        self._writer.limited_names = frozenset(n for n, d in definitions.items() if d.concurrency_limit is not None)
         return [Lane(e, make_sources(e.names, definitions, queues, self._planner)) for e in executors]
 
     def _planner(self, names: list[str], queue: str) -> ClaimPlanner:

@@ -50,8 +50,9 @@ class OutcomeWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._stopping = False
-        #: Tasks with a concurrency or rate limit: once their outcomes are written, the workers
-        #: waiting for a free slot are woken (``sql.SLOT_FREED``) rather than left to their poll.
+        #: Tasks with a concurrency limit: once their outcomes are written, the workers waiting for
+        #: a free slot are woken (``sql.SLOT_FREED``) rather than left to their poll. (A rate's next
+        #: start is a time, which the workers wait for themselves.)
         self.limited_names: frozenset[str] = frozenset()
 
     # -- in ---------------------------------------------------------------------------------------

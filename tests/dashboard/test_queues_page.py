@@ -52,6 +52,7 @@ def test_the_explainer_names_what_holds_a_task_back(client: TestClient, tl) -> N
     mail = tasklib.submit_task_sync(queue_jobs.mail, i=1)
     tasklib.pause_queue("emails")
     assert "Its queue `emails` is paused" in client.get(f"/tasks/{mail}").text
+    assert '/queues">emails</a>' in client.get(f"/tasks/{mail}").text  # the detail names its queue
     tasklib.resume_queue("emails")
     assert "is paused" not in client.get(f"/tasks/{mail}").text
 

@@ -43,6 +43,8 @@ def test_a_rate_spreads_starts_one_interval_apart() -> None:
     assert on_time.count == 1 and on_time.clock_after(1) == NOW + timedelta(seconds=0.05)
     late = allowance(rate, NOW, NOW + timedelta(seconds=0.03))  # a late claim keeps the cadence
     assert late.count == 1 and late.clock_after(1) == NOW + timedelta(seconds=0.05)
+    later = allowance(rate, NOW, NOW + timedelta(seconds=0.075))  # one and a half intervals late: none lost
+    assert later.count == 2 and later.clock_after(2) == NOW + timedelta(seconds=0.1)
 
 
 def test_an_idle_spell_banks_no_burst() -> None:
@@ -50,10 +52,12 @@ def test_an_idle_spell_banks_no_burst() -> None:
     assert after_an_hour.count == 2  # one now and one caught up, not 72,000
 
 
-def test_a_simulated_backlog_starts_at_the_rate() -> None:
-    """Claims every 7 ms against one clock, each taking what it is allowed: 20/s over 10 s."""
+@pytest.mark.parametrize("every_ms", [7, 60, 90])
+def test_a_simulated_backlog_starts_at_the_rate(every_ms: int) -> None:
+    """Claims every few ms, or late by more than an interval each time (a busy machine), against one
+    clock, each taking what it is allowed: 20/s over 10 s, never more than 22 in a second."""
     rate, clock, starts = Rate(20, 1), None, []
-    for step in range(0, 10_000, 7):
+    for step in range(0, 10_000, every_ms):
         now = NOW + timedelta(milliseconds=step)
         allowed = allowance(rate, clock, now)
         starts += [now] * allowed.count
