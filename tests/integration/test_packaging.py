@@ -133,7 +133,7 @@ def test_embedded_postgres_lifecycle() -> None:
     tmp_path.chmod(0o755)
     env = {
         "TASKLIB_EMBEDDED_DIR": str(tmp_path / "pg"),
-        "TASKLIB_EMBEDDED_PORT": str(55000 + os.getpid() % 1000),
+        "TASKLIB_EMBEDDED_PORT": str(free_port()),  # (a fixed port in the ephemeral range was once taken)
         "TASKLIB_DATABASE_URL": "",
     }
     tl = [sys.executable, "-m", "tasklib.cli"]
