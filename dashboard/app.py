@@ -87,6 +87,7 @@ _LIST_PARAMS = dict(
     created_to=None,
     finished_from=None,
     finished_to=None,
+    queue=None,
     sort=None,
     after=None,
     before=None,

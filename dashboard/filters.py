@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from tasklib.api import parse_state
 from tasklib.errors import ValidationError
 from tasklib.filters import TaskFilter
+from tasklib.queues import valid_queue
 
 MAX_TEXT = 200
 
@@ -50,6 +51,7 @@ def parse_list_params(
     finished_to: str | None,
     limit: int,
     sort: str | None = None,
+    queue: str | None = None,
 ) -> ListParams:
     tag_pair = None
     if tag:
@@ -70,6 +72,7 @@ def parse_list_params(
         created_to=_datetime("created_to", created_to),
         finished_from=_datetime("finished_from", finished_from),
         finished_to=_datetime("finished_to", finished_to),
+        queue=valid_queue(queue.strip()) if queue and queue.strip() else None,
     )
     raw = {
         "state": state or "",
@@ -80,6 +83,7 @@ def parse_list_params(
         "created_to": created_to or "",
         "finished_from": finished_from or "",
         "finished_to": finished_to or "",
+        "queue": queue or "",
         "sort": "oldest" if sort == "oldest" else "",  # newest is the default and stays out of links
     }
     return ListParams(flt, {k: v for k, v in raw.items() if v}, limit, oldest_first=sort == "oldest")

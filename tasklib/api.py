@@ -86,8 +86,9 @@ def list_tasks(
     name: str | None = None,
     limit: int = 100,
     before: uuid.UUID | str | None = None,
+    queue: str | None = None,
 ) -> list[Task]:
-    """Tasks newest first (by ``created_at``, then id), optionally of one state and/or task name.
+    """Tasks newest first (by ``created_at``, then id), optionally of one state, task name and/or queue.
 
     ``name`` is a full name (``myapp.tasks.send_email``) or, for tasks registered in this process, the
     bare function name (``send_email``). ``before`` is the id of a task: the page starts after it in
@@ -102,10 +103,12 @@ def list_tasks(
         if anchor is None:
             raise ValidationError(f"before: no task {before} (deleted, or never existed)")
         cursor = (anchor.created_at, anchor.id)
-    return _page(state, name, limit, cursor)
+    return _page(state, name, limit, cursor, queue)
 
 
-def iter_tasks(state: TaskState | str | None = None, name: str | None = None, page_size: int = 500) -> Iterator[Task]:
+def iter_tasks(
+    state: TaskState | str | None = None, name: str | None = None, page_size: int = 500, queue: str | None = None
+) -> Iterator[Task]:
     """Every matching task, newest first, read page by page (each ``page_size`` rows, a keyset
     after the last one): each task present when the walk started comes once, however many tasks
     are added meanwhile (those come before the start and are not walked)."""
@@ -113,18 +116,23 @@ def iter_tasks(state: TaskState | str | None = None, name: str | None = None, pa
         raise ValidationError(f"page_size must be an integer from 1 to {_MAX_LIST_LIMIT}")
     cursor = None
     while True:
-        page = _page(state, name, page_size, cursor)
+        page = _page(state, name, page_size, cursor, queue)
         yield from page
         if len(page) < page_size:
             return
         cursor = (page[-1].created_at, page[-1].id)
 
 
-def _page(state: TaskState | str | None, name: str | None, limit: int, cursor: tuple[object, object] | None) -> list[Task]:
+def _page(
+    state: TaskState | str | None, name: str | None, limit: int, cursor: tuple[object, object] | None, queue: str | None
+) -> list[Task]:
+    from tasklib.queues import valid_queue
+
     query, params = listing.page_query(
         state=None if state is None else parse_state(state).value,
         names=None if name is None else tuple(resolve_names(name)),
         cursor=cursor,
+        queue=None if queue is None else valid_queue(queue),
     )
     rows = database().rows(query, {**params, "limit": limit})
     return [row_to_task(r) for r in rows]

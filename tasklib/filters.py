@@ -22,6 +22,7 @@ class TaskFilter:
     created_to: datetime | None = None
     finished_from: datetime | None = None
     finished_to: datetime | None = None
+    queue: str | None = None
 
     def filters(self) -> dict[str, Any]:
         """As ``listing.filter_clause`` / ``listing.page_query`` keywords."""
@@ -34,6 +35,7 @@ class TaskFilter:
             "created_to": self.created_to,
             "finished_from": self.finished_from,
             "finished_to": self.finished_to,
+            "queue": self.queue,
         }
 
     def clause(self, **extra: Any) -> tuple[str, dict[str, object]]:

@@ -31,6 +31,7 @@ def filter_clause(
     cursor_op: str = "<",
     states: tuple[str, ...] | None = None,
     names: tuple[str, ...] | None = None,
+    queue: str | None = None,
 ) -> tuple[str, dict[str, object]]:
     """A WHERE clause and its parameters for the dashboard's filters. Values are always bound."""
     clauses: list[str] = []
@@ -40,6 +41,7 @@ def filter_clause(
         ("state = ANY(%(f_states)s)", "f_states", None if states is None else list(states)),
         ("name = %(f_name)s", "f_name", name),
         ("name = ANY(%(f_names)s)", "f_names", None if names is None else list(names)),
+        ("queue = %(f_queue)s", "f_queue", queue),
     ):
         if value is not None:
             clauses.append(condition)

@@ -30,6 +30,9 @@ def test_the_queues_page_lists_queues_and_their_limits(client: TestClient, tl) -
     assert ">emails<" in html and ">default<" in html and "at most <strong>5</strong> running" in html
     assert "tests.integration.queue_jobs.limited" in html and "at most <strong>2</strong> running (0 now)" in html
     assert 'aria-current="page">Queues<' in html
+    listed = client.get("/tasks?queue=emails&state=pending").text  # the page's counts link here
+    assert listed.count("tests.integration.queue_jobs.mail") >= 3 and "tests.integration.jobs.mark" not in listed
+    assert client.get("/tasks?queue=no%20spaces").status_code == 400
 
 
 def test_pause_and_resume_from_the_page_need_a_csrf_token(client: TestClient, tl) -> None:

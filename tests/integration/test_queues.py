@@ -87,6 +87,8 @@ def test_tasks_go_to_their_queue_and_workers_serve_only_theirs(tl: tasklib.Confi
         assert all(tasklib.get_task(i).state == "pending" for i in plain)  # type: ignore[union-attr]
     queues = {q.name: q for q in tasklib.list_queues()}
     assert (queues["default"].pending, queues["emails"].pending) == (5, 0)
+    assert {t.id for t in tasklib.list_tasks(queue="emails")} == {*mails, moved}
+    assert {t.id for t in tasklib.iter_tasks(state="pending", queue="default", page_size=2)} == set(plain)
     with _run(url, log, 1):  # no --queue: every queue its tasks name
         assert wait_for(lambda: states(url).get("completed", 0) == 11, 30)
 
