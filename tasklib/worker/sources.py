@@ -175,6 +175,17 @@ class Claimer:
         self._turn = 0
         self._skipped = float("inf")  # the earliest next start of a source the last round skipped
 
+    async def save_limits(self, sources: Sequence[Source]) -> None:
+        """At start: save each limited task's limits (the dashboard shows them from then on, not
+        from the first claim that reaches the source). A failure leaves them to the first claim."""
+        saved: dict[str, bool] = {}
+        for source in sources:
+            if source.task is not None and not source.saved:
+                if source.task.name not in saved:
+                    await self._run(sql.SAVE_LIMITS, limits_params(source.task))
+                    saved[source.task.name] = True
+                source.saved = True
+
     async def start_round(self) -> None:
         """Before a claim round (one claim per lane): read the queues' settings when a change was
         notified or a poll interval has passed."""

@@ -8,6 +8,7 @@ with ``liveness`` renewing locks and rescuing, ``scheduler`` inserting recurring
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -189,6 +190,8 @@ class TaskWorker:
             retention = RetentionLoop(self.config.retention, url, self.worker_id)
             background.append(asyncio.create_task(retention.run(), name="tasklib-retention"))
         try:
+            with contextlib.suppress(psycopg.Error):
+                await self._claimer.save_limits(self._lanes.sources())
             await self._claim_loop()
             await self._drain()
         finally:

@@ -215,11 +215,14 @@ def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:
         # Every page has something to show: the recurring task is on the Schedules page.
         assert 'tasklib_schedule_next_run_timestamp_seconds{name="examples.tasks.refresh_rates"}' in metrics
         assert "examples.tasks.refresh_rates" in httpx.get(f"http://127.0.0.1:{port}/schedules").text
+
         # The Queues page: three queues, a task limited to one at a time and one to 2/s.
-        queues = httpx.get(f"http://127.0.0.1:{port}/queues").text
-        assert all(f">{q}<" in queues for q in ("default", "emails", "payments")), queues[-3000:]
-        assert wait_for(lambda: "2/s" in httpx.get(f"http://127.0.0.1:{port}/queues").text, timeout=10)
-        assert "examples.tasks.rebuild_search_index" in httpx.get(f"http://127.0.0.1:{port}/queues").text
+        def queues_shown() -> bool:
+            page = httpx.get(f"http://127.0.0.1:{port}/queues").text
+            shown = [f">{q}<" in page for q in ("default", "emails", "payments")]
+            return all(shown) and "2/s" in page and "examples.tasks.rebuild_search_index" in page
+
+        assert wait_for(queues_shown, timeout=10, interval=0.5), httpx.get(f"http://127.0.0.1:{port}/queues").text[-3000:]
         output, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, output[-3000:]
         assert "TaskLib demo: open http://127.0.0.1:" in output
