@@ -10,7 +10,7 @@ the others use the one ``tasklib.init`` configured.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ from tasklib import sql
 from tasklib.db import Database
 from tasklib.errors import ValidationError
 from tasklib.limits import check_limit, check_queue, queue_row_id
-from tasklib.registry import registered_definitions
+from tasklib.registry import registered_queues
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def queues_on(db: Database, also: tuple[str, ...] = ()) -> list[QueueInfo]:
     found = {row["queue"]: QueueInfo(name=row.pop("queue"), **row) for row in db.rows(sql.QUEUE_OVERVIEW)}
     for name in (*also, *limits):
         found.setdefault(name, QueueInfo(name))
-    return [QueueInfo(**{**found[name].__dict__, "limited_tasks": tuple(limits.get(name, ()))}) for name in sorted(found)]
+    return [replace(found[name], limited_tasks=tuple(limits.get(name, ()))) for name in sorted(found)]
 
 
 def _database() -> Database:
@@ -121,4 +121,4 @@ def set_queue_limit(queue: str, limit: int | None) -> None:
 def list_queues() -> list[QueueInfo]:
     """Every queue with tasks, settings or limited tasks, and those the tasks registered in this
     process name, by name."""
-    return queues_on(_database(), tuple(d.queue for d in registered_definitions().values()))
+    return queues_on(_database(), tuple(registered_queues()))

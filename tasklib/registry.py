@@ -276,6 +276,13 @@ def task(
     return register(func) if func is not None else register
 
 
+def registered_queues(definitions: Mapping[str, TaskDefinition] | None = None) -> list[str]:
+    """The queues the registered tasks (or ``definitions``) name, ``default`` when there are none:
+    what a worker serves, and ``testing.drain`` runs, unless told otherwise."""
+    found = {d.queue for d in (_REGISTRY if definitions is None else definitions).values()}
+    return sorted(found or {DEFAULT_QUEUE})
+
+
 def definition_for(func_or_name: Callable[..., Any] | str) -> TaskDefinition:
     """The registered definition for a task function or name."""
     name = func_or_name if isinstance(func_or_name, str) else getattr(func_or_name, "__tasklib_name__", None)

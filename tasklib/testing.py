@@ -11,11 +11,10 @@ from psycopg.rows import dict_row
 
 from tasklib import sql
 from tasklib.api import current_config, database, list_tasks
-from tasklib.limits import DEFAULT_QUEUE
 from tasklib.models import Task
 from tasklib.outcome import Outcome, decide
 from tasklib.queues import queue_settings_on
-from tasklib.registry import definition_for, registered_definitions
+from tasklib.registry import definition_for, registered_definitions, registered_queues
 from tasklib.worker.child import run_one
 from tasklib.worker.claim import EARLIEST, queue_params
 from tasklib.worker.jobs import Job
@@ -34,7 +33,7 @@ def drain(*, max_tasks: int = 10_000, batch: int = 100, queues: list[str] | None
     config = current_config()
     definitions = registered_definitions()
     worker_id = f"tasklib.testing:{os.getpid()}"
-    served = queues if queues is not None else sorted({d.queue for d in definitions.values()} or {DEFAULT_QUEUE})
+    served = queues if queues is not None else registered_queues(definitions)
     paused = {queue for queue, settings in queue_settings_on(database()).items() if settings.get("paused")}
     served = [queue for queue in served if queue not in paused]
     ran = 0

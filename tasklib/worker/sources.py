@@ -29,8 +29,6 @@ from tasklib.worker.jobs import Job
 
 #: Runs one statement and returns its rows as dicts.
 Run = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
-#: A clock far enough in the past to allow a start at once (the row starts at the epoch too).
-_NEVER = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(eq=False)
@@ -135,7 +133,7 @@ async def gated_claim(
         room.append(task.concurrency_limit - counts["task_running"])
     allowed = None
     if rate is not None:
-        allowed = allowance(rate, counts["clock"] or _NEVER, counts["now"])
+        allowed = allowance(rate, counts["clock"], counts["now"])
         room.append(allowed.count)
         if allowed.count == 0:
             source.not_before = clock() + allowed.wait_seconds(counts["now"])
@@ -178,13 +176,14 @@ class Claimer:
     async def save_limits(self, sources: Sequence[Source]) -> None:
         """At start: save each limited task's limits (the dashboard shows them from then on, not
         from the first claim that reaches the source). A failure leaves them to the first claim."""
-        saved: dict[str, bool] = {}
+        saved: set[str] = set()
         for source in sources:
-            if source.task is not None and not source.saved:
-                if source.task.name not in saved:
-                    await self._run(sql.SAVE_LIMITS, limits_params(source.task))
-                    saved[source.task.name] = True
-                source.saved = True
+            if source.task is None or source.saved:
+                continue
+            if source.task.name not in saved:  # (one row per task, whatever its queues)
+                await self._save(source)
+                saved.add(source.task.name)
+            source.saved = True
 
     async def start_round(self) -> None:
         """Before a claim round (one claim per lane): read the queues' settings when a change was
@@ -222,8 +221,7 @@ class Claimer:
         if source.task is None and queue_limit is None:
             return await drive(source.planner.claim(limit), self._run, hold)
         if source.task is not None and not source.saved:
-            await self._run(sql.SAVE_LIMITS, limits_params(source.task))
-            source.saved = True
+            await self._save(source)
         due = await self._run(sql.ANY_DUE, {"names": sorted(source.planner.names), "queue": source.queue})
         if not due[0]["due"]:
             return 0
@@ -235,6 +233,11 @@ class Claimer:
             raise
         hold(jobs)
         return len(jobs)
+
+    async def _save(self, source: Source) -> None:
+        assert source.task is not None
+        await self._run(sql.SAVE_LIMITS, limits_params(source.task))
+        source.saved = True
 
     async def _run(self, statement: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = await self._connections.execute(statement, params, role="claim", row_factory=dict_row)

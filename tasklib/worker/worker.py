@@ -24,8 +24,8 @@ import psycopg
 from tasklib.config import Config, redact_url
 from tasklib.db import connect_kwargs
 from tasklib.errors import DatabaseError
-from tasklib.limits import DEFAULT_QUEUE, check_queue
-from tasklib.registry import TaskDefinition, registered_definitions
+from tasklib.limits import check_queue
+from tasklib.registry import TaskDefinition, registered_definitions, registered_queues
 from tasklib.schema import check_cleanup, ensure_schema
 from tasklib.worker.async_executor import AsyncExecutor
 from tasklib.worker.children import KillReason
@@ -243,7 +243,7 @@ class TaskWorker:
             executors.append(ProcessExecutor(sync_names, self.concurrency, context))
         if async_names:
             executors.append(AsyncExecutor(async_names, self.async_concurrency, context))
-        queues = self.queues or sorted({d.queue for d in definitions.values()} or {DEFAULT_QUEUE})
+        queues = self.queues or registered_queues(definitions)
         self._writer.limited_names = frozenset(n for n, d in definitions.items() if d.concurrency_limit is not None)
         return [Lane(e, make_sources(e.names, definitions, queues, self._planner)) for e in executors]
 

@@ -181,7 +181,7 @@ class OutcomeWriter:
             if not fallback:
                 await self._write([(job, decide_unstorable(action, brief(exc)))], fallback=True)
             return
-        freed = sorted({(job.name, job.queue) for job, _ in batch if job.name in self.limited_names})
+        freed = sorted({(j.name, j.queue) for j, _ in batch if j.name in self.limited_names}) if self.limited_names else []
         if freed:
             await self._execute(sql.SLOT_FREED, {"names": [n for n, _ in freed], "queues": [q for _, q in freed]})
         if len(rows) != len(batch):
