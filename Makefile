@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8080
 UV ?= $(shell command -v uv 2>/dev/null)
 
-.PHONY: install test test-unit test-integration test-e2e lint format check bench soak demo docs docs-build browser systools clean
+.PHONY: install test test-unit test-integration test-e2e test-release lint format check bench soak demo docs docs-build browser systools clean
 
 $(VENV)/.installed: pyproject.toml $(wildcard uv.lock)
 ifneq ($(UV),)
@@ -55,6 +55,10 @@ test-integration: install systools
 test-e2e: install browser
 	$(PY) -m pytest e2e
 
+## The wheel and the sdist built, installed into fresh virtual environments and run outside the checkout.
+test-release: install
+	$(PY) -m pytest -n $(TEST_WORKERS) tests/release
+
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
@@ -79,9 +83,10 @@ SOAK_SECONDS ?= 600
 soak: install
 	TASKLIB_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/chaos/test_soak.py -s -p no:cacheprovider
 
-## Dashboard on :$(PORT), a worker and a stream of example tasks, on the embedded PostgreSQL.
+## Dashboard on :$(PORT), a worker and a stream of example tasks, on the embedded PostgreSQL
+## (or $$TASKLIB_DATABASE_URL): what `pip install "tasklib[embedded]" && tasklib demo` runs.
 demo: install
-	$(PY) -m examples.demo --port $(PORT)
+	$(VENV)/bin/tasklib demo --port $(PORT)
 
 ## The documentation site (MkDocs Material, API reference from docstrings) on http://127.0.0.1:8000.
 docs: install

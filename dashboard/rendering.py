@@ -14,12 +14,8 @@ from tasklib.states import TaskState
 
 
 def asset_dir(name: str) -> Path:
-    """``templates``/``static``: top-level in the repository, inside the package once installed."""
-    package = Path(dashboard.__file__).resolve().parent
-    for candidate in (package / name, package.parent / name):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"dashboard {name} folder not found next to {package}")
+    """``templates`` or ``static``, shipped inside the package (package data in the wheel)."""
+    return Path(dashboard.__file__).resolve().parent / name
 
 
 def reltime(value: datetime | None, now: datetime | None = None) -> str:

@@ -7,13 +7,9 @@ Run ``tasklib dashboard`` beside it to watch the same tasks in a browser.
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # so `examples.tasks` imports from a checkout
 
 import tasklib
-from examples.tasks import flaky_api_call, send_email
+from tasklib.demo.tasks import flaky_api_call, send_email
 
 
 async def main() -> None:

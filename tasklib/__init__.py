@@ -25,6 +25,7 @@ from tasklib.registry import get_registered_tasks, task
 from tasklib.states import TaskState
 
 if TYPE_CHECKING:
+    __version__: str
     from tasklib.api import (
         cancel_task,
         count_by_state,
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from tasklib.submit import submit_many, submit_many_sync, submit_task, submit_task_in, submit_task_sync
     from tasklib.worker import TaskWorker
     from tasklib.workflow import Group, Step, chain, group, parent_results, step
-
-__version__ = "0.1.0"
 
 _LAZY = {
     **dict.fromkeys(
@@ -70,6 +69,11 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # from the installed package's metadata, read once when asked
+        from importlib.metadata import version
+
+        globals()[name] = version("tasklib")
+        return globals()[name]
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'tasklib' has no attribute {name!r}")

@@ -9,10 +9,19 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
-from tasklib.config import ENV_DATABASE_URL, FINISHED, Config, Retention, parse_duration, redact_url
+from tasklib import arguments
+from tasklib.config import ENV_DATABASE_URL, FINISHED, Config, redact_url
 
 ENV_DASHBOARD_AUTH = "TASKLIB_DASHBOARD_AUTH"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that refuses a bad command line in one line (exit status 2), naming the option."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _add_log_format(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +37,7 @@ def _add_database(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
         default=None,
+        type=arguments.database_url,
         help=f"PostgreSQL URL (default: ${ENV_DATABASE_URL}, else the embedded local PostgreSQL that TaskLib starts itself)",
     )
 
@@ -53,8 +63,23 @@ def _import_apps(modules: Sequence[str]) -> None:
             raise SystemExit(f"tasklib: importing --app {module!r} raised the error above") from None
 
 
+class _Version(argparse.Action):
+    """``--version``: the release and the schema version this code creates and expects."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: object) -> None:
+        import tasklib
+        from tasklib.schema import SCHEMA_VERSION
+
+        print(f"tasklib {tasklib.__version__} (schema {SCHEMA_VERSION})")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tasklib", description="TaskLib: a durable task queue in one PostgreSQL table.")
+    parser = _Parser(prog="tasklib", description="TaskLib: a durable task queue in one PostgreSQL table.")
+    parser.add_argument("--version", action=_Version)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -79,14 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--concurrency",
         "-c",
-        type=int,
+        type=arguments.whole(1),
         default=1,
         metavar="N",
         help="sync tasks run at once, each in its own child process (default: 1)",
     )
     worker.add_argument(
         "--async-concurrency",
-        type=int,
+        type=arguments.whole(0),
         default=None,
         metavar="N",
         help="async def tasks run at once, on event loops in a few child processes; 0 runs them in "
@@ -94,35 +119,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.add_argument(
         "--poll-interval",
-        type=float,
+        type=arguments.seconds(0, above=True),
         default=1.0,
         metavar="SECONDS",
         help="fallback poll interval when no notification arrives (default: 1.0)",
     )
     worker.add_argument(
         "--lock-timeout",
-        type=int,
+        type=arguments.whole(1, what="a whole number of seconds"),
         default=None,
         metavar="SECONDS",
         help="seconds without a heartbeat before another worker rescues a task (default: 600)",
     )
     worker.add_argument(
         "--shutdown-grace",
-        type=float,
+        type=arguments.seconds(0),
         default=None,
         metavar="SECONDS",
         help="on SIGTERM/Ctrl+C, how long running tasks may finish (default: 30)",
     )
     worker.add_argument(
         "--retry-delay",
-        type=float,
+        type=arguments.seconds(0),
         default=None,
         metavar="SECONDS",
         help="delay before the first retry of a failed task, doubled for each later one (default: 5)",
     )
     worker.add_argument(
         "--memory-limit",
-        type=int,
+        type=arguments.whole(16, what="a whole number of MB"),
         default=None,
         metavar="MB",
         help="memory one task attempt may allocate in its child, for tasks without memory_limit_mb (default: unlimited)",
@@ -130,15 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--retention",
         default=None,
+        type=arguments.retention,
         metavar="POLICY",
         help="delete old finished tasks periodically, e.g. completed=7d,failed=30d,cancelled=7d,every=1h "
         "(default: keep everything)",
     )
-    worker.add_argument("--worker-id", default=None, help="name shown in the dashboard (default: host:pid:random)")
+    worker.add_argument(
+        "--worker-id", default=None, type=arguments.worker_id, help="name shown in the dashboard (default: host:pid:random)"
+    )
     worker.add_argument(
         "--queue",
         action="append",
         default=None,
+        type=arguments.queue,
         metavar="NAME",
         help="serve this queue; repeat for several (default: every queue the registered tasks name)",
     )
@@ -149,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         "dashboard", help="serve the web dashboard", description="Serve the dashboard (Litestar + htmx) with uvicorn."
     )
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    dash.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    dash.add_argument("--port", type=arguments.port, default=8080, help="port (default: 8080)")
     dash.add_argument(
         "--auth",
         default=None,
+        type=arguments.auth,
         metavar="USER:PASSWORD",
         help=f"require HTTP basic auth (also ${ENV_DASHBOARD_AUTH}); needed to bind a non-loopback address",
     )
@@ -170,7 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for state in FINISHED:
         prune.add_argument(
-            f"--{state}-older-than", default=None, metavar="PERIOD", help=f"delete {state} tasks older than this"
+            f"--{state}-older-than",
+            default=None,
+            type=arguments.period,
+            metavar="PERIOD",
+            help=f"delete {state} tasks older than this",
         )
     _add_database(prune)
 
@@ -181,9 +215,30 @@ def build_parser() -> argparse.ArgumentParser:
         "list: each queue's tasks and settings; pause/resume NAME; limit NAME N (or none): at most N running at once.",
     )
     queue.add_argument("action", choices=["list", "pause", "resume", "limit"])
-    queue.add_argument("name", nargs="?", help="the queue (pause, resume, limit)")
+    queue.add_argument("name", nargs="?", type=arguments.queue, help="the queue (pause, resume, limit)")
     queue.add_argument("limit", nargs="?", help="limit: the most tasks of the queue running at once, or none")
     _add_database(queue)
+
+    demo = sub.add_parser(
+        "demo",
+        help="run the dashboard, a worker and a stream of example tasks",
+        description="The dashboard, a worker and example tasks (tasklib.demo.tasks) completing, failing, retrying, "
+        "waiting, recurring and running as workflows, on the embedded PostgreSQL unless a database URL is given.",
+    )
+    demo.add_argument("--port", type=arguments.port, default=8080, help="the dashboard's port (default: 8080)")
+    demo.add_argument(
+        "--seconds",
+        type=arguments.seconds(0),
+        default=0,
+        metavar="SECONDS",
+        help="stop after this long (default: 0, run until Ctrl+C)",
+    )
+    demo.add_argument(
+        "--submit-only",
+        action="store_true",
+        help="only submit example tasks, forever (for a worker and a dashboard run elsewhere, as compose.yaml does)",
+    )
+    _add_database(demo)
 
     init = sub.add_parser("init-db", help="create or upgrade the tasks table, then exit")
     _add_database(init)
@@ -201,8 +256,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What one option alone cannot say, refused like a bad option: before any database is touched."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    parser = commands[args.command]
+    if args.command == "prune" and not any(getattr(args, f"{state}_older_than") for state in FINISHED):
+        parser.error("give at least one of --completed-older-than, --failed-older-than, --cancelled-older-than")
+    if args.command == "queue":
+        if args.action != "list" and not args.name:
+            parser.error(f"{args.action}: name the queue")
+        if (args.action == "limit") != (args.limit is not None):
+            parser.error("a limit goes with `queue limit NAME N` only")
+        if args.limit is not None:
+            try:
+                args.limit = arguments.queue_limit(args.limit)
+            except arguments.Bad as exc:
+                parser.error(f"argument limit: {exc}")
+    if args.command == "dashboard":
+        args.auth = args.auth or os.environ.get(ENV_DASHBOARD_AUTH) or None
+        if args.auth is not None:
+            try:
+                arguments.auth(args.auth)
+            except arguments.Bad as exc:
+                parser.error(f"argument --auth (or ${ENV_DASHBOARD_AUTH}): {exc}")
+        from dashboard.serve import is_loopback
+
+        if not is_loopback(args.host) and not args.auth and not args.insecure:
+            parser.error(
+                f"refusing to serve on {args.host} without authentication: pass --auth user:password "
+                f"(or set ${ENV_DASHBOARD_AUTH}), or --insecure if a proxy in front already authenticates"
+            )
+    if hasattr(args, "database_url") and args.database_url is None and os.environ.get(ENV_DATABASE_URL):
+        try:
+            arguments.database_url(os.environ[ENV_DATABASE_URL])
+        except arguments.Bad as exc:
+            parser.error(f"${ENV_DATABASE_URL}: {exc}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check(parser, args)
     from tasklib import logs
 
     logs.configure(args.log_level, getattr(args, "log_format", None) or "text")
@@ -211,12 +305,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dashboard":
         from dashboard.serve import serve
 
-        auth = args.auth or os.environ.get(ENV_DASHBOARD_AUTH)
-        return serve(_config(args), host=args.host, port=args.port, auth=auth, insecure=args.insecure)
+        return serve(_config(args), host=args.host, port=args.port, auth=args.auth)
     if args.command == "prune":
         return _prune(args)
     if args.command == "queue":
         return _queue(args)
+    if args.command == "demo":
+        from tasklib.demo import run
+
+        if args.submit_only:
+            return run.submit_forever(args.database_url)
+        return run.run(args.database_url, port=args.port, seconds=args.seconds)
     if args.command == "init-db":
         import tasklib
 
@@ -234,16 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _prune(args: argparse.Namespace) -> int:
     import tasklib
 
-    periods = {f"{state}_older_than": getattr(args, f"{state}_older_than") for state in FINISHED}
-    if not any(periods.values()):
-        raise SystemExit(
-            "tasklib prune: give at least one of --completed-older-than, --failed-older-than, --cancelled-older-than"
-        )
     tasklib.init(_config(args))
-    try:
-        removed = tasklib.prune(**periods)
-    except tasklib.ValidationError as exc:
-        raise SystemExit(f"tasklib prune: {exc}") from None
+    removed = tasklib.prune(**{f"{state}_older_than": getattr(args, f"{state}_older_than") for state in FINISHED})
     print(f"removed {removed} finished task(s)")
     return 0
 
@@ -251,23 +342,13 @@ def _prune(args: argparse.Namespace) -> int:
 def _queue(args: argparse.Namespace) -> int:
     import tasklib
 
-    if args.action != "list" and not args.name:
-        raise SystemExit(f"tasklib queue {args.action}: name the queue")
-    if (args.action == "limit") != (args.limit is not None):
-        raise SystemExit("tasklib queue: a limit goes with `limit NAME N` only (N a whole number, or none)")
     tasklib.init(_config(args))
-    try:
-        if args.action == "pause":
-            tasklib.pause_queue(args.name)
-        elif args.action == "resume":
-            tasklib.resume_queue(args.name)
-        elif args.action == "limit":
-            text = args.limit.strip().lower()
-            if text != "none" and not text.isdigit():
-                raise SystemExit(f"tasklib queue limit: expected a whole number or none, got {args.limit!r}")
-            tasklib.set_queue_limit(args.name, None if text == "none" else int(text))
-    except tasklib.ValidationError as exc:
-        raise SystemExit(f"tasklib queue: {exc}") from None
+    if args.action == "pause":
+        tasklib.pause_queue(args.name)
+    elif args.action == "resume":
+        tasklib.resume_queue(args.name)
+    elif args.action == "limit":
+        tasklib.set_queue_limit(args.name, args.limit)
     print(f"{'queue':<24} {'pending':>8} {'running':>8} {'failed':>8} {'limit':>6}  state")
     for q in tasklib.list_queues():
         limit = "-" if q.concurrency_limit is None else str(q.concurrency_limit)
@@ -276,35 +357,9 @@ def _queue(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_retention(text: str) -> Retention:
-    """``completed=7d,failed=30d,every=1h`` -> Retention (SystemExit naming the problem otherwise)."""
-    values: dict[str, object] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or key not in (*FINISHED, "every"):
-            raise SystemExit(
-                f"tasklib: --retention: expected state=period pairs (completed, failed, cancelled, every), got {part!r}"
-            )
-        if key == "every":
-            try:
-                values["every_seconds"] = parse_duration(value).total_seconds()
-            except ValueError as exc:
-                raise SystemExit(f"tasklib: --retention: every: {exc}") from None
-        else:
-            values[key] = value
-    try:
-        return Retention(**values)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise SystemExit(f"tasklib: --retention: {exc}") from None
-
-
 def _worker(args: argparse.Namespace) -> int:
     from tasklib.worker import TaskWorker
 
-    if args.concurrency < 1:
-        raise SystemExit("tasklib: --concurrency must be at least 1")
-    if args.async_concurrency is not None and args.async_concurrency < 0:
-        raise SystemExit("tasklib: --async-concurrency must be at least 0")
     _import_apps(args.app)
     extra: dict[str, object] = {}
     if args.lock_timeout is not None:
@@ -316,7 +371,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.worker_id:
         extra["worker_id"] = args.worker_id
     if args.retention:
-        extra["retention"] = parse_retention(args.retention)
+        extra["retention"] = args.retention
     if args.memory_limit is not None:
         extra["default_memory_limit_mb"] = args.memory_limit
     try:

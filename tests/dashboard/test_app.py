@@ -359,3 +359,11 @@ def test_every_read_runs_under_the_statement_timeout(tl) -> None:
                 assert time.monotonic() - started < 3, path
             locker.rollback()
         assert client.get(f"/tasks/{task_id}").status_code == 200
+
+
+@pytest.mark.parametrize(("state", "label"), [("completed", "Completed"), ("failed", "Failed"), ("cancelled", "Cancelled")])
+def test_the_timeline_names_how_a_task_ended(client: TestClient, tl, state: str, label: str) -> None:
+    task_id = make_task(tl.database_url, state)
+    timeline = client.get(f"/tasks/{task_id}").text.split("Timeline", 1)[1].split("</dl>", 1)[0]
+    ended = re.findall(r"<dt>(Completed|Failed|Cancelled|Ended)</dt>", timeline)
+    assert ended == [label]

@@ -1,24 +1,21 @@
-"""What a newcomer touches: the CLI, the examples, compose.yaml, the README's commands, the wheel."""
+"""What a newcomer touches: the CLI, the examples, compose.yaml, the README's commands (tests/release: the wheel)."""
 
 from __future__ import annotations
 
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from tasklib.cli import build_parser
-from tests.net import free_port, wait_healthy
-from tests.workers import ROOT, wait_for
+from tests.net import free_port
+from tests.workers import ROOT
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -81,8 +78,11 @@ def test_compose_file_is_valid_and_its_commands_parse() -> None:
         command = services[name]["command"]
         assert command[0] == "tasklib"
         build_parser().parse_args(command[1:])  # exits on an unknown option
+        if name == "worker":  # the tasks it runs ship in the package, so the image (the wheel) has them
+            assert command[command.index("--app") + 1] == "tasklib.demo.tasks"
+    assert services["producer"]["command"] == ["tasklib", "demo", "--submit-only"]
+    build_parser().parse_args(services["producer"]["command"][1:])
     assert services["postgres"]["healthcheck"] and services["dashboard"]["healthcheck"]
-    assert "--submit-only" in (ROOT / "examples" / "demo.py").read_text()
 
 
 def test_readme_commands_are_what_ci_and_make_run() -> None:
@@ -92,39 +92,12 @@ def test_readme_commands_are_what_ci_and_make_run() -> None:
     assert run_cmd[-1] == "make demo" and test_cmd[-1] == "make test"
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo: install\n\t\$\(PY\) -m examples\.demo", makefile, re.M)
+    assert re.search(r"^demo: install\n\t\$\(VENV\)/bin/tasklib demo", makefile, re.M)
     assert re.search(
         r"^test: install browser systools\n\t\$\(PY\) -m pytest -n \$\(TEST_WORKERS\) --dist worksteal tests e2e$",
         makefile,
         re.M,
     )
-
-
-def test_wheel_ships_templates_and_static(tmp_path: Path, database_url: str) -> None:
-    result = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(tmp_path), ".", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    wheel = next(tmp_path.glob("tasklib-*.whl"))
-    names = zipfile.ZipFile(wheel).namelist()
-    assert "dashboard/templates/base.html" in names
-    assert "dashboard/static/htmx-2.0.11.min.js" in names
-    assert "tasklib/py.typed" in names
-    target = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(target)
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tasklib.cli", "dashboard", "--port", str(port), "--database-url", database_url],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(target)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}")
-        for path in ("/", "/tasks", "/workers", "/static/htmx-2.0.11.min.js", "/static/tasklib.css"):
-            assert httpx.get(f"http://127.0.0.1:{port}{path}").status_code == 200, path
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
 
 
 def test_embedded_postgres_lifecycle() -> None:
@@ -145,7 +118,7 @@ def test_embedded_postgres_lifecycle() -> None:
         assert "running" in status and str(tmp_path / "pg" / "data") in status
         url = run(*tl, "db", "url", env=env).stdout.strip()
         code = (
-            "import tasklib, examples.tasks as t; tasklib.init(tasklib.Config());"
+            "import tasklib, tasklib.demo.tasks as t; tasklib.init(tasklib.Config());"
             "print(tasklib.submit_task_sync(t.send_email, to='a', subject='b', body='c'))"
         )
         assert run(sys.executable, "-c", code, env=env).returncode == 0  # a second process shares the server
@@ -170,68 +143,3 @@ def test_the_command_line_page_documents_every_cli_option() -> None:
             for option in action.option_strings:
                 if option.startswith("--") and option != "--help":
                     assert option in readme, f"docs/cli.md does not mention {name} {option}"
-
-
-def test_demo_runs_on_the_embedded_database_with_no_configuration() -> None:
-    """`make demo`'s program: dashboard + worker + example tasks, nothing configured."""
-    home = Path(tempfile.mkdtemp(prefix="tasklib-demo-", dir="/tmp"))
-    home.chmod(0o755)
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "TASKLIB_EMBEDDED_DIR": str(home / "pg"),
-        "TASKLIB_EMBEDDED_PORT": str(free_port()),
-    }
-    env.pop("TASKLIB_DATABASE_URL", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "examples.demo", "--port", str(port), "--seconds", "12"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}", timeout=60)
-        completed: dict[str, int] = {}
-        metrics = ""
-
-        def enough_ran() -> bool:
-            nonlocal metrics, completed
-            metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
-            completed = {
-                line.split('name="', 1)[1].split('"', 1)[0]: int(float(line.rsplit(" ", 1)[1]))
-                for line in metrics.splitlines()
-                if line.startswith('tasklib_tasks{state="completed"')
-            }
-            return (
-                sum(completed.values()) >= 5
-                and "examples.tasks.fetch_page" in completed
-                and "examples.tasks.resize" in completed  # a workflow's steps ran
-            )
-
-        assert wait_for(enough_ran, timeout=20, interval=0.5), metrics  # async tasks too
-        # Every page has something to show: the recurring task is on the Schedules page.
-        assert 'tasklib_schedule_next_run_timestamp_seconds{name="examples.tasks.refresh_rates"}' in metrics
-        assert "examples.tasks.refresh_rates" in httpx.get(f"http://127.0.0.1:{port}/schedules").text
-
-        # The Queues page: three queues, a task limited to one at a time and one to 2/s.
-        def queues_shown() -> bool:
-            page = httpx.get(f"http://127.0.0.1:{port}/queues").text
-            shown = [f">{q}<" in page for q in ("default", "emails", "payments")]
-            return all(shown) and "2/s" in page and "examples.tasks.rebuild_search_index" in page
-
-        assert wait_for(queues_shown, timeout=10, interval=0.5), httpx.get(f"http://127.0.0.1:{port}/queues").text[-3000:]
-        output, _ = proc.communicate(timeout=60)
-        assert proc.returncode == 0, output[-3000:]
-        assert "TaskLib demo: open http://127.0.0.1:" in output
-        assert "connect with: psql" in output  # where the data lives and how to reach it
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # the demo and the dashboard and worker it started
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
-        subprocess.run([sys.executable, "-m", "tasklib.cli", "db", "stop"], env=env, cwd=ROOT, capture_output=True)
-        shutil.rmtree(home, ignore_errors=True)

@@ -1,62 +1,57 @@
-"""`make demo`: the dashboard, a worker and a stream of example tasks, on the embedded PostgreSQL.
+"""The demo program: the dashboard, a worker and a stream of example tasks.
 
-Open http://127.0.0.1:8080/ and watch tasks complete, fail, retry, time out and wait; async tasks
-run many at once, a recurring one every 15 s (the Schedules page) and small workflows (resize,
-then publish, then notify; one in four fails at publish and can be resumed from its workflow page).
-The Queues page shows the emails and payments queues beside the default one, a task limited to one
-run at a time and one limited to two starts a second; pause a queue there and watch it fill.
-Ctrl+C stops the demo (the embedded database keeps running for the next start: `tasklib db stop` stops it).
+Open the dashboard and watch tasks complete, fail, retry, time out and wait; async tasks run many
+at once, a recurring one every 15 s (the Schedules page) and small workflows (resize, then publish,
+then notify; one in four fails at publish and can be resumed from its workflow page). The Queues
+page shows the emails and payments queues beside the default one, a task limited to one run at a
+time and one limited to two starts a second; pause a queue there and watch it fill. Ctrl+C stops
+the demo (the embedded database keeps running for the next start: `tasklib db stop` stops it).
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import tasklib  # noqa: E402
-from examples import tasks  # noqa: E402
+import tasklib
+from tasklib.demo import tasks
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl+C)")
-    parser.add_argument(
-        "--submit-only",
-        action="store_true",
-        help="only submit example tasks (compose runs the worker and dashboard as services)",
-    )
-    args = parser.parse_args()
-    if args.submit_only:
-        tasklib.init(tasklib.Config(database_url=os.environ.get("TASKLIB_DATABASE_URL") or None))
-        while True:
-            submit_some()
-            time.sleep(1.0)
+def submit_forever(database_url: str | None) -> int:
+    """``--submit-only``: only submit example tasks (compose runs the worker and dashboard as services)."""
+    tasklib.init(tasklib.Config(database_url=database_url))
+    while True:
+        submit_some()
+        time.sleep(1.0)
 
-    config = tasklib.Config(database_url=os.environ.get("TASKLIB_DATABASE_URL") or None)
-    url = config.resolved_database_url()  # starts the embedded server when no URL is set
+
+def run(database_url: str | None, *, port: int, seconds: float = 0) -> int:
+    """A dashboard on ``port`` and a worker, fed example tasks until Ctrl+C or ``seconds`` (0: forever)."""
+    url = tasklib.Config(database_url=database_url).resolved_database_url()  # starts the embedded server if none
     tasklib.init(tasklib.Config(database_url=url))
-    env = {**os.environ, "TASKLIB_DATABASE_URL": url, "PYTHONPATH": str(ROOT)}
     cli = [sys.executable, "-m", "tasklib.cli"]
     procs = [
-        subprocess.Popen([*cli, "dashboard", "--port", str(args.port)], env=env, cwd=ROOT),
+        subprocess.Popen([*cli, "dashboard", "--port", str(port), "--database-url", url]),
         subprocess.Popen(
-            [*cli, "--log-level", "warning", "worker", "--app", "examples.tasks", "--concurrency", "4"],
-            env=env,
-            cwd=ROOT,
+            [
+                *cli,
+                "--log-level",
+                "warning",
+                "worker",
+                "--app",
+                "tasklib.demo.tasks",
+                "--concurrency",
+                "4",
+                "--database-url",
+                url,
+            ]
         ),
     ]
-    print(f"\n  TaskLib demo: open http://127.0.0.1:{args.port}/  (Ctrl+C to stop)\n", flush=True)
-    stop_at = time.monotonic() + args.seconds if args.seconds else None
+    print(f"\n  TaskLib demo: open http://127.0.0.1:{port}/  (Ctrl+C to stop)\n", flush=True)
+    stop_at = time.monotonic() + seconds if seconds else None
     try:
         while stop_at is None or time.monotonic() < stop_at:
             submit_some()
@@ -119,7 +114,3 @@ def submit_album(number: int) -> None:
     )
     assert fan.then is not None
     tasklib.submit_task_sync(tasks.notify_owner, album=album, depends_on=[fan.then], on_parent_failure="run")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Example tasks used by the demo and the examples: some succeed, some fail, some retry, some wait,
+"""Example tasks used by `tasklib demo` and the examples: some succeed, some fail, some retry, some wait,
 one runs on a schedule and one is ``async def``; emails have a queue of their own, one task may run
 only once at a time and one at most twice a second."""
 
