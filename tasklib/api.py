@@ -180,6 +180,5 @@ def count_by_state() -> dict[str, int]:
     """Exact number of tasks per state (every state present, zero included)."""
     counts = {s.value: 0 for s in TaskState}
     for state, count in database().rows(sql.COUNT_BY_STATE, as_dict=False):
-        if state in counts:  # (settings rows have a state of their own: tasklib.queues)
-            counts[state] = count
+        counts[state] = count
     return counts

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,8 +19,6 @@ DEFAULT_QUEUE = "default"
 _QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}")
 _RATE = re.compile(r"\s*(\d+)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*")
 _PERIODS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-#: The namespace of settings rows' ids: a queue's row and a limited task's row each have a fixed id.
-_ROWS = uuid.UUID("6f1b7a52-3c1e-4c0e-9a57-2f3d1a9e0b11")
 
 
 def check_queue(name: object) -> str:
@@ -102,16 +99,6 @@ def allowance(rate: Rate, clock: datetime | None, now: datetime) -> Allowance:
     if base > now:
         return Allowance(0, base, interval)
     return Allowance(math.floor((now - base) / interval) + 1, base, interval)
-
-
-def queue_row_id(queue: str) -> uuid.UUID:
-    """The id of the row holding ``queue``'s settings."""
-    return uuid.uuid5(_ROWS, f"queue:{queue}")
-
-
-def limits_row_id(task_name: str) -> uuid.UUID:
-    """The id of the row holding a limited task's limits and its rate's clock."""
-    return uuid.uuid5(_ROWS, f"limits:{task_name}")
 
 
 def lock_key(kind: str, name: str) -> str:

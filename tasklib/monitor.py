@@ -19,7 +19,6 @@ from tasklib.errors import DatabaseError, ValidationError
 from tasklib.filters import TaskFilter
 from tasklib.models import Task
 from tasklib.recent import RecentOutcomes
-from tasklib.retention import RECORD_NAME
 from tasklib.schedules import describe, slot_time
 from tasklib.states import TaskState
 
@@ -72,15 +71,23 @@ class Page:
 
 @dataclass(frozen=True)
 class WorkerInfo:
+    """A worker as its presence row and its running claims show it (either may be missing: a
+    worker of a version without presence still has claims; a registered one may run nothing)."""
+
     worker_id: str
-    connected_since: datetime | None
+    live: bool = False  # it refreshed its presence within liveness.VANISHED_AFTER_SECONDS
+    started_at: datetime | None = None
+    seen_at: datetime | None = None
+    host: str | None = None
+    pid: int | None = None
+    version: str | None = None
+    concurrency: int | None = None
+    async_concurrency: int | None = None
+    queues: tuple[str, ...] = ()
+    pool_mode: str | None = None
     running: int = 0
     next_lock_expiry: datetime | None = None
     oldest_start: datetime | None = None
-
-    @property
-    def live(self) -> bool:
-        return self.connected_since is not None
 
 
 @dataclass(frozen=True)
@@ -228,13 +235,13 @@ class Monitor:
         )
 
     def retention(self) -> RetentionInfo | None:
-        rows = self.db.rows(sql.LAST_RETENTION_RECORD, {"name": RECORD_NAME})
+        rows = self.db.rows(sql.LAST_RETENTION_RECORD)
         if not rows:
             return None
-        row = rows[0]
-        result = row["result"] if isinstance(row["result"], dict) else {}
-        policy = {state: row["kwargs"][state] for state in FINISHED if state in row["kwargs"]}  # jsonb reorders keys
-        return RetentionInfo(policy, int(result.get("total", 0)), row["completed_at"], row["worker_id"])
+        record = rows[0]["value"]
+        written = record.get("policy") or {}
+        policy = {state: written[state] for state in FINISHED if state in written}  # jsonb reorders keys
+        return RetentionInfo(policy, int(record.get("total") or 0), rows[0]["completed_at"], record.get("worker_id"))
 
     def schedules(self) -> list[ScheduleInfo]:
         result = []
@@ -308,23 +315,36 @@ class Monitor:
         query, params = listing.page_query(descending=descending, cursor=cursor, **filters)
         return self.db.rows(query, {**params, "limit": limit}, settings=settings)
 
+    def _presence(self) -> list[dict[str, Any]]:
+        return self.db.rows(sql.WORKERS, {"after": sql.VANISHED_AFTER_SECONDS})
+
     def live_workers(self) -> dict[str, datetime]:
-        """Worker id -> when its first connection opened, for workers connected now."""
-        return {w: since for w, since, _ in self.db.rows(sql.LIVE_WORKERS, as_dict=False)}
+        """Worker id -> when it started, for the workers whose presence is fresh."""
+        return {r["worker_id"]: r["started_at"] for r in self._presence() if r["alive"]}
 
     def workers(self) -> list[WorkerInfo]:
-        live = self.live_workers()
+        """Every registered worker and every worker holding claims, by id."""
+        present = {r["worker_id"]: r for r in self._presence()}
         running = {r["worker_id"]: r for r in self.db.rows(sql.RUNNING_BY_WORKER)}
         result = []
-        for worker_id in sorted(set(live) | set(running)):
-            r = running.get(worker_id)
+        for worker_id in sorted(set(present) | set(running)):
+            p, r = present.get(worker_id, {}), running.get(worker_id, {})
             result.append(
                 WorkerInfo(
                     worker_id,
-                    live.get(worker_id),
-                    r["running"] if r else 0,
-                    r["next_lock_expiry"] if r else None,
-                    r["oldest_start"] if r else None,
+                    live=bool(p.get("alive")),
+                    started_at=p.get("started_at"),
+                    seen_at=p.get("seen_at"),
+                    host=p.get("host"),
+                    pid=p.get("pid"),
+                    version=p.get("version"),
+                    concurrency=p.get("concurrency"),
+                    async_concurrency=p.get("async_concurrency"),
+                    queues=tuple(p.get("queues") or ()),
+                    pool_mode=p.get("pool_mode"),
+                    running=r.get("running", 0),
+                    next_lock_expiry=r.get("next_lock_expiry"),
+                    oldest_start=r.get("oldest_start"),
                 )
             )
         return result

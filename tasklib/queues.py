@@ -17,7 +17,7 @@ from typing import Any
 from tasklib import sql
 from tasklib.db import Database
 from tasklib.errors import ValidationError
-from tasklib.limits import check_limit, check_queue, queue_row_id
+from tasklib.limits import check_limit, check_queue
 from tasklib.registry import registered_queues
 
 
@@ -63,7 +63,7 @@ def valid_queue(queue: object) -> str:
 def save_on(db: Database, queue: str, settings: dict[str, Any]) -> None:
     """Merge ``settings`` into ``queue``'s settings row and notify the workers."""
     queue = valid_queue(queue)
-    db.rows(sql.SET_QUEUE, {"id": queue_row_id(queue), "queue": queue, "settings": json.dumps(settings)}, as_dict=False)
+    db.rows(sql.SET_QUEUE, {"queue": queue, "settings": json.dumps(settings)}, as_dict=False)
 
 
 def task_limits_on(db: Database, task: str | None = None) -> list[TaskLimits]:
@@ -73,12 +73,12 @@ def task_limits_on(db: Database, task: str | None = None) -> list[TaskLimits]:
 
 def queue_settings_on(db: Database) -> dict[str, dict[str, Any]]:
     """Every queue's saved settings (``paused``, ``concurrency_limit``), by queue."""
-    return {row["queue"]: row["kwargs"] for row in db.rows(sql.QUEUE_SETTINGS)}
+    return {row["queue"]: row["settings"] for row in db.rows(sql.QUEUE_SETTINGS)}
 
 
 def queue_state_on(db: Database, queue: str) -> dict[str, Any]:
     """``queue``'s ``paused`` and ``concurrency_limit``, and how many of its tasks run now."""
-    return db.rows(sql.QUEUE_STATE, {"queue": queue, "row": queue_row_id(queue)})[0]
+    return db.rows(sql.QUEUE_STATE, {"queue": queue})[0]
 
 
 def queues_on(db: Database, also: tuple[str, ...] = ()) -> list[QueueInfo]:

@@ -20,15 +20,15 @@ import psycopg
 
 from tasklib import sql
 from tasklib.config import Retention
-from tasklib.ids import new_id
 
 log = logging.getLogger("tasklib.retention")
 
 #: Rows one DELETE removes at most (the issue's bound is 10,000; 5,000 keeps each statement at a few
 #: tens of milliseconds on a busy table, so its locks and snapshot are short).
 BATCH_ROWS = 5_000
-#: Name of the record each automatic round leaves in the table (what the dashboard shows).
-RECORD_NAME = "tasklib.retention"
+#: How long a round may hold the retention lease: past it (a worker that died mid-round) another
+#: worker may take it. Far longer than a round of 1,000,000 rows at the paced rate.
+LEASE_SECONDS = 600.0
 
 
 def prune_with(
@@ -73,25 +73,16 @@ def connection_runner(conn: psycopg.Connection[Any]) -> Callable[[str, dict[str,
 
 
 def automatic_round(conn: psycopg.Connection[Any], policy: Retention, worker_id: str) -> dict[str, int] | None:
-    """One worker's periodic round: prune under the cluster-wide advisory lock and record the round
-    as a completed ``tasklib.retention`` row (the dashboard shows the policy and outcome from it).
-    Returns None when another worker holds the lock (it is pruning now)."""
-    if not conn.execute(sql.RETENTION_TRY_LOCK).fetchone()[0]:  # type: ignore[index]
+    """One worker's periodic round: prune while holding the retention lease and record the round
+    (the dashboard shows the policy and outcome from it). Returns None when another worker holds
+    the lease (it is pruning now)."""
+    if not conn.execute(sql.TAKE_RETENTION_LEASE, {"worker_id": worker_id, "seconds": LEASE_SECONDS}).fetchall():
         return None
     try:
         started = conn.execute(sql.NOW).fetchone()[0]  # type: ignore[index]
         removed = prune_with(connection_runner(conn), policy.periods(), pause=1.0, now=started)
-        conn.execute(
-            sql.INSERT_RETENTION_RECORD,
-            {
-                "id": new_id(),
-                "name": RECORD_NAME,
-                "policy": json.dumps(policy.describe()),
-                "result": json.dumps({"removed": removed, "total": sum(removed.values())}),
-                "started_at": started,
-                "worker_id": worker_id,
-            },
-        )
+        record = {"policy": policy.describe(), "removed": removed, "total": sum(removed.values()), "worker_id": worker_id}
+        conn.execute(sql.RECORD_RETENTION, {"record": json.dumps(record), "started_at": started})
         return removed
     finally:
-        conn.execute(sql.RETENTION_UNLOCK)
+        conn.execute(sql.END_RETENTION_LEASE, {"worker_id": worker_id})

@@ -15,9 +15,9 @@ from psycopg import sql as psql
 
 from tasklib import sql
 from tasklib.sql import UNIQUE_KEY_HELD
-from tasklib.states import SLOT_KEY_PREFIX
+from tasklib.states import SLOT_KEY_PREFIX, STORED_STATES
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 #: Storage settings for a queue table: room on each page for a row's next versions (a batch updates
 #: a page's rows together), and vacuum and analyze after a fixed number of changed rows, not a
@@ -130,12 +130,22 @@ MIGRATIONS: dict[int, Callable[[], list[str]]] = {
         "DROP INDEX IF EXISTS tasks_pending_idx",
         sql.SETTLE_CHILDREN,  # (its NOTIFY names the released tasks' queues)
     ],
+    # 11: the tasks table holds only tasks. Queue settings, limits' clocks and retention records
+    # move to tasklib_settings, and workers announce themselves in tasklib_workers (presence, which
+    # finds a dead worker without seeing its sessions). Two new small tables; the moved rows are
+    # found through the name index; the state check loses 'setting' (NOT VALID, as in 8). Workers of
+    # version 10 lose their settings rows: replace them all (CHANGELOG.md).
+    11: lambda: [
+        sql.CREATE_SETTINGS,
+        sql.CREATE_WORKERS,
+        *sql.MOVE_SETTINGS,
+        "ALTER TABLE tasks DROP CONSTRAINT IF EXISTS tasks_state_valid",
+        f"ALTER TABLE tasks ADD CONSTRAINT tasks_state_valid CHECK (state IN ({_states()})) NOT VALID",
+    ],
 }
 
 
 def _states() -> str:
-    from tasklib.states import STORED_STATES
-
     return ", ".join(f"'{state}'" for state in STORED_STATES)
 
 

@@ -41,12 +41,9 @@ TRANSITIONS: dict[tuple[TaskState, TaskState], str] = {
 }
 
 
-#: The state of the rows that hold settings rather than tasks: a queue's (paused, concurrency
-#: limit) and a rate-limited task's clock (``tasklib.queues``). No statement on tasks names it, so
-#: lists, counts, claims and retention never see those rows.
-SETTING_STATE = "setting"
-#: Every value ``tasks.state`` may hold (its check constraint).
-STORED_STATES = (*(s.value for s in TaskState), SETTING_STATE)
+#: Every value ``tasks.state`` may hold (its check constraint). The fleet's own state (queue
+#: settings, limits' clocks, worker presence) lives in side tables (``tasklib.sql.fleet``).
+STORED_STATES = tuple(s.value for s in TaskState)
 
 #: Unique keys that start with this belong to recurring-task slots (``tasklib.schedules``). A slot's
 #: key stays taken after its run finishes, so a slot can never run twice; a user's key is free again

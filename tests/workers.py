@@ -114,12 +114,11 @@ def task_row(url: str, task_id) -> dict:
 
 
 def live_workers(url: str) -> int:
-    """Workers connected to this test's database (others run beside it in the parallel suite)."""
+    """Workers whose presence in this test's database is fresh (announced, and not gone)."""
+    from tasklib import sql
+
     with psycopg.connect(url) as conn:
-        return conn.execute(  # type: ignore[no-any-return]
-            "SELECT count(DISTINCT application_name) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND application_name LIKE 'tasklib-worker %'"
-        ).fetchone()[0]
+        return sum(1 for row in conn.execute(sql.WORKERS, {"after": sql.VANISHED_AFTER_SECONDS}) if row[-1])
 
 
 def all_done(url: str, total: int, final=("completed",)) -> bool:

@@ -152,20 +152,32 @@ WITH gone AS (
 SELECT count(*), max(completed_at) FROM gone
 """
 
-#: One worker at a time runs automatic retention: a session-level lock on the round's own connection.
-RETENTION_TRY_LOCK = "SELECT pg_try_advisory_lock(hashtext('tasklib.retention'))"
-RETENTION_UNLOCK = "SELECT pg_advisory_unlock(hashtext('tasklib.retention'))"
-
-#: The record of one automatic retention round: a row that is already completed (it never waits in
-#: the queue or runs in a child), carrying the policy as kwargs and the rows removed as result.
-INSERT_RETENTION_RECORD = """
-INSERT INTO tasks (id, name, kwargs, state, result, max_retries, scheduled_at, started_at, completed_at, worker_id)
-VALUES (%(id)s, %(name)s, CAST(%(policy)s AS jsonb), 'completed', CAST(%(result)s AS jsonb), 0,
-        %(started_at)s, %(started_at)s, now(), %(worker_id)s)
+#: One worker at a time runs automatic retention: it takes the lease (``tasklib_settings``) when
+#: nobody holds it, or when the holder's lease ran out (a worker that died mid-round). A row, not
+#: an advisory lock: it holds across transactions without a session, so it works through a
+#: transaction-mode pooler too.
+TAKE_RETENTION_LEASE = """
+INSERT INTO tasklib_settings (kind, name, value, at)
+VALUES ('retention', 'lease', jsonb_build_object('worker_id', CAST(%(worker_id)s AS text)),
+        now() + make_interval(secs => %(seconds)s))
+ON CONFLICT (kind, name) DO UPDATE SET value = EXCLUDED.value, at = EXCLUDED.at, changed_at = now()
+WHERE tasklib_settings.at < now()
+RETURNING 1
+"""
+#: The round is over: the lease is free at once (only if it is still this worker's).
+END_RETENTION_LEASE = """
+UPDATE tasklib_settings SET at = now(), changed_at = now()
+WHERE kind = 'retention' AND name = 'lease' AND value ->> 'worker_id' = %(worker_id)s
 """
 
-#: The newest retention record (the overview shows the policy in force and its last outcome).
+#: The record of the last automatic retention round (the overview shows the policy in force and
+#: its outcome): %(record)s holds the policy, the rows removed per state, their total and the worker.
+RECORD_RETENTION = """
+INSERT INTO tasklib_settings (kind, name, value, at) VALUES ('retention', 'last', CAST(%(record)s AS jsonb), %(started_at)s)
+ON CONFLICT (kind, name) DO UPDATE SET value = EXCLUDED.value, at = EXCLUDED.at, changed_at = now()
+"""
+
+#: The last retention round's record, as RECORD_RETENTION wrote it.
 LAST_RETENTION_RECORD = """
-SELECT kwargs, result, completed_at, worker_id FROM tasks
-WHERE name = %(name)s AND state = 'completed' ORDER BY created_at DESC, id DESC LIMIT 1
+SELECT value, at AS started_at, changed_at AS completed_at FROM tasklib_settings WHERE kind = 'retention' AND name = 'last'
 """

@@ -62,15 +62,6 @@ SELECT count(*) FROM (
     LIMIT %(cap)s) AS ahead
 """
 
-#: Connected workers, from the application_name each worker connection sets.
-LIVE_WORKERS = """
-SELECT substr(application_name, length('tasklib-worker ') + 1) AS worker_id, min(backend_start), count(*)
-FROM pg_stat_activity
-WHERE datname = current_database() AND application_name LIKE 'tasklib-worker %%'
-GROUP BY 1 ORDER BY 1
-"""
-
-#: Has any worker started a task of this name recently? (newest rows of that name first)
 #: Has any worker started a task of this name recently? A running one, or one among the newest 50
 #: finished of each outcome (bounded: each is a short walk of tasks_name_state_created_idx).
 NAME_RECENTLY_STARTED = """

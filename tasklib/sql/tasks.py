@@ -191,7 +191,6 @@ SELECT unique_key, CAST(id AS text) FROM tasks WHERE unique_key = ANY(CAST(%(key
 GET_TASK = f"{_SELECT_TASK} WHERE id = %(id)s"
 
 
-#: Settings rows (``SETTING_STATE``) are counted too; ``count_by_state`` leaves them out.
 COUNT_BY_STATE = "SELECT state, count(*) FROM tasks GROUP BY state"
 
 

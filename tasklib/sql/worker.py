@@ -15,6 +15,8 @@ from typing import Any
 import orjson
 from psycopg.types.json import Jsonb
 
+from tasklib.sql.fleet import WORKER_STALE
+
 NOW = "SELECT now()"
 
 
@@ -144,55 +146,18 @@ ORDER BY locked_until
 LIMIT %(limit)s
 """
 
-#: Every session name a worker connection carries starts with this (``worker.liveness.session_name``).
-WORKER_SESSION_PREFIX = "tasklib-worker "
-
-
-#: A running row's worker has a session open: one of its connections sets application_name to
-#: ``tasklib-worker <id>`` (PostgreSQL may cut a long name, so the name must be a prefix of it).
-def _worker_connected(worker: str) -> str:
-    return f"""EXISTS (
-    SELECT 1 FROM pg_stat_activity AS a
-    WHERE a.datname = current_database() AND a.application_name LIKE '{WORKER_SESSION_PREFIX}_%%'
-      AND starts_with('{WORKER_SESSION_PREFIX}' || {worker}, a.application_name))"""
-
-
-#: (read) The session names of every worker connected to this database: the look ``worker.liveness``
-#: takes every round to notice a worker whose sessions closed (a killed process's connections close
-#: at once, so the database itself knows it is gone). It reads no table, so its cost does not grow
-#: with the dead index entries a long transaction elsewhere keeps.
-WORKER_SESSIONS = f"""
-SELECT DISTINCT application_name FROM pg_stat_activity
-WHERE datname = current_database() AND application_name LIKE '{WORKER_SESSION_PREFIX}_%%'
-"""
-
-#: (read) Workers that hold unexpired claims but have no session open, read once when a worker
-#: starts: it finds the workers that died before any live worker could see them go (a crashed host,
-#: every worker restarted), which WORKER_SESSIONS alone cannot. Reads tasks_locked_idx: only running
-#: tasks hold a lock, but while a long transaction elsewhere holds back cleanup it also reads the
-#: dead entries of every task finished since, which is why it is not repeated every round.
-VANISHED_WORKERS = f"""
-SELECT worker_id FROM (
-    SELECT DISTINCT worker_id FROM tasks WHERE locked_until >= now() AND state || '' = 'running'
-) AS owners
-WHERE NOT {_worker_connected("owners.worker_id")}
-"""
-
-#: (read) The running claims of workers whose session name is ``%(session)s`` and who have no
-#: session open (rows as EXPIRED_CLAIMS returns them). A name PostgreSQL cut short may be shared by
-#: several workers, hence the prefix match, and the check that the row's own worker is gone.
-CLAIMS_OF_SESSION = f"""
-SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks AS t
-WHERE locked_until IS NOT NULL AND state || '' = 'running'
-  AND starts_with('{WORKER_SESSION_PREFIX}' || worker_id, %(session)s)
-  AND NOT {_worker_connected("t.worker_id")}
+#: (read) The running claims of a worker whose presence went stale (rows as EXPIRED_CLAIMS returns
+#: them); read only when one is, through tasks_locked_idx (only running tasks hold a lock).
+CLAIMS_OF_WORKER = """
+SELECT id, worker_id, started_at, locked_until, retry_count, max_retries FROM tasks
+WHERE locked_until IS NOT NULL AND state || '' = 'running' AND worker_id = %(worker_id)s
 ORDER BY locked_until
 LIMIT %(limit)s
 """
 
-#: running -> pending | failed: RESCUE_MANY for a worker whose sessions are gone, whether or not
-#: its lock has expired; checked again in the statement, so a worker that reconnected keeps its claims.
-RESCUE_VANISHED = _apply_outcomes("AND NOT " + _worker_connected("t.worker_id"))
+#: running -> pending | failed: RESCUE_MANY for a worker whose presence went stale, whether or not
+#: its lock has expired; checked again in the statement, so a worker that came back keeps its claims.
+RESCUE_VANISHED = _apply_outcomes("AND " + WORKER_STALE)
 
 #: running -> pending: hand back tasks this worker claimed but will not finish (shutdown, prefetched
 #: but never started, or stopped after the grace period). No attempt is burned.

@@ -25,6 +25,16 @@ from tasklib.db import CLAIM_PLANNER_SETTINGS, WRITE_PLANNER_SETTINGS, connect_k
 log = logging.getLogger("tasklib.worker")
 
 Role = Literal["claim", "write", "schedule"]
+#: Every worker connection's ``application_name`` starts with this (what an operator sees in
+#: ``pg_stat_activity``; liveness reads presence, not sessions).
+WORKER_SESSION_PREFIX = "tasklib-worker "
+
+
+def application_name(worker_id: str) -> str:
+    """The ``application_name`` of a worker's connections, as PostgreSQL keeps it (63 bytes)."""
+    return (WORKER_SESSION_PREFIX + worker_id).encode()[:63].decode("utf-8", "ignore")
+
+
 #: Longest wait between reconnect attempts: a worker resumes within about a second of the database
 #: coming back (an attempt against a server that is down costs next to nothing).
 MAX_BACKOFF_SECONDS = 1.0
@@ -72,7 +82,6 @@ class WorkerConnections:
     def __init__(self, url: str | Callable[[], str], application_name: str, *, prepared_statements: bool = True) -> None:
         self._url = url  # resolved on first use: the embedded server starts only when a worker runs
         self._kwargs = connect_kwargs(application_name, prepared_statements=prepared_statements)
-        # The dashboard lists live workers from pg_stat_activity by this name (no extra table needed).
         self.application_name = application_name
         # "schedule" is opened only by workers with recurring tasks (``tasklib.worker.scheduler``).
         self._conns: dict[Role, psycopg.AsyncConnection[Any] | None] = {"claim": None, "write": None, "schedule": None}

@@ -1,8 +1,10 @@
-"""Liveness: renew the locks this worker holds (heartbeat) and rescue the claims of workers that are gone.
+"""Liveness: announce this worker (presence), renew the locks it holds (heartbeat), and rescue
+the claims of workers that are gone.
 
 A rescue is a failed attempt like any other (``outcome.decide``), applied only to claims still held
-by the worker that lost them. Dead workers are found by their sessions closing, or by their locks
-expiring (docs/design/liveness.md).
+by the worker that lost them. Dead workers are found by their presence going stale (they stopped
+refreshing their row of ``tasklib_workers``), or by their locks expiring. Presence needs no session
+of theirs to be visible, so it works behind a transaction-mode pooler (docs/design/liveness.md).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ log = logging.getLogger("tasklib.worker")
 
 #: Expired claims handled per rescue statement (more are taken in the same round, a batch at a time).
 RESCUE_BATCH = 256
-#: How long a worker holding claims must stay without any session before its claims are rescued:
-#: longer than a reconnect after a PostgreSQL restart, short next to the default lock.
-VANISHED_AFTER_SECONDS = 5.0
+#: How often a worker refreshes its presence.
+PRESENCE_SECONDS = 1.0
+VANISHED_AFTER_SECONDS = sql.VANISHED_AFTER_SECONDS
 #: After this worker's own connection failed, how long it rescues nothing once back: the others'
-#: heartbeats stopped too, and they need a moment to renew what they still run.
+#: refreshes and heartbeats stopped too, and they need a moment to renew what they still run.
 RECONNECT_GRACE_SECONDS = 5.0
 #: A repeated look at claims takes at most this share of the time between two looks.
 VANISHED_CHECK_SHARE = 0.02
@@ -46,11 +48,6 @@ class HeldWork(Protocol):
     def stop_lost(self, lost: set[uuid.UUID]) -> None: ...
 
     def rescued(self) -> None: ...  # tasks went back to pending: every claim source may have some
-
-
-def session_name(worker_id: str) -> str:
-    """The ``application_name`` of a worker's connections, as PostgreSQL keeps it (63 bytes)."""
-    return (sql.WORKER_SESSION_PREFIX + worker_id).encode()[:63].decode("utf-8", "ignore")
 
 
 class Pacing:
@@ -69,50 +66,15 @@ class Pacing:
         self._next = finished + max(self.interval, (finished - started) / self.share)
 
 
-class SessionWatch:
-    """Which workers' sessions have stayed gone, by session name, and since when (this worker's
-    monotonic clock). A name is known once seen in a look at the sessions, or learned from the
-    owners of claims; it is dropped once its claims are dealt with."""
-
-    def __init__(self, own: str, after_seconds: float = VANISHED_AFTER_SECONDS) -> None:
-        self.own = own
-        self.after_seconds = after_seconds
-        self._known: set[str] = set()
-        self._since: dict[str, float] = {}
-
-    def learn(self, names: Iterable[str]) -> None:
-        """Names of workers known to hold claims without being seen (the start-up read)."""
-        self._known.update(names)
-
-    def observe(self, sessions: Iterable[str], now: float) -> list[str]:
-        """Record one look at the sessions open; return the known names gone long enough to rescue.
-        A name seen connected again starts over."""
-        connected = set(sessions)
-        self._known |= connected
-        missing = self._known - connected - {self.own}
-        self._since = {name: self._since.get(name, now) for name in missing}
-        return sorted(name for name, since in self._since.items() if now - since >= self.after_seconds)
-
-    def settled(self, name: str) -> None:
-        """Its claims are rescued (or it held none): nothing more to watch for."""
-        self._known.discard(name)
-        self._since.pop(name, None)
-
-    def forget(self) -> None:
-        """Our own connection failed: what we saw before it says nothing about the others now.
-        The names stay known (a worker that died during the outage must still be found)."""
-        self._since.clear()
-
-
 def rescue_decisions(
     rows: Iterable[dict[str, Any]], config: Config, vanished: bool = False
 ) -> list[tuple[Any, str, Any, Any]]:
     """``(id, worker id, started_at, Action)`` for each claim to rescue (rows of EXPIRED_CLAIMS, or
-    of CLAIMS_OF_SESSION for a worker whose sessions are gone)."""
+    of CLAIMS_OF_WORKER for a worker whose presence went stale)."""
     decisions = []
     for row in rows:
         why = (
-            "has had no database session for several seconds (its process is gone)"
+            f"stopped announcing itself more than {VANISHED_AFTER_SECONDS:.0f} s ago (its process or host is gone)"
             if vanished
             else f"stopped renewing its lock, which expired at {row['locked_until'].isoformat()}"
         )
@@ -137,8 +99,9 @@ def foreign_claims(rows: Iterable[dict[str, Any]], worker_id: str, known: set[uu
 
 
 class Liveness:
-    """Runs ``loop()`` in the background: heartbeats every ``heartbeat_interval``, rescues every
-    ``poll_interval``; sets ``wake`` when a rescue made tasks pending again."""
+    """Runs ``loop()`` in the background: presence every ``PRESENCE_SECONDS``, heartbeats every
+    ``heartbeat_interval``, rescues every ``poll_interval``; sets ``wake`` when a rescue made tasks
+    pending again. ``presence`` is the row ``register()`` writes (``sql.REGISTER_WORKER``)."""
 
     def __init__(
         self,
@@ -149,6 +112,7 @@ class Liveness:
         writer: OutcomeWriter,
         wake: asyncio.Event,
         poll_interval: float,
+        presence: dict[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.worker_id = worker_id
@@ -157,20 +121,22 @@ class Liveness:
         self._writer = writer
         self._wake = wake
         self.poll_interval = poll_interval
+        self.presence = {"worker_id": worker_id, **(presence or {})}
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
-        self.sessions = SessionWatch(session_name(worker_id))
         self.vanished_pacing = Pacing(poll_interval)
         self.expired_pacing = Pacing(poll_interval)
-        self._owners_read = False  # the start-up read of the claims' owners (VANISHED_WORKERS)
         self._quiet_until = 0.0  # monotonic time before which this worker rescues nothing
 
     async def loop(self) -> None:
-        last_beat = 0.0
+        last_beat = last_seen = time.monotonic()  # (``register()`` has just announced it)
         outage = Outage("heartbeat and rescue")
         while True:
-            await asyncio.sleep(min(self.poll_interval, self.heartbeat_interval))
+            await asyncio.sleep(min(self.poll_interval, self.heartbeat_interval, PRESENCE_SECONDS))
             try:
                 now = time.monotonic()
+                if now - last_seen >= PRESENCE_SECONDS:
+                    await self.refresh()
+                    last_seen = now
                 if now - last_beat >= self.heartbeat_interval:
                     await self.heartbeat()
                     last_beat = now
@@ -180,9 +146,22 @@ class Liveness:
                 await self.rescue_vanished()
                 outage.ok()
             except psycopg.Error as exc:
-                self.sessions.forget()
                 self._quiet_until = time.monotonic() + RECONNECT_GRACE_SECONDS
                 outage.failed(exc)
+
+    async def register(self) -> None:
+        """Announce this worker: from now on the others can tell when it is gone."""
+        await self._connections.execute(sql.REGISTER_WORKER, self.presence)
+
+    async def refresh(self) -> None:
+        """This worker is alive; registered again if its row was removed (it was taken for dead)."""
+        if not await self._connections.execute(sql.REFRESH_PRESENCE, {"worker_id": self.worker_id}):
+            log.warning("worker %s was taken for gone by another worker; announcing it again", self.worker_id)
+            await self.register()
+
+    async def leave(self) -> None:
+        """A clean stop: nobody needs to wait for this worker's presence to go stale."""
+        await self._connections.execute(sql.UNREGISTER_WORKER, {"worker_id": self.worker_id})
 
     async def heartbeat(self) -> None:
         """Extend our locks; tasks whose rows are no longer ours (cancelled, rescued) are stopped.
@@ -226,45 +205,45 @@ class Liveness:
         return total
 
     async def rescue_vanished(self) -> int:
-        """Fail or retry (by policy) the claims of workers whose sessions have stayed gone."""
+        """Fail or retry (by policy) the claims of workers whose presence went stale."""
         started = time.monotonic()
         if started < self._quiet_until or not self.vanished_pacing.due(started):
             return 0
-        if not self._owners_read:
-            owners = await self._connections.execute(sql.VANISHED_WORKERS, {})
-            self.sessions.learn(session_name(r[0]) for r in owners)  # (our own name is never missing)
-            self._owners_read = True
-        looked = time.monotonic()  # (the one-off read above says nothing about what a look costs)
-        rows = await self._connections.execute(sql.WORKER_SESSIONS, {})
-        self.vanished_pacing.ran(looked, time.monotonic())
+        after = {"after": VANISHED_AFTER_SECONDS}
+        stale = await self._connections.execute(sql.STALE_WORKERS, after)
+        self.vanished_pacing.ran(started, time.monotonic())
         total = 0
-        for name in self.sessions.observe((r[0] for r in rows), time.monotonic()):
+        for (worker_id,) in stale:
+            if worker_id == self.worker_id:
+                continue  # (our own claims are never rescued by ourselves: we run them)
             while True:
                 claims = await self._connections.execute(
-                    sql.CLAIMS_OF_SESSION, {"session": name, "limit": RESCUE_BATCH}, row_factory=dict_row
+                    sql.CLAIMS_OF_WORKER, {"worker_id": worker_id, "limit": RESCUE_BATCH}, row_factory=dict_row
                 )
                 if not claims:
-                    self.sessions.settled(name)
+                    await self._connections.execute(sql.FORGET_WORKER, {"worker_id": worker_id, **after})
                     break
-                for worker_id, count in sorted(Counter(c["worker_id"] for c in claims).items()):
-                    log.warning("worker %s has no database session: rescuing %d task(s) it claimed", worker_id, count)
-                rescued = await self._apply(sql.RESCUE_VANISHED, rescue_decisions(claims, self.config, vanished=True))
+                for owner, count in sorted(Counter(c["worker_id"] for c in claims).items()):
+                    log.warning("worker %s stopped announcing itself: rescuing %d task(s) it claimed", owner, count)
+                rescued = await self._apply(sql.RESCUE_VANISHED, rescue_decisions(claims, self.config, vanished=True), after)
                 total += len(rescued)
                 if not rescued:
-                    break  # it reconnected meanwhile, or another worker took them: look again next round
+                    break  # it came back meanwhile, or another worker took them: look again next round
         if total:
             self._work.rescued()
             self._wake.set()
         return total
 
-    async def _apply(self, statement: str, decisions: list[tuple[Any, str, Any, Any]]) -> set[Any]:
+    async def _apply(
+        self, statement: str, decisions: list[tuple[Any, str, Any, Any]], extra: dict[str, Any] | None = None
+    ) -> set[Any]:
         """Run a rescue statement per lost worker; the ids it changed."""
         by_worker: dict[str, list[tuple[Any, Any, Any]]] = defaultdict(list)
         for task_id, worker_id, started_at, action in decisions:
             by_worker[worker_id].append((task_id, started_at, action))
         rescued: set[Any] = set()
         for worker_id, batch in by_worker.items():  # usually one lost worker per round
-            rows = await self._connections.execute(statement, sql.outcome_params(batch, worker_id))
+            rows = await self._connections.execute(statement, {**sql.outcome_params(batch, worker_id), **(extra or {})})
             done = {r[0] for r in rows}
             for task_id, _started, action in batch:
                 if task_id in done:

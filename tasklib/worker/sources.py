@@ -21,7 +21,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from tasklib import sql
-from tasklib.limits import allowance, limits_row_id, lock_key
+from tasklib.limits import allowance, lock_key
 from tasklib.registry import TaskDefinition
 from tasklib.worker.claim import ClaimPlanner, ClaimQuery, ClaimReply
 from tasklib.worker.connections import QueueChanged, Submitted
@@ -64,8 +64,8 @@ class QueueSettings:
     stale: bool = True
 
     def load(self, rows: Sequence[dict[str, Any]], now: float) -> None:
-        self.paused = {r["queue"] for r in rows if r["kwargs"].get("paused")}
-        limits = {r["queue"]: r["kwargs"].get("concurrency_limit") for r in rows}
+        self.paused = {r["queue"] for r in rows if r["settings"].get("paused")}
+        limits = {r["queue"]: r["settings"].get("concurrency_limit") for r in rows}
         self.limits = {queue: int(limit) for queue, limit in limits.items() if limit}
         self.read_at, self.stale = now, False
 
@@ -113,7 +113,7 @@ async def gated_claim(
         [lock_key("task", task.name)] if task is not None else []
     )
     rate = task.rate_limit if task is not None else None
-    clock_id = limits_row_id(task.name) if rate is not None and task is not None else None
+    clock_id = task.name if rate is not None and task is not None else None
     await run(sql.GATE_LOCK, {"keys": keys})
     counts = (
         await run(
@@ -152,11 +152,11 @@ async def gated_claim(
 def limits_params(task: TaskDefinition) -> dict[str, Any]:
     """SAVE_LIMITS's parameters: what a task's ``@task`` declares."""
     limits = {
-        "task": task.name,
+        "queue": task.queue,
         "concurrency_limit": task.concurrency_limit,
         "rate_limit": None if task.rate_limit is None else str(task.rate_limit),
     }
-    return {"row": limits_row_id(task.name), "queue": task.queue, "limits": json.dumps(limits)}
+    return {"task": task.name, "limits": json.dumps(limits)}
 
 
 class Claimer:

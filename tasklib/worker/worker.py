@@ -35,12 +35,13 @@ from tasklib.worker.connections import (
     CancelRequested,
     Outage,
     WorkerConnections,
+    application_name,
     brief,
     notifications,
 )
 from tasklib.worker.executors import Executor, ExecutorContext, ProcessExecutor
 from tasklib.worker.forkserver import ForkServer
-from tasklib.worker.liveness import Liveness, session_name
+from tasklib.worker.liveness import Liveness
 from tasklib.worker.retention import RetentionLoop
 from tasklib.worker.scheduler import Scheduler
 from tasklib.worker.sources import Claimer, Source, make_sources
@@ -133,7 +134,7 @@ class TaskWorker:
         self._stopped = asyncio.Event()
         self._started = False
         self._run_task: asyncio.Task[Any] | None = None
-        self._app_name = session_name(self.worker_id)
+        self._app_name = application_name(self.worker_id)
         self._connections = WorkerConnections(
             config.resolved_database_url, self._app_name, prepared_statements=config.prepared_statements
         )
@@ -175,8 +176,17 @@ class TaskWorker:
             extra={"event": "worker.started", "worker_id": self.worker_id},
         )
         liveness = Liveness(
-            self.config, self.worker_id, self._connections, self._lanes, self._writer, self._wake, self.poll_interval
+            self.config,
+            self.worker_id,
+            self._connections,
+            self._lanes,
+            self._writer,
+            self._wake,
+            self.poll_interval,
+            presence=self._presence(definitions, async_lane),
         )
+        with contextlib.suppress(psycopg.Error):  # (else its first refresh announces it)
+            await liveness.register()
         writer = asyncio.create_task(self._writer.run(), name="tasklib-write")
         background = [
             asyncio.create_task(self._listen(url), name="tasklib-listen"),
@@ -205,6 +215,9 @@ class TaskWorker:
                 writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
             await self._writer.close()
+            if not self._writer.unwritten_ids():  # (else it is left to go stale: the others rescue)
+                with contextlib.suppress(psycopg.Error):
+                    await liveness.leave()
             await asyncio.gather(*(lane.executor.pool.close() for lane in self._lanes.lanes))
             server.close()
             await self._connections.close()
@@ -227,6 +240,20 @@ class TaskWorker:
         self._stop()
         if self._started and asyncio.current_task() is not self._run_task:
             await self._stopped.wait()
+
+    def _presence(self, definitions: dict[str, TaskDefinition], async_lane: bool) -> dict[str, Any]:
+        """What this worker's row of ``tasklib_workers`` says of it (the Workers page shows it)."""
+        from tasklib import __version__
+
+        return {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "version": __version__,
+            "concurrency": self.concurrency,
+            "async_concurrency": self.async_concurrency if async_lane else 0,
+            "queues": self.queues or registered_queues(definitions),
+            "pool_mode": "session",
+        }
 
     def _fork_server(self, definitions: dict[str, TaskDefinition]) -> ForkServer:
         modules = sorted({d.func.__module__ for d in definitions.values()} | set(self._extra_modules))

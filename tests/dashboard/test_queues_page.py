@@ -9,7 +9,6 @@ from litestar.testing import TestClient
 
 import tasklib
 from tasklib import sql
-from tasklib.limits import limits_row_id
 from tasklib.registry import definition_for
 from tasklib.worker.sources import limits_params
 from tests.dashboard.test_app import csrf
@@ -71,7 +70,7 @@ def test_the_explainer_names_what_holds_a_task_back(client: TestClient, tl) -> N
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(sql.SAVE_LIMITS, limits_params(paced))
         later = datetime.now(UTC) + timedelta(seconds=30)
-        conn.execute(sql.SET_CLOCK, {"clock": limits_row_id(paced.name), "at": later})
+        conn.execute(sql.SET_CLOCK, {"clock": paced.name, "at": later})
     slow = tasklib.submit_task_sync(queue_jobs.paced, i=1)
     assert f"{paced.name} is rate-limited (20/s): next start in" in client.get(f"/tasks/{slow}").text
 

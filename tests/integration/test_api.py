@@ -7,9 +7,12 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 
 import tasklib
 from tasklib.schema import SCHEMA_VERSION, ensure_schema
@@ -355,3 +358,55 @@ def _shape(url: str) -> tuple[set[str], list[tuple[str, str]], list[str]]:
         ).fetchall()
         options = conn.execute("SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = 'tasks'::regclass").fetchone()
     return indexes, columns, sorted(options[0])  # type: ignore[return-value,index]
+
+
+def test_init_moves_version_10_settings_rows_out_of_the_tasks_table(database_url: str) -> None:
+    """Schema 11: a queue's settings, a limited task's limits and clock, and the last retention
+    record, kept by version 10 as rows of tasks, move to tasklib_settings; tasks holds only tasks."""
+    tasklib.init(tasklib.Config(database_url=database_url))
+    clock = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE tasklib_settings, tasklib_workers")
+        conn.execute("ALTER TABLE tasks DROP CONSTRAINT tasks_state_valid")
+        conn.execute(
+            "ALTER TABLE tasks ADD CONSTRAINT tasks_state_valid CHECK (state IN "
+            "('pending', 'waiting', 'running', 'completed', 'failed', 'cancelled', 'setting')) NOT VALID"
+        )
+        rows = [  # (name, state, queue, kwargs, result, scheduled_at), as version 10 wrote them
+            ("tasklib.queue", "setting", "emails", {"paused": True, "concurrency_limit": 3}, None, "epoch"),
+            ("tasklib.limits", "setting", "payments", {"task": "shop.charge", "rate_limit": "2/s"}, None, clock),
+            ("tasklib.limits", "setting", "default", {"task": "shop.index", "concurrency_limit": 1}, None, "epoch"),
+            (
+                "tasklib.retention",
+                "completed",
+                "default",
+                {"completed": 3600.0},
+                {"removed": {"completed": 7}, "total": 7},
+                clock,
+            ),
+            ("tasklib.retention", "completed", "default", {"completed": 60.0}, {"removed": {}, "total": 0}, clock),
+            ("shop.kept", "pending", "default", {}, None, clock),
+        ]
+        for i, (name, state, queue, kwargs, result, at) in enumerate(rows):
+            conn.execute(
+                "INSERT INTO tasks (id, name, state, queue, kwargs, result, max_retries, scheduled_at, started_at,"
+                " completed_at, created_at, worker_id) VALUES (gen_random_uuid(), %s, %s, %s, %s, %s, 0, %s, %s,"
+                " CASE WHEN %s <> 'pending' THEN now() END, now() + make_interval(secs => %s), 'w9')",
+                [name, state, queue, Jsonb(kwargs), Jsonb(result) if result else None, at, at, state, i],
+            )
+        conn.execute("COMMENT ON TABLE tasks IS 'tasklib schema 10'")
+    tasklib.init(tasklib.Config(database_url=database_url))
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        left = conn.execute("SELECT name, state FROM tasks").fetchall()
+        moved = {(r["kind"], r["name"]): r for r in conn.execute("SELECT * FROM tasklib_settings").fetchall()}
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO tasks (id, name, state, kwargs) VALUES (gen_random_uuid(), 'x', 'setting', '{}')")
+    assert left == [{"name": "shop.kept", "state": "pending"}]
+    assert moved[("queue", "emails")]["value"] == {"paused": True, "concurrency_limit": 3}
+    charge = moved[("limits", "shop.charge")]
+    assert charge["value"] == {"task": "shop.charge", "rate_limit": "2/s", "queue": "payments"} and charge["at"] == clock
+    assert moved[("limits", "shop.index")]["at"] is None  # (version 10's "never started" clock)
+    last = moved[("retention", "last")]["value"]
+    assert last == {"policy": {"completed": 60.0}, "removed": {}, "total": 0, "worker_id": "w9"}  # the newest
+    assert tasklib.list_queues()[0].name in ("default", "emails")
+    assert {q.name: q.paused for q in tasklib.list_queues()}["emails"] is True

@@ -112,13 +112,11 @@ def _statements(batches: list[list[Claim]], expired: list[list[Claim]]) -> dict[
             sql.FINISH_MANY,
             [sql.outcome_params(((c[0], c[2], done) for c in b), "w") for b in batches],
         ),
-        # Every running row's worker, against the sessions open: reads the lock index only.
-        "vanished workers": (WRITE_SETTINGS, sql.VANISHED_WORKERS, [{} for _ in runs]),
-        # The claims of one worker whose sessions closed (nobody named w is connected).
-        "claims of a vanished session": (
+        # The claims of one worker whose presence went stale.
+        "claims of a stale worker": (
             WRITE_SETTINGS,
-            sql.CLAIMS_OF_SESSION,
-            [{"session": "tasklib-worker w", "limit": RESCUE_BATCH} for _ in runs],
+            sql.CLAIMS_OF_WORKER,
+            [{"worker_id": "w", "limit": RESCUE_BATCH} for _ in runs],
         ),
         # The scheduler's pass (its connection has the write settings): a slot nobody inserted yet.
         "slot insert": (WRITE_SETTINGS, sql.INSERT_SLOT, [_slot_params() for _ in runs]),
@@ -223,8 +221,7 @@ def test_claim_and_id_statements_keep_their_plans(tl: tasklib.Config) -> None:
         "find expired locks": ("tasks_locked_idx", ("Seq Scan", "tasks_state_created_idx")),
         "rescue expired": ("tasks_pkey", ("Join", "Seq Scan", "tasks_state_created_idx")),
         "slot insert": ("tasks_unique_key_idx", ("Seq Scan",)),
-        "vanished workers": ("tasks_locked_idx", ("Seq Scan", "Bitmap", "Gather")),
-        "claims of a vanished session": ("tasks_locked_idx", ("Seq Scan", "Bitmap", "Gather", "Sort")),
+        "claims of a stale worker": ("tasks_locked_idx", ("Seq Scan", "Bitmap", "Gather", "Sort")),
         "submit": ("Insert on tasks", ("Index", "Seq Scan", "Bitmap")),  # reads no table
     }
     for name, (options, query, runs) in _statements([running[:256]], [running[:10]]).items():
@@ -276,11 +273,12 @@ def _plan_sum(plan: dict[str, Any], match: tuple[str, str], fields: tuple[str, .
     return own + sum(_plan_sum(child, match, fields) for child in plan.get("Plans", []))
 
 
-def test_the_look_for_vanished_workers_reads_the_lock_index_without_parallel_workers(tl: tasklib.Config) -> None:
+def test_the_look_for_a_stale_workers_claims_reads_the_lock_index_without_parallel_workers(tl: tasklib.Config) -> None:
     """Statistics taken while 100,000 tasks were running, then all of them finished (their lock-index
-    entries dead, not yet vacuumed), 64 running now. On the worker's write connection the look is a
-    plain index scan (it marks the dead entries as it passes, so the next look skips them), never a
-    bitmap scan (which marks nothing) or a Gather (parallel workers for a few rows)."""
+    entries dead, not yet vacuumed), 64 running now. On the worker's write connection the look for
+    a stale worker's claims is a plain index scan (it marks the dead entries as it passes, so the
+    next look skips them), never a bitmap scan (which marks nothing) or a Gather (parallel workers
+    for a few rows)."""
     url = tl.database_url
     assert url is not None
     with psycopg.connect(url, autocommit=True) as admin:
@@ -290,14 +288,16 @@ def test_the_look_for_vanished_workers_reads_the_lock_index_without_parallel_wor
         admin.execute("UPDATE tasks SET state = 'completed', locked_until = NULL, completed_at = now()")
         _insert(admin, "running", 64, lock="10 minutes")
     with _worker_connection(url, WRITE_SETTINGS) as conn:
-        assert conn.execute(sql.VANISHED_WORKERS, {}).fetchall() == [("w",)]  # nobody named w is connected
+        look = sql.CLAIMS_OF_WORKER
+        params = {"worker_id": "w", "limit": 1000}
+        assert len(conn.execute(look, params).fetchall()) == 64
         buffers, looks = 0, []
 
         def next_look_reads_only_live_entries() -> bool:
             # A look marks the dead entries it passes once no snapshot anywhere in this database can
             # still see them; while the parallel suite keeps the horizon busy that can take a look or two.
             nonlocal buffers
-            (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + sql.VANISHED_WORKERS, {}).fetchone()  # type: ignore[misc]
+            (plan,) = conn.execute("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + look, params).fetchone()  # type: ignore[misc]
             looks.append(plan)
             index = ("Index Name", "tasks_locked_idx")
             buffers = _plan_sum(plan[0]["Plan"], index, ("Shared Hit Blocks", "Shared Read Blocks"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -97,38 +98,45 @@ def test_prune_command(tl: tasklib.Config, database_url: str) -> None:
 
 def test_workers_prune_one_at_a_time_and_record_each_round(tl: tasklib.Config, database_url: str, tmp_path: Path) -> None:
     fill(database_url)
-    # The running rows' worker "w" stays connected (else the workers would rescue its claims after 5 s).
-    live = psycopg.connect(database_url, application_name="tasklib-worker w")
-    with live, workers(database_url, tmp_path / "log", 3, "--retention", "completed=1h,failed=1d,every=1s"):
+    # (The running rows' worker "w" never registered its presence: nobody rescues its claims before
+    # their locks expire, as for a worker of a version without presence.)
+    with workers(database_url, tmp_path / "log", 3, "--retention", "completed=1h,failed=1d,every=1s"):
         assert wait_for(lambda: by_state(database_url).get("failed", 0) == 15, timeout=30)
-        assert wait_for(lambda: len(records(database_url)) >= 4, timeout=30)
+        assert wait_for(lambda: record(database_url) is not None, timeout=30)
+        first = record(database_url)
+        assert first is not None and wait_for(
+            lambda: record(database_url)["completed_at"] > first["completed_at"], timeout=30
+        )  # type: ignore[index]
     after = by_state(database_url)
     assert after["pending"] == 10 and after["running"] == 10 and after["cancelled"] == 25
-    rounds = records(database_url)
-    assert sum(r["result"]["total"] for r in rounds) == 130 + 70  # every row removed once, by some round
-    assert rounds[0]["kwargs"] == {"completed": 3600.0, "failed": 86400.0}
+    assert after["completed"] == 20 and after["failed"] == 15  # every old row removed, none other
+    last = record(database_url)
+    assert last is not None and last["value"]["policy"] == {"completed": 3600.0, "failed": 86400.0}
+    assert last["value"]["worker_id"] and last["value"]["total"] == 0  # (later rounds found nothing left)
+    with psycopg.connect(database_url) as conn:  # the tasks table holds only tasks
+        assert conn.execute("SELECT count(*) FROM tasks WHERE name LIKE 'tasklib.%'").fetchone() == (0,)
 
 
-def test_a_round_waits_its_turn_while_another_holds_the_lock(tl: tasklib.Config, database_url: str) -> None:
+def test_a_round_waits_its_turn_while_another_holds_the_lease(tl: tasklib.Config, database_url: str) -> None:
     fill(database_url)
     policy = tasklib.Retention(completed="1h")
     with psycopg.connect(database_url, autocommit=True) as other, psycopg.connect(database_url, autocommit=True) as mine:
-        assert other.execute(sql.RETENTION_TRY_LOCK).fetchone()[0]  # type: ignore[index]
+        assert other.execute(sql.TAKE_RETENTION_LEASE, {"worker_id": "w0", "seconds": 600}).fetchall()
         assert retention.automatic_round(mine, policy, "w1") is None
-        assert by_state(database_url)["completed"] == 150 and records(database_url) == []
-        other.execute(sql.RETENTION_UNLOCK)
+        assert by_state(database_url)["completed"] == 150 and record(database_url) is None
+        other.execute(sql.END_RETENTION_LEASE, {"worker_id": "w0"})
         assert retention.automatic_round(mine, policy, "w1") == {"completed": 130}
-        # (its own session's: pg_locks is the whole server's, where other tests' workers take limits' locks)
-        held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
-        assert mine.execute(held).fetchone()[0] == 0  # type: ignore[index]
-    assert [r["result"] for r in records(database_url)] == [{"removed": {"completed": 130}, "total": 130}]
+        # A lease whose holder died mid-round is taken once it runs out.
+        other.execute(sql.TAKE_RETENTION_LEASE, {"worker_id": "dead", "seconds": 0.2})
+        assert retention.automatic_round(mine, policy, "w1") is None
+        time.sleep(0.3)
+        assert retention.automatic_round(mine, policy, "w1") == {"completed": 0}
+    last = record(database_url)
+    assert last is not None and last["value"]["removed"] == {"completed": 0} and last["value"]["worker_id"] == "w1"
 
 
-def records(url: str) -> list[dict[str, Any]]:
+def record(url: str) -> dict[str, Any] | None:
     from psycopg.rows import dict_row
 
     with psycopg.connect(url, row_factory=dict_row) as conn:
-        return conn.execute(
-            "SELECT kwargs, result, worker_id, started_at, completed_at FROM tasks WHERE name = %s ORDER BY started_at",
-            [retention.RECORD_NAME],
-        ).fetchall()
+        return conn.execute(sql.LAST_RETENTION_RECORD).fetchone()

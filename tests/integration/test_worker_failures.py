@@ -46,8 +46,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_kill_9_with_the_default_lock_is_rescued_in_seconds(tl, tmp_path: Path) -> None:
-    """Default 600 s lock: the killed worker's sessions close at once, so the other worker rescues its
-    claims within seconds instead of minutes; its children die with it, so the killed attempts never
+    """Default 600 s lock: the killed worker stops refreshing its presence, so the other worker
+    rescues its claims within seconds instead of minutes; its children die with it, so the killed attempts never
     finish (the only repeats are the tasks that were running at the kill)."""
     log = tmp_path / "runs.log"
     ids = tasklib.submit_many_sync(jobs.mark, [{"key": f"v{i}", "sleep": 4} for i in range(4)])
@@ -56,7 +56,7 @@ def test_kill_9_with_the_default_lock_is_rescued_in_seconds(tl, tmp_path: Path) 
         assert wait_for(lambda: len([x for x in read_log(log) if x[0] == "start"]) == 4, timeout=20)
         pids = [int(line[2]) for line in read_log(log) if line[0] == "start"]
         with workers(tl.database_url, log, 1, "--worker-id", "rescuer"):
-            time.sleep(3)  # the rescuer is up and has looked (it sees the victim connected, then gone)
+            time.sleep(3)  # the rescuer is up and has looked (it sees the victim live, then gone)
             os.kill(first.pid, signal.SIGKILL)  # the worker process alone: its children must follow it
             killed_at = time.monotonic()
             assert wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=3), "children outlived the worker"
@@ -69,16 +69,16 @@ def test_kill_9_with_the_default_lock_is_rescued_in_seconds(tl, tmp_path: Path) 
     rows = [task_row(tl.database_url, i) for i in ids]
     assert all(r["worker_id"] == "rescuer" and r["retry_count"] == 1 for r in rows)
     worker_logs = "".join(p.read_text() for p in tmp_path.glob("runs.*.out"))
-    assert "worker victim has no database session: rescuing 4 task(s)" in worker_logs
+    assert "worker victim stopped announcing itself: rescuing 4 task(s)" in worker_logs
     finished = collections.Counter(line[1] for line in read_log(log) if line[0] == "done")
     assert finished == {f"v{i}": 1 for i in range(4)}  # only the rescued attempts finished
     print(f"rescued {len(ids)} tasks {took:.1f} s after kill -9 (lock timeout 600 s)")
 
 
 def test_a_worker_that_died_before_any_other_started_is_rescued_in_seconds(tl, tmp_path: Path) -> None:
-    """No live worker ever saw the victim's sessions (all workers down, then a new one starts): the
-    new worker learns of it from the owners of unexpired claims when it starts, not from its looks
-    at the sessions, and rescues its claims within seconds despite the default 600 s lock."""
+    """No live worker ever saw the victim (all workers down, then a new one starts): its presence
+    row has gone stale meanwhile, so the new worker rescues its claims within seconds of starting,
+    despite the default 600 s lock."""
     log = tmp_path / "runs.log"
     ids = tasklib.submit_many_sync(jobs.mark, [{"key": f"e{i}", "sleep": 30} for i in range(2)])
     first = start_worker(tl.database_url, log, "--concurrency", "2", "--worker-id", "early")
@@ -95,7 +95,7 @@ def test_a_worker_that_died_before_any_other_started_is_rescued_in_seconds(tl, t
         took = time.monotonic() - started_at
         assert rescued and took < 12, f"rescued {took:.1f} s after the new worker started"
     rows = [task_row(tl.database_url, i) for i in ids]
-    assert all("WorkerLost: worker early has had no database session" in (r["error"] or "") for r in rows)
+    assert all("WorkerLost: worker early stopped announcing itself" in (r["error"] or "") for r in rows)
 
 
 def test_long_task_on_live_worker_is_not_stolen(tl, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 from tasklib import sql
 from tasklib.states import TaskState
 from tasklib.worker import liveness
-from tasklib.worker.liveness import Liveness, Pacing, SessionWatch, foreign_claims, rescue_decisions, session_name
+from tasklib.worker.connections import application_name
+from tasklib.worker.liveness import Liveness, Pacing, foreign_claims, rescue_decisions
 from tasklib.worker.writer import OutcomeWriter
 from tests.unit.worker.fakes import CONFIG, T0, answer_all
 
@@ -59,35 +60,12 @@ def test_a_rescue_never_takes_the_claims_this_worker_knows_it_holds() -> None:
     assert [r["id"] for r in foreign_claims(rows, "other", known={1, 3})] == [1, 2]  # its own ids only
 
 
-def test_a_worker_counts_as_gone_only_after_staying_without_a_session() -> None:
-    seen = SessionWatch(own="me", after_seconds=5.0)
-    assert seen.observe(["me", "a", "b"], now=99.0) == []  # both seen connected: now known
-    assert seen.observe(["me"], now=100.0) == []
-    assert seen.observe(["me"], now=104.9) == []
-    assert seen.observe(["me", "b"], now=105.0) == ["a"]  # b reconnected: forgotten
-    assert seen.observe(["me"], now=106.0) == ["a"]  # b starts over
-    assert seen.observe(["me"], now=111.0) == ["a", "b"]
-    seen.forget()  # our own connection failed: start over for everyone, but keep watching them
-    assert seen.observe(["me"], now=112.0) == []
-    assert seen.observe(["me"], now=117.0) == ["a", "b"]
-    seen.settled("a")  # its claims are rescued: no longer watched
-    assert seen.observe(["me"], now=118.0) == ["b"]
-
-
-def test_workers_never_seen_are_found_only_through_the_owners_of_claims() -> None:
-    seen = SessionWatch(own="me", after_seconds=5.0)
-    seen.learn(["dead"])  # the start-up read: it holds claims and has no session
-    assert seen.observe([], now=0.0) == []  # (our own session missing from a look is never a death)
-    assert seen.observe(["me"], now=5.0) == ["dead"]
-    assert seen.observe(["me", "dead"], now=6.0) == []  # it came back
-
-
 def test_a_session_name_is_what_postgresql_keeps_of_it() -> None:
-    assert session_name("host:12:ab") == "tasklib-worker host:12:ab"
-    long = "pod-" + "x" * 80
-    assert session_name(long) == ("tasklib-worker " + long)[:63]
+    assert application_name("host:12:ab") == "tasklib-worker host:12:ab"
+    long = "x" * 80
+    assert application_name(long) == ("tasklib-worker " + long)[:63]
     # 63 bytes, cut at a character boundary (PostgreSQL does the same with application_name)
-    assert session_name("é" * 40).encode() == ("tasklib-worker " + "é" * 24).encode()
+    assert application_name("é" * 40).encode() == ("tasklib-worker " + "é" * 24).encode()
 
 
 def test_a_rescue_look_runs_less_often_when_it_gets_slow() -> None:
@@ -119,7 +97,7 @@ def make(connections: Any, held: Held) -> Liveness:
 
 def test_slow_rescue_reads_come_less_often(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under a snapshot older than the lock timeout, the expired-lock read walks dead entries: it
-    is paced like the sweep. The look for dead workers reads sessions (and the claims' owners once)."""
+    is paced like the sweep. So is the look for stale workers (it reads the small presence table)."""
     clock = [1000.0]
     monkeypatch.setattr(liveness.time, "monotonic", lambda: clock[0])
     conn = SlowStatements(clock, seconds=0.5)
@@ -133,13 +111,11 @@ def test_slow_rescue_reads_come_less_often(monkeypatch: pytest.MonkeyPatch) -> N
 
     asyncio.run(rounds(10))  # 10 rounds, 1.5 s each with both reads at 0.5 s: 15 s
     assert conn.run.count(sql.EXPIRED_CLAIMS) == 1  # 0.5 s at 2 %: next after 25 s
-    assert conn.run.count(sql.VANISHED_WORKERS) == 1  # once, at start
-    assert conn.run.count(sql.WORKER_SESSIONS) == 1
+    assert conn.run.count(sql.STALE_WORKERS) == 1
     conn.seconds = 0.001
     clock[0] += 30.0
     asyncio.run(rounds(5))  # fast again: every round
-    assert conn.run.count(sql.EXPIRED_CLAIMS) == 6 and conn.run.count(sql.WORKER_SESSIONS) == 6
-    assert conn.run.count(sql.VANISHED_WORKERS) == 1
+    assert conn.run.count(sql.EXPIRED_CLAIMS) == 6 and conn.run.count(sql.STALE_WORKERS) == 6
 
 
 class Renewals:

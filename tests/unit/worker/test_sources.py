@@ -64,13 +64,13 @@ def test_each_claim_starts_at_the_next_queue_so_a_backlog_cannot_starve_another(
 
 
 def test_a_paused_queue_is_not_asked_until_it_resumes() -> None:
-    db = Queues([{"queue": "emails", "kwargs": {"paused": True}}])
+    db = Queues([{"queue": "emails", "settings": {"paused": True}}])
     db.table("emails").add("e0", T0)
     db.table("default").add("d0", T0)
     claimer, sources = Claimer(db, 1.0), _sources(["default", "emails"])
     assert [j.name for j in _claim(claimer, sources, 4)] == ["d0"]
     assert "emails" not in db.asked
-    db.settings = [{"queue": "emails", "kwargs": {"paused": False}}]
+    db.settings = [{"queue": "emails", "settings": {"paused": False}}]
     claimer.settings.stale = True  # (as a notification of the change makes it)
     assert [j.name for j in _claim(claimer, sources, 4)] == ["e0"]
 
