@@ -319,7 +319,7 @@ def create_app(
         # A page waits at most this long for a connection (database down, connections used up)
         # before answering 503: a person is looking at it.
         pool_timeout_seconds=POOL_TIMEOUT_SECONDS,
-        prepared_statements=config.prepared_statements,
+        prepared_statements=config.prepares(),
     )
     if ensure_table:
         with db.connect("tasklib-dashboard") as conn, translated_errors():

@@ -37,7 +37,7 @@ def init(config: Config) -> None:
     Calling it again with another config switches to it and closes the previous pools.
     """
     global _config, _database
-    database = Database(config.resolved_database_url(), prepared_statements=config.prepared_statements)
+    database = Database(config.resolved_database_url(), prepared_statements=config.prepares())
     with database.connect("tasklib-init") as conn:
         try:
             ensure_schema(conn)

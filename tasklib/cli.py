@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from tasklib import arguments
 from tasklib.config import ENV_DATABASE_URL, FINISHED, Config, redact_url
+from tasklib.errors import ConfigError
 
 ENV_DASHBOARD_AUTH = "TASKLIB_DASHBOARD_AUTH"
 
@@ -171,6 +172,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="serve this queue; repeat for several (default: every queue the registered tasks name)",
     )
+    worker.add_argument(
+        "--pool-mode",
+        choices=["session", "transaction"],
+        default=None,
+        help="how --database-url reaches PostgreSQL: session (direct, or a session pooler) or transaction "
+        "(a transaction-mode pooler such as PgBouncer's; default: $TASKLIB_POOL_MODE, else session)",
+    )
+    worker.add_argument(
+        "--listen-url",
+        default=None,
+        type=arguments.database_url,
+        metavar="URL",
+        help="a direct server URL to LISTEN on when --database-url is a transaction-mode pooler "
+        "(default: $TASKLIB_LISTEN_URL; without it a pooled worker polls)",
+    )
     _add_log_format(worker)
     _add_database(worker)
 
@@ -291,6 +307,11 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             arguments.database_url(os.environ[ENV_DATABASE_URL])
         except arguments.Bad as exc:
             parser.error(f"${ENV_DATABASE_URL}: {exc}")
+    if hasattr(args, "database_url"):
+        try:
+            Config()  # the settings read from the environment ($TASKLIB_POOL_MODE, $TASKLIB_LISTEN_URL)
+        except ConfigError as exc:
+            parser.error(f"{exc} (from the environment)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -374,6 +395,10 @@ def _worker(args: argparse.Namespace) -> int:
         extra["retention"] = args.retention
     if args.memory_limit is not None:
         extra["default_memory_limit_mb"] = args.memory_limit
+    if args.pool_mode is not None:
+        extra["pool_mode"] = args.pool_mode
+    if args.listen_url is not None:
+        extra["listen_url"] = args.listen_url
     try:
         worker = TaskWorker(
             _config(args, **extra),

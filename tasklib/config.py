@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from datetime import timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import pydantic
@@ -14,20 +14,23 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from tasklib.errors import ConfigError, problems_of, summary_of
 
 ENV_DATABASE_URL = "TASKLIB_DATABASE_URL"
+ENV_POOL_MODE = "TASKLIB_POOL_MODE"
+ENV_LISTEN_URL = "TASKLIB_LISTEN_URL"
+POOL_MODES = ("session", "transaction")
 
 # SQLAlchemy-style driver suffixes people paste from their app settings; libpq wants them gone.
 _ACCEPTED_SCHEMES = ("postgresql", "postgres")
 
 
-def normalize_database_url(url: str) -> str:
+def normalize_database_url(url: str, what: str = "database_url") -> str:
     """Turn ``postgres://``, ``postgresql+psycopg://`` … into a libpq URL, or raise ValueError."""
     url = url.strip()
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise ValueError("database_url must be a PostgreSQL URL such as postgresql://user:password@host:5432/dbname")
+        raise ValueError(f"{what} must be a PostgreSQL URL such as postgresql://user:password@host:5432/dbname")
     base = scheme.split("+", 1)[0].lower()
     if base not in _ACCEPTED_SCHEMES:
-        raise ValueError(f"database_url must use postgresql:// (got {scheme}://); TaskLib only supports PostgreSQL")
+        raise ValueError(f"{what} must use postgresql:// (got {scheme}://); TaskLib only supports PostgreSQL")
     return f"postgresql://{rest}"
 
 
@@ -120,10 +123,23 @@ class Config(BaseModel):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     #: Opt-in automatic deletion of old finished tasks by the workers (off: kept indefinitely).
     retention: Retention | None = None
-    #: Prepare the few statements whose plan cannot depend on the data (submits, outcome writes).
-    #: Turn off when the application reaches PostgreSQL through PgBouncer older than 1.21 in
-    #: transaction pooling, which cannot carry a prepared statement from one transaction to the next.
-    prepared_statements: bool = True
+    #: Prepare the few statements whose plan cannot depend on the data (submits). ``None``: yes in
+    #: session mode, no in transaction mode (PgBouncer before 1.21, or without
+    #: ``max_prepared_statements``, cannot carry a prepared statement from one transaction to the
+    #: next); set True behind PgBouncer >= 1.21 with prepared statements on.
+    prepared_statements: bool | None = None
+    #: How ``database_url`` reaches PostgreSQL. ``session``: each connection is a server session of
+    #: its own (direct, or PgBouncer in session pooling). ``transaction``: a transaction-mode pooler;
+    #: workers then keep no session state (settings per transaction, no session locks) and LISTEN
+    #: only on ``listen_url``. Default: ``$TASKLIB_POOL_MODE``, else session. docs/fleet.md.
+    pool_mode: Literal["session", "transaction"] = Field(
+        default_factory=lambda: os.environ.get(ENV_POOL_MODE) or "session",  # type: ignore[arg-type,return-value]
+        validate_default=True,
+    )
+    #: Where workers LISTEN for submits, cancels and queue changes when ``database_url`` is a
+    #: transaction-mode pooler (which cannot hold a LISTEN): a URL of the server itself. Without
+    #: it a pooled worker polls every poll interval. Default: ``$TASKLIB_LISTEN_URL``.
+    listen_url: str | None = Field(default_factory=lambda: os.environ.get(ENV_LISTEN_URL) or None, validate_default=True)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -131,10 +147,21 @@ class Config(BaseModel):
         except pydantic.ValidationError as exc:
             raise ConfigError(f"invalid TaskLib config: {summary_of(problems_of(exc))}") from None
 
-    @field_validator("database_url")
+    @field_validator("database_url", "listen_url")
     @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        return None if value is None else normalize_database_url(value)
+    def _check_url(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        return None if value is None else normalize_database_url(value, info.field_name or "database_url")
+
+    def prepares(self) -> bool:
+        """Whether TaskLib's connections prepare the statements marked ``Prepared``."""
+        return self.prepared_statements if self.prepared_statements is not None else self.pool_mode == "session"
+
+    def resolved_listen_url(self) -> str | None:
+        """Where a worker LISTENs: ``listen_url``; else, in session mode, the database URL; else
+        nowhere (a pooled worker without ``listen_url`` polls)."""
+        if self.listen_url:
+            return self.listen_url
+        return self.resolved_database_url() if self.pool_mode == "session" else None
 
     def resolved_database_url(self) -> str:
         """The URL to connect to: explicit, then ``$TASKLIB_DATABASE_URL``, then the embedded server."""
@@ -152,4 +179,4 @@ class Config(BaseModel):
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         for key, value in super().__repr_args__():
-            yield key, (redact_url(value) if key == "database_url" and value else value)
+            yield key, (redact_url(value) if key in ("database_url", "listen_url") and value else value)

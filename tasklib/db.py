@@ -77,11 +77,14 @@ WRITE_PLANNER_SETTINGS = {
 }
 
 
-def set_statement(settings: dict[str, str]) -> str:
-    """One statement applying ``settings`` to the session. TaskLib's connections set them this way,
-    after connecting, not as startup options: PgBouncer refuses startup options, and in session
-    pooling it resets what a session set when the client leaves (``DISCARD ALL``)."""
-    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', false)" for name, value in settings.items())
+def set_statement(settings: dict[str, str], *, local: bool = False) -> str:
+    """One statement applying ``settings`` to the session (``local``: to the transaction only, as
+    ``SET LOCAL``). TaskLib's connections set them this way, after connecting, not as startup
+    options: PgBouncer refuses startup options, and in session pooling it resets what a session set
+    when the client leaves (``DISCARD ALL``); in transaction pooling nothing may outlive a
+    transaction, so they are set at the start of each one."""
+    scope = "true" if local else "false"
+    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', {scope})" for name, value in settings.items())
 
 
 #: psycopg prepares a statement automatically after this many runs: never, on TaskLib's connections.

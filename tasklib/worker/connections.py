@@ -42,11 +42,15 @@ MAX_BACKOFF_SECONDS = 1.0
 #: task pending, to run again (at least once); every outcome's commit, synchronous, flushes the claims
 #: before it (docs/design/claim.md).
 CLAIM_COMMIT = {"synchronous_commit": "off"}
-_SETTINGS: dict[Role, str] = {
-    "claim": set_statement({**CLAIM_PLANNER_SETTINGS, **CLAIM_COMMIT}),
-    "write": set_statement(WRITE_PLANNER_SETTINGS),
-    "schedule": set_statement(WRITE_PLANNER_SETTINGS),
+_ROLE_SETTINGS: dict[Role, dict[str, str]] = {
+    "claim": {**CLAIM_PLANNER_SETTINGS, **CLAIM_COMMIT},
+    "write": WRITE_PLANNER_SETTINGS,
+    "schedule": WRITE_PLANNER_SETTINGS,
 }
+#: Session mode: set once, after connecting.
+_SETTINGS: dict[Role, str] = {role: set_statement(settings) for role, settings in _ROLE_SETTINGS.items()}
+#: Transaction mode: set at the start of every transaction (SET LOCAL), in the same round trip.
+_LOCAL_SETTINGS: dict[Role, str] = {role: set_statement(s, local=True) for role, s in _ROLE_SETTINGS.items()}
 
 
 class Outage:
@@ -77,11 +81,27 @@ def brief(exc: BaseException) -> str:
 
 
 class WorkerConnections:
-    """The claim and write connections of one worker, each opened on first use."""
+    """The claim and write connections of one worker, each opened on first use.
 
-    def __init__(self, url: str | Callable[[], str], application_name: str, *, prepared_statements: bool = True) -> None:
+    ``pooled``: the URL is a transaction-mode pooler, where consecutive transactions may run on
+    different server sessions. Then nothing is set on the session: each statement runs in a
+    transaction that first sets its role's settings locally, sent in one round trip (a pipeline)."""
+
+    def __init__(
+        self,
+        url: str | Callable[[], str],
+        application_name: str,
+        *,
+        prepared_statements: bool = True,
+        pooled: bool = False,
+    ) -> None:
         self._url = url  # resolved on first use: the embedded server starts only when a worker runs
         self._kwargs = connect_kwargs(application_name, prepared_statements=prepared_statements)
+        self.pooled = pooled
+        # A transaction (or, pooled, a statement with its settings) holds its connection to the end:
+        # another task of this worker using the same role (the writer and liveness share "write")
+        # must not slip a statement into it.
+        self._busy: dict[Role, asyncio.Lock] = {"claim": asyncio.Lock(), "write": asyncio.Lock(), "schedule": asyncio.Lock()}
         self.application_name = application_name
         # "schedule" is opened only by workers with recurring tasks (``tasklib.worker.scheduler``).
         self._conns: dict[Role, psycopg.AsyncConnection[Any] | None] = {"claim": None, "write": None, "schedule": None}
@@ -95,7 +115,8 @@ class WorkerConnections:
         conn = self._conns[role]
         if conn is None or conn.closed or conn.broken:
             conn = await psycopg.AsyncConnection.connect(self.url(), **self._kwargs)
-            await conn.execute(_SETTINGS[role])
+            if not self.pooled:
+                await conn.execute(_SETTINGS[role])
             self._conns[role] = conn
         return conn
 
@@ -110,7 +131,13 @@ class WorkerConnections:
         try:
             conn = await self.connection(role)
             cursor = conn.cursor(row_factory=row_factory)
-            await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
+            async with self._busy[role]:
+                if self.pooled:
+                    async with conn.pipeline(), conn.transaction():
+                        await conn.execute(_LOCAL_SETTINGS[role])
+                        await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
+                else:
+                    await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
             return await cursor.fetchall() if cursor.description else []
         except psycopg.OperationalError:
             broken = self._conns[role]
@@ -126,7 +153,9 @@ class WorkerConnections:
         connection is dropped, as with ``execute``."""
         conn = await self.connection(role)
         try:
-            async with conn.transaction():
+            async with self._busy[role], conn.transaction():
+                if self.pooled:
+                    await conn.execute(_LOCAL_SETTINGS[role])
 
                 async def run(statement: str, params: dict[str, Any]) -> list[Any]:
                     cursor = conn.cursor(row_factory=dict_row)

@@ -12,6 +12,7 @@ import contextlib
 import inspect
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -136,8 +137,13 @@ class TaskWorker:
         self._run_task: asyncio.Task[Any] | None = None
         self._app_name = application_name(self.worker_id)
         self._connections = WorkerConnections(
-            config.resolved_database_url, self._app_name, prepared_statements=config.prepared_statements
+            config.resolved_database_url,
+            self._app_name,
+            prepared_statements=config.prepares(),
+            pooled=config.pool_mode == "transaction",
         )
+        #: Whether it hears of submits (LISTEN) or only polls: a pooled worker without listen_url.
+        self._polls_only = config.pool_mode == "transaction" and not config.listen_url
         self._writer = OutcomeWriter(self._execute, self.worker_id, config)
         self._lanes = Lanes([])
         self._claimer = Claimer(self._connections, poll_interval_seconds)
@@ -175,6 +181,14 @@ class TaskWorker:
             redact_url(url),
             extra={"event": "worker.started", "worker_id": self.worker_id},
         )
+        if self._polls_only:
+            log.warning(
+                "pool_mode is transaction and no listen_url is set: this worker cannot LISTEN through the pooler, "
+                "so it polls every %.1fs (jittered); new tasks wait up to that long, and cancels of running "
+                "tasks reach it at its next heartbeat. Set listen_url (--listen-url) to a direct server URL to "
+                "hear of them at once.",
+                self.poll_interval,
+            )
         liveness = Liveness(
             self.config,
             self.worker_id,
@@ -188,8 +202,9 @@ class TaskWorker:
         with contextlib.suppress(psycopg.Error):  # (else its first refresh announces it)
             await liveness.register()
         writer = asyncio.create_task(self._writer.run(), name="tasklib-write")
+        listen_url = self.config.resolved_listen_url()
         background = [
-            asyncio.create_task(self._listen(url), name="tasklib-listen"),
+            *([asyncio.create_task(self._listen(listen_url), name="tasklib-listen")] if listen_url else []),
             asyncio.create_task(liveness.loop(), name="tasklib-locks"),
             asyncio.create_task(self._watchdog(), name="tasklib-watchdog"),
         ]
@@ -252,7 +267,7 @@ class TaskWorker:
             "concurrency": self.concurrency,
             "async_concurrency": self.async_concurrency if async_lane else 0,
             "queues": self.queues or registered_queues(definitions),
-            "pool_mode": "session",
+            "pool_mode": self.config.pool_mode,
         }
 
     def _fork_server(self, definitions: dict[str, TaskDefinition]) -> ForkServer:
@@ -384,8 +399,10 @@ class TaskWorker:
             rechecks = [t for t in (lane.executor.recheck_in() for lane in self._lanes.lanes) if t is not None]
             rate_wait = self._claimer.recheck_in(self._lanes.sources())
             rechecks += [] if rate_wait is None else [rate_wait]
+            # Polling alone, many workers started together would poll in step: spread them by ±20 %.
+            poll = self.poll_interval * (random.uniform(0.8, 1.2) if self._polls_only else 1.0)
             try:
-                await asyncio.wait_for(self._wake.wait(), min([self.poll_interval, *rechecks]))
+                await asyncio.wait_for(self._wake.wait(), min([poll, *rechecks]))
             except TimeoutError:
                 pass
 

@@ -30,6 +30,8 @@ BAD = [
     (["worker", "--queue", "no spaces"], "--queue"),
     (["worker", "--log-format", "xml"], "--log-format"),
     (["worker", "--database-url", "mysql://u@h/db"], "--database-url"),
+    (["worker", "--pool-mode", "statement"], "--pool-mode"),
+    (["worker", "--listen-url", "redis://x"], "--listen-url"),
     (["dashboard", "--port", "99999"], "--port"),
     (["dashboard", "--port", "http"], "--port"),
     (["dashboard", "--auth", "nopassword"], "--auth"),
@@ -89,6 +91,18 @@ def test_a_bad_database_url_in_the_environment_is_refused_first(
     with pytest.raises(SystemExit) as exited:
         main(["worker", "--app", "tasklib.demo.tasks"])
     assert exited.value.code == 2 and "$TASKLIB_DATABASE_URL" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("variable", "value"), [("TASKLIB_POOL_MODE", "statement"), ("TASKLIB_LISTEN_URL", "x")])
+def test_a_bad_setting_in_the_environment_is_refused_first(
+    variable: str, value: str, no_database: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as exited:
+        main(["worker", "--app", "tasklib.demo.tasks"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert variable.removeprefix("TASKLIB_").lower() in err and not no_database.exists()
 
 
 def test_every_option_that_takes_a_value_is_tried() -> None:
