@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from litestar import Litestar, MediaType, Request, Response, get, post
 from litestar.config.allowed_hosts import AllowedHostsConfig
 from litestar.config.csrf import CSRFConfig
-from litestar.datastructures import State
+from litestar.datastructures import Cookie, State
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.middleware import DefineMiddleware
@@ -22,7 +22,7 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 from pydantic import BaseModel, Field
 
-from dashboard import rendering
+from dashboard import rendering, replica
 from dashboard.context import (
     detail_context,
     list_context,
@@ -48,7 +48,23 @@ Limit = Annotated[int, Parameter(ge=1, le=500, description="rows per page")]
 
 
 def _monitor(state: State) -> Monitor:
+    """The read side: pages, partials and /metrics (on the replica when one is configured)."""
     return state["monitor"]  # type: ignore[no-any-return]
+
+
+def _primary(state: State) -> Database:
+    """Where actions write: always the primary."""
+    return state["primary"]  # type: ignore[no-any-return]
+
+
+def _acted(state: State, to: str) -> Redirect:
+    """The redirect after an action; on a replica it carries the primary's position, so the next
+    pages can say when they do not show the change yet (``dashboard.replica``)."""
+    watch: replica.ReplicaWatch | None = state.get("replica")
+    if watch is None:
+        return Redirect(to, status_code=303)
+    cookie = Cookie(key=replica.SEEN_COOKIE, value=watch.primary_position(), max_age=replica.SEEN_SECONDS, samesite="strict")
+    return Redirect(to, status_code=303, cookies=[cookie])
 
 
 def _poll(request: Request, template: str, context: dict[str, Any]) -> Any:
@@ -175,20 +191,20 @@ class RunNowForm(BaseModel):
 def run_schedule_action(
     state: State, request: Request, data: Annotated[RunNowForm, Body(media_type=RequestEncodingType.URL_ENCODED)]
 ) -> Redirect:
-    task_id = actions.run_schedule_now(_monitor(state).db, data.name)
-    return Redirect(f"{rendering.mount_path(request)}/tasks/{task_id}", status_code=303)
+    task_id = actions.run_schedule_now(_primary(state), data.name)
+    return _acted(state, f"{rendering.mount_path(request)}/tasks/{task_id}")
 
 
 @post("/tasks/{task_id:str}/retry", sync_to_thread=True, status_code=303)
 def retry_action(state: State, task_id: FromPath[str], request: Request) -> Redirect:
-    actions.retry(_monitor(state).db, task_id)
-    return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
+    actions.retry(_primary(state), task_id)
+    return _acted(state, _back(request, f"/tasks/{task_id}"))
 
 
 @post("/tasks/{task_id:str}/cancel", sync_to_thread=True, status_code=303)
 def cancel_action(state: State, task_id: FromPath[str], request: Request) -> Redirect:
-    actions.cancel(_monitor(state).db, task_id)
-    return Redirect(_back(request, f"/tasks/{task_id}"), status_code=303)
+    actions.cancel(_primary(state), task_id)
+    return _acted(state, _back(request, f"/tasks/{task_id}"))
 
 
 @post("/workflows/{task_id:str}/{kind:str}", sync_to_thread=True, status_code=303)
@@ -197,8 +213,8 @@ def workflow_action(state: State, task_id: FromPath[str], kind: FromPath[str], r
     if kind not in ("retry", "cancel"):
         raise NotFoundException(f"no workflow action {kind!r}")
     context = workflow_context(_monitor(state), task_id)
-    actions.act_on_steps(_monitor(state).db, kind, context["graph"].nodes)
-    return Redirect(f"{rendering.mount_path(request)}/workflows/{task_id}", status_code=303)
+    actions.act_on_steps(_primary(state), kind, context["graph"].nodes)
+    return _acted(state, f"{rendering.mount_path(request)}/workflows/{task_id}")
 
 
 @post("/queues/{name:str}/{kind:str}", sync_to_thread=True, status_code=303)
@@ -206,8 +222,8 @@ def queue_action(state: State, name: FromPath[str], kind: FromPath[str], request
     """``pause`` or ``resume`` a queue (every worker applies it from its next claim)."""
     if kind not in ("pause", "resume"):
         raise NotFoundException(f"no queue action {kind!r}")
-    queues.save_on(_monitor(state).db, name, {"paused": kind == "pause"})
-    return Redirect(f"{rendering.mount_path(request)}/queues", status_code=303)
+    queues.save_on(_primary(state), name, {"paused": kind == "pause"})
+    return _acted(state, f"{rendering.mount_path(request)}/queues")
 
 
 def _back(request: Request, default: str) -> str:
@@ -238,8 +254,8 @@ def bulk_apply(
     query = {k: data.get(k) or None for k in _LIST_PARAMS if k not in ("after", "before")}
     params = parse_list_params(limit=50, **query)
     apply = actions.retry_matching if kind == "retry" else actions.cancel_matching
-    done = apply(_monitor(state).db, params.flt)
-    return Redirect(f"{rendering.mount_path(request)}/tasks?{params.query(done=f'{kind}:{done}')}", status_code=303)
+    done = apply(_primary(state), params.flt)
+    return _acted(state, f"{rendering.mount_path(request)}/tasks?{params.query(done=f'{kind}:{done}')}")
 
 
 # -- machine endpoints --------------------------------------------------------------------------
@@ -311,20 +327,26 @@ def create_app(
     HTTP basic auth; ``allowed_hosts`` restricts the Host header (``tasklib dashboard`` on a loopback
     address allows only loopback names, so a web page cannot read the dashboard through DNS rebinding).
     """
-    db = Database(
-        config.resolved_database_url(),
-        max_size=POOL_SIZE,
-        application_name="tasklib-dashboard",
-        statement_timeout_ms=statement_timeout_ms,
-        # A page waits at most this long for a connection (database down, connections used up)
-        # before answering 503: a person is looking at it.
-        pool_timeout_seconds=POOL_TIMEOUT_SECONDS,
-        prepared_statements=config.prepares(),
-    )
+
+    def pool(url: str) -> Database:
+        return Database(
+            url,
+            max_size=POOL_SIZE,
+            application_name="tasklib-dashboard",
+            statement_timeout_ms=statement_timeout_ms,
+            # A page waits at most this long for a connection (database down, connections used up)
+            # before answering 503: a person is looking at it.
+            pool_timeout_seconds=POOL_TIMEOUT_SECONDS,
+            prepared_statements=config.prepares(),
+        )
+
+    db = pool(config.resolved_database_url())
+    reads = pool(config.replica_url) if config.replica_url else db
     if ensure_table:
         with db.connect("tasklib-dashboard") as conn, translated_errors():
             ensure_schema(conn)
-    monitor = Monitor(db)
+    monitor = Monitor(reads)
+    watch = replica.ReplicaWatch(db, reads) if reads is not db else None
     secret = csrf_secret or os.environ.get("TASKLIB_DASHBOARD_SECRET") or secrets.token_urlsafe(32)
     template_config = TemplateConfig(
         directory=rendering.asset_dir("templates"),
@@ -362,9 +384,9 @@ def create_app(
         csrf_config=CSRFConfig(
             secret=secret, cookie_httponly=False, cookie_samesite="strict", exclude=["/healthz", "/metrics"]
         ),
-        state=State({"monitor": monitor}),
+        state=State({"monitor": monitor, "primary": db, "replica": watch}),
         exception_handlers={TaskLibError: _tasklib_error, HTTPException: _http_error, Exception: _unexpected},
-        on_shutdown=[lambda: db.close()],
+        on_shutdown=[db.close] + ([reads.close] if reads is not db else []),
         before_send=[add_security_headers],
         middleware=[DefineMiddleware(BasicAuth, credentials=auth)] if auth else [],
         allowed_hosts=AllowedHostsConfig(allowed_hosts=allowed_hosts, www_redirect=False) if allowed_hosts else None,

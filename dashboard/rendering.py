@@ -78,4 +78,15 @@ def root(context: Any) -> str:
 
 def setup(env: Any) -> None:
     env.filters.update(reltime=reltime, exact=exact, pretty_json=pretty_json, period=period)
-    env.globals.update(duration=duration, states=list(TaskState), now=lambda: datetime.now(UTC), root=root)
+    env.globals.update(
+        duration=duration, states=list(TaskState), now=lambda: datetime.now(UTC), root=root, replica_note=replica_note
+    )
+
+
+@pass_context
+def replica_note(context: Any) -> dict[str, Any] | None:
+    """What the header says of the replica pages are read from (None: they read the primary)."""
+    from dashboard import replica
+
+    request = context.get("request")
+    return replica.note(request) if request is not None else None

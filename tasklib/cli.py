@@ -205,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument(
         "--insecure", action="store_true", help="allow a non-loopback address without --auth (not recommended)"
     )
+    dash.add_argument(
+        "--replica-url",
+        default=None,
+        type=arguments.database_url,
+        metavar="URL",
+        help="a streaming replica to read pages and /metrics from; actions still go to --database-url "
+        "(default: $TASKLIB_REPLICA_URL)",
+    )
     _add_log_format(dash)
     _add_database(dash)
 
@@ -326,7 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dashboard":
         from dashboard.serve import serve
 
-        return serve(_config(args), host=args.host, port=args.port, auth=args.auth)
+        extra = {} if args.replica_url is None else {"replica_url": args.replica_url}
+        return serve(_config(args, **extra), host=args.host, port=args.port, auth=args.auth)
     if args.command == "prune":
         return _prune(args)
     if args.command == "queue":

@@ -16,6 +16,7 @@ from tasklib.errors import ConfigError, problems_of, summary_of
 ENV_DATABASE_URL = "TASKLIB_DATABASE_URL"
 ENV_POOL_MODE = "TASKLIB_POOL_MODE"
 ENV_LISTEN_URL = "TASKLIB_LISTEN_URL"
+ENV_REPLICA_URL = "TASKLIB_REPLICA_URL"
 POOL_MODES = ("session", "transaction")
 
 # SQLAlchemy-style driver suffixes people paste from their app settings; libpq wants them gone.
@@ -140,6 +141,9 @@ class Config(BaseModel):
     #: transaction-mode pooler (which cannot hold a LISTEN): a URL of the server itself. Without
     #: it a pooled worker polls every poll interval. Default: ``$TASKLIB_LISTEN_URL``.
     listen_url: str | None = Field(default_factory=lambda: os.environ.get(ENV_LISTEN_URL) or None, validate_default=True)
+    #: A streaming replica of the database for the dashboard's reads (pages, partials, /metrics);
+    #: its actions still go to ``database_url``. Default: ``$TASKLIB_REPLICA_URL``.
+    replica_url: str | None = Field(default_factory=lambda: os.environ.get(ENV_REPLICA_URL) or None, validate_default=True)
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -147,7 +151,7 @@ class Config(BaseModel):
         except pydantic.ValidationError as exc:
             raise ConfigError(f"invalid TaskLib config: {summary_of(problems_of(exc))}") from None
 
-    @field_validator("database_url", "listen_url")
+    @field_validator("database_url", "listen_url", "replica_url")
     @classmethod
     def _check_url(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
         return None if value is None else normalize_database_url(value, info.field_name or "database_url")
@@ -179,4 +183,4 @@ class Config(BaseModel):
 
     def __repr_args__(self):  # type: ignore[no-untyped-def]
         for key, value in super().__repr_args__():
-            yield key, (redact_url(value) if key in ("database_url", "listen_url") and value else value)
+            yield key, (redact_url(value) if key in ("database_url", "listen_url", "replica_url") and value else value)

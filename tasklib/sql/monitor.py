@@ -88,3 +88,22 @@ SELECT name, queue, state, count(*) FROM tasks WHERE state IN ('pending', 'waiti
 """
 
 HEALTH = "SELECT 1"
+
+
+# The dashboard on a replica (``dashboard.replica``) ----------------------------------------------
+
+#: On the primary: its current WAL position (after a commit, one that includes it).
+PRIMARY_WAL_POSITION = "SELECT CAST(pg_current_wal_lsn() AS text)"
+
+#: On the replica: what it has replayed, how far behind %(primary)s that is, since when, and
+#: whether replay is paused.
+REPLICA_REPLAY = """
+SELECT CAST(pg_last_wal_replay_lsn() AS text) AS replayed,
+       pg_wal_lsn_diff(CAST(%(primary)s AS pg_lsn), pg_last_wal_replay_lsn()) AS behind,
+       CASE WHEN pg_last_wal_replay_lsn() < CAST(%(primary)s AS pg_lsn)
+            THEN extract(epoch FROM now() - pg_last_xact_replay_timestamp()) END AS lag,
+       pg_is_wal_replay_paused() AS paused
+"""
+
+#: On the replica: has it replayed up to %(position)s?
+REPLAYED_UP_TO = "SELECT pg_last_wal_replay_lsn() >= CAST(%(position)s AS pg_lsn)"

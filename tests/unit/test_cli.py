@@ -38,6 +38,7 @@ BAD = [
     (["dashboard", "--host", "0.0.0.0"], "--auth"),
     (["dashboard", "--log-format", "xml"], "--log-format"),
     (["dashboard", "--database-url", "sqlite:///x"], "--database-url"),
+    (["dashboard", "--replica-url", "x"], "--replica-url"),
     (["prune"], "--completed-older-than"),
     (["prune", "--completed-older-than", "banana"], "--completed-older-than"),
     (["prune", "--failed-older-than", "-3d"], "--failed-older-than"),
