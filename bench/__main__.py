@@ -27,6 +27,7 @@ import tasklib  # noqa: E402
 from bench import (  # noqa: E402
     burst,
     dashboard_bench,
+    fleet_bench,
     headline,
     memory_bench,
     queues_bench,
@@ -85,6 +86,8 @@ def main() -> int:
     parser.add_argument("--only-workflows", action="store_true", help="run just the workflow measures")
     parser.add_argument("--skip-queues", action="store_true", help="skip the queue and limit measures")
     parser.add_argument("--only-queues", action="store_true", help="run just the queue and limit measures")
+    parser.add_argument("--skip-fleet", action="store_true", help="skip the fleet measures")
+    parser.add_argument("--only-fleet", action="store_true", help="run just the fleet measures (many workers, a pooler)")
     parser.add_argument(
         "--only-headline", action="store_true", help="run just the headline: submit, pickup, drains, bursts, /metrics"
     )
@@ -94,7 +97,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.only_headline:
         args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = args.skip_workflows = True
-        args.skip_queues = True
+        args.skip_queues = args.skip_fleet = True
     args.json = args.json or ROOT / "bench" / "results" / f"{part_name(args)}.json"
     if args.only_burst and args.sets > 1:
         return burst_sets(args.sets, args.json)
@@ -130,6 +133,11 @@ def main() -> int:
             results["queues"] = queues_bench.run(url)
             write(results, args.json, started)
             queues_bench.print_queues(results)
+            return 0
+        if args.only_fleet:
+            results["fleet"] = fleet_bench.run(url)
+            write(results, args.json, started)
+            fleet_bench.print_fleet(results)
             return 0
         if args.only_memory:
             results["memory"] = memory_bench.run(url)
@@ -175,6 +183,8 @@ def main() -> int:
             results["workflows"] = workflows_bench.run(url)
         if not args.skip_queues:
             results["queues"] = queues_bench.run(url)
+        if not args.skip_fleet:
+            results["fleet"] = fleet_bench.run(url)
     write(results, args.json, started)
     headline.print_headline(results["headline"])
     memory_bench.print_memory(results)
@@ -186,13 +196,15 @@ def main() -> int:
         workflows_bench.print_workflows(results)
     if "queues" in results:
         queues_bench.print_queues(results)
+    if "fleet" in results:
+        fleet_bench.print_fleet(results)
     print(f"\nJSON: {args.json}")
     return 0
 
 
 #: The result file each part writes by default; a re-measurement replaces it. Only the files the docs
 #: cite are committed (a whole run's ``latest.json`` is not).
-PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard", "workflows", "queues")
+PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard", "workflows", "queues", "fleet")
 
 
 def part_name(args: argparse.Namespace) -> str:
