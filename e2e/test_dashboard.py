@@ -105,7 +105,7 @@ def test_overview_and_workers_pages(stack: Stack, page: Page) -> None:
     expect(page.locator(".card").filter(has_text="completed")).to_contain_text("20", timeout=15_000)
     stack.shot(page, "overview")
     page.goto(f"{stack.url}/workers")
-    expect(page.locator("#workers")).to_contain_text("connected")
+    expect(page.locator("#workers")).to_contain_text("live")
     stack.shot(page, "workers")
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"{stack.url}/tasks")

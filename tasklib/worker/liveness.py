@@ -38,6 +38,8 @@ VANISHED_AFTER_SECONDS = sql.VANISHED_AFTER_SECONDS
 RECONNECT_GRACE_SECONDS = 5.0
 #: A repeated look at claims takes at most this share of the time between two looks.
 VANISHED_CHECK_SHARE = 0.02
+#: The look for stale workers reads no tasks, only the presence table: a larger share.
+STALE_CHECK_SHARE = 0.25
 
 
 class HeldWork(Protocol):
@@ -123,7 +125,9 @@ class Liveness:
         self.poll_interval = poll_interval
         self.presence = {"worker_id": worker_id, **(presence or {})}
         self.heartbeat_interval = max(0.2, min(config.lock_timeout_seconds / 3, 10.0))
-        self.vanished_pacing = Pacing(poll_interval)
+        # The stale look reads the small presence table: it is paced only against a slow server, so
+        # a dead worker is still found within about a second of going stale on a busy machine.
+        self.vanished_pacing = Pacing(poll_interval, share=STALE_CHECK_SHARE)
         self.expired_pacing = Pacing(poll_interval)
         self._quiet_until = 0.0  # monotonic time before which this worker rescues nothing
 

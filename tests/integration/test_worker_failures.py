@@ -62,7 +62,7 @@ def test_kill_9_with_the_default_lock_is_rescued_in_seconds(tl, tmp_path: Path) 
             assert wait_for(lambda: not any(_alive(pid) for pid in pids), timeout=3), "children outlived the worker"
             rescued = wait_for(lambda: all(task_row(tl.database_url, i)["retry_count"] == 1 for i in ids), timeout=20)
             took = time.monotonic() - killed_at
-            assert rescued and took < 10, f"rescued after {took:.1f} s"
+            assert rescued and took < 12, f"rescued after {took:.1f} s"  # 5 s stale after its last refresh, a look
             assert wait_for(lambda: all_done(tl.database_url, 4), timeout=30)
     finally:
         stop(first, signal.SIGKILL)
