@@ -6,6 +6,9 @@
 - **Trickle**: 16 worker processes x 1 in session mode while 50 tasks a second arrive one by one
   for 10 s: claim statements per task (scans of the claim index, ``pg_stat_user_indexes``), so
   claims that found nothing show as scans beyond one a task.
+- **Rolling restart**: 8 workers x 2, each in turn stopped with SIGTERM and replaced while a
+  producer submits 500 tasks a second for 60 s: every task runs exactly once, none handed back is
+  charged an attempt, and the pickup latency (created to started) during the restart.
 - **Many processes**: 10,000 no-op tasks drained by 16 processes x 1 against 4 x 4 (the same total
   concurrency), and by 16 x 1 through PgBouncer in transaction mode (a pool of 8) against 16 x 1
   direct; alternated rounds (A B, B A, …), each drain in a fresh table.
@@ -144,6 +147,91 @@ def drain(url: str, n: int, count: int, concurrency: int, target: str | None = N
                 time.sleep(0.1)
 
 
+def rolling_restart(url: str, workers: int = 8, rate: int = 500, seconds: float = 60.0) -> dict[str, Any]:
+    """SIGTERM each worker in turn (a new one started in its place) while ``rate`` tasks a second arrive."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    from bench.common import ROOT
+
+    tasklib.init(tasklib.Config(database_url=url))
+    truncate(url)
+    log = Path(tempfile.mkdtemp(prefix="tasklib-rolling-")) / "runs.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TASKLIB_TEST_LOG": str(log)}
+    argv = [sys.executable, "-m", "tasklib.cli", "--log-level", "error", "worker", "--app", "tests.integration.jobs"]
+    argv += ["--concurrency", "2", "--database-url", url]
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
+
+    from tests.integration import jobs
+
+    procs = [start() for _ in range(workers)]
+    wait(lambda: live(url) == workers, 60)
+    submitted = [0]
+    done = threading.Event()
+
+    def produce() -> None:
+        batch, started = rate // 10, time.monotonic()
+        while time.monotonic() - started < seconds:
+            i = submitted[0]
+            tasklib.submit_many_sync(jobs.mark, [{"key": f"r{i + k}"} for k in range(batch)])
+            submitted[0] += batch
+            time.sleep(max(0.0, started + submitted[0] / rate - time.monotonic()))
+        done.set()
+
+    window_start = time.time()
+    producer = threading.Thread(target=produce)
+    producer.start()
+    restarts = 0
+    for slot in range(workers):  # one restart every seconds / workers, across the whole window
+        time.sleep(seconds / (workers + 1))
+        old = procs[slot]
+        old.send_signal(signal.SIGTERM)
+        procs[slot] = start()
+        old.wait(60)
+        restarts += 1
+    producer.join()
+    window_end = time.time()
+    wait(lambda: tasklib.count_by_state()["completed"] == submitted[0], 120)
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(60)
+    starts: dict[str, int] = {}
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] == "start":
+            starts[parts[1]] = starts.get(parts[1], 0) + 1
+    with psycopg.connect(url) as conn:
+        charged = conn.execute("SELECT count(*) FROM tasks WHERE retry_count > 0").fetchone()[0]  # type: ignore[index]
+        waits = [
+            float(r[0]) * 1000
+            for r in conn.execute(
+                "SELECT extract(epoch FROM started_at - created_at) FROM tasks"
+                " WHERE created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s)",
+                [window_start, window_end],
+            )
+        ]
+    q = statistics.quantiles(waits, n=100)
+    return {
+        "workers": workers,
+        "rate": rate,
+        "seconds": seconds,
+        "restarts": restarts,
+        "submitted": submitted[0],
+        "ran_once": sum(1 for n in starts.values() if n == 1),
+        "ran_twice_or_more": sum(1 for n in starts.values() if n > 1),
+        "never_ran": submitted[0] - len(starts),
+        "charged_an_attempt": int(charged),
+        "pickup_p50_ms": statistics.median(waits),
+        "pickup_p99_ms": q[98],
+    }
+
+
 def pairs(rounds: int, a: Callable[[], float], b: Callable[[], float]) -> dict[str, Any]:
     sides: dict[str, list[float]] = {"a": [], "b": []}
     for r in range(rounds):
@@ -173,6 +261,8 @@ def run(url: str, rounds: int = 3, n: int = 10_000) -> dict[str, Any]:
         results["idle_session"] = idle_cost(url, 20, None)
         if tx_url:
             results["idle_pooled"] = idle_cost(url, 20, tx_url)
+        print("rolling restart of 8 workers under 500 tasks/s", flush=True)
+        results["rolling_restart"] = rolling_restart(url)
         print("trickle of 50/s into 16 workers", flush=True)
         results["trickle"] = trickle(url)
         print("drain: 4 x 4 (A) against 16 x 1 (B)", flush=True)
@@ -197,6 +287,14 @@ def print_fleet(results: dict[str, Any]) -> None:
                 f"| idle, {key.split('_')[1]} ({r['workers']} workers) | {r['transactions_per_s_per_worker']:.1f} "
                 f"transactions/s and {r['server_cpu_ms_per_s_per_worker']:.2f} ms server CPU/s per worker |"
             )
+    if "rolling_restart" in fleet_results:
+        r = fleet_results["rolling_restart"]
+        print(
+            f"| rolling restart, {r['workers']} workers, {r['rate']}/s for {r['seconds']:.0f} s | {r['submitted']:,} tasks: "
+            f"{r['ran_once']:,} ran once, {r['ran_twice_or_more']} twice, {r['never_ran']} never, "
+            f"{r['charged_an_attempt']} charged an attempt; pickup p50 {r['pickup_p50_ms']:.1f} ms, "
+            f"p99 {r['pickup_p99_ms']:.1f} ms |"
+        )
     t = fleet_results["trickle"]
     print(f"| trickle 50/s, 16 workers | {t['claim_scans_per_task']:.2f} claim-index scans per task |")
     for key, label in (("processes_16_vs_4", "16 x 1 vs 4 x 4"), ("pooled_vs_direct", "through PgBouncer vs direct")):
