@@ -32,6 +32,7 @@ from bench import (  # noqa: E402
     memory_bench,
     queues_bench,
     retention_bench,
+    search_bench,
     startup,
     workflows_bench,
 )
@@ -86,6 +87,8 @@ def main() -> int:
     parser.add_argument("--only-workflows", action="store_true", help="run just the workflow measures")
     parser.add_argument("--skip-queues", action="store_true", help="skip the queue and limit measures")
     parser.add_argument("--only-queues", action="store_true", help="run just the queue and limit measures")
+    parser.add_argument("--skip-search", action="store_true", help="skip the search-by-arguments measure")
+    parser.add_argument("--only-search", action="store_true", help="run just the search-by-arguments measure")
     parser.add_argument("--skip-fleet", action="store_true", help="skip the fleet measures")
     parser.add_argument("--only-fleet", action="store_true", help="run just the fleet measures (many workers, a pooler)")
     parser.add_argument(
@@ -97,7 +100,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.only_headline:
         args.skip_burst = args.skip_startup = args.skip_memory = args.skip_retention = args.skip_workflows = True
-        args.skip_queues = args.skip_fleet = True
+        args.skip_queues = args.skip_fleet = args.skip_search = True
     args.json = args.json or ROOT / "bench" / "results" / f"{part_name(args)}.json"
     if args.only_burst and args.sets > 1:
         return burst_sets(args.sets, args.json)
@@ -133,6 +136,11 @@ def main() -> int:
             results["queues"] = queues_bench.run(url)
             write(results, args.json, started)
             queues_bench.print_queues(results)
+            return 0
+        if args.only_search:
+            results["search"] = search_bench.run(url)
+            write(results, args.json, started)
+            search_bench.print_search(results)
             return 0
         if args.only_fleet:
             results["fleet"] = fleet_bench.run(url)
@@ -185,6 +193,8 @@ def main() -> int:
             results["queues"] = queues_bench.run(url)
         if not args.skip_fleet:
             results["fleet"] = fleet_bench.run(url)
+        if not args.skip_search:
+            results["search"] = search_bench.run(url)
     write(results, args.json, started)
     headline.print_headline(results["headline"])
     memory_bench.print_memory(results)
@@ -198,13 +208,27 @@ def main() -> int:
         queues_bench.print_queues(results)
     if "fleet" in results:
         fleet_bench.print_fleet(results)
+    if "search" in results:
+        search_bench.print_search(results)
     print(f"\nJSON: {args.json}")
     return 0
 
 
 #: The result file each part writes by default; a re-measurement replaces it. Only the files the docs
 #: cite are committed (a whole run's ``latest.json`` is not).
-PARTS = ("headline", "burst", "held", "startup", "memory", "retention", "dashboard", "workflows", "queues", "fleet")
+PARTS = (
+    "headline",
+    "burst",
+    "held",
+    "startup",
+    "memory",
+    "retention",
+    "dashboard",
+    "workflows",
+    "queues",
+    "fleet",
+    "search",
+)
 
 
 def part_name(args: argparse.Namespace) -> str:

@@ -104,6 +104,7 @@ _LIST_PARAMS = dict(
     finished_from=None,
     finished_to=None,
     queue=None,
+    kwargs=None,
     sort=None,
     after=None,
     before=None,

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from tasklib.api import parse_state
 from tasklib.errors import ValidationError
-from tasklib.filters import TaskFilter
+from tasklib.filters import TaskFilter, contained
 from tasklib.queues import valid_queue
 
 MAX_TEXT = 200
@@ -52,6 +52,7 @@ def parse_list_params(
     limit: int,
     sort: str | None = None,
     queue: str | None = None,
+    kwargs: str | None = None,
 ) -> ListParams:
     tag_pair = None
     if tag:
@@ -73,6 +74,7 @@ def parse_list_params(
         finished_from=_datetime("finished_from", finished_from),
         finished_to=_datetime("finished_to", finished_to),
         queue=valid_queue(queue.strip()) if queue and queue.strip() else None,
+        kwargs=contained(kwargs, "kwargs") if kwargs and kwargs.strip() else None,
     )
     raw = {
         "state": state or "",
@@ -84,6 +86,7 @@ def parse_list_params(
         "finished_from": finished_from or "",
         "finished_to": finished_to or "",
         "queue": queue or "",
+        "kwargs": kwargs or "",
         "sort": "oldest" if sort == "oldest" else "",  # newest is the default and stays out of links
     }
     return ListParams(flt, {k: v for k, v in raw.items() if v}, limit, oldest_first=sort == "oldest")

@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import psycopg
 import pydantic
@@ -87,8 +88,11 @@ def list_tasks(
     limit: int = 100,
     before: uuid.UUID | str | None = None,
     queue: str | None = None,
+    kwargs_contain: dict[str, Any] | None = None,
 ) -> list[Task]:
-    """Tasks newest first (by ``created_at``, then id), optionally of one state, task name and/or queue.
+    """Tasks newest first (by ``created_at``, then id), optionally of one state, task name and/or queue,
+    and whose arguments contain ``kwargs_contain`` (``{"user_id": 42}``: JSON containment, nested
+    objects and lists included).
 
     ``name`` is a full name (``myapp.tasks.send_email``) or, for tasks registered in this process, the
     bare function name (``send_email``). ``before`` is the id of a task: the page starts after it in
@@ -103,11 +107,15 @@ def list_tasks(
         if anchor is None:
             raise ValidationError(f"before: no task {before} (deleted, or never existed)")
         cursor = (anchor.created_at, anchor.id)
-    return _page(state, name, limit, cursor, queue)
+    return _page(state, name, limit, cursor, queue, kwargs_contain)
 
 
 def iter_tasks(
-    state: TaskState | str | None = None, name: str | None = None, page_size: int = 500, queue: str | None = None
+    state: TaskState | str | None = None,
+    name: str | None = None,
+    page_size: int = 500,
+    queue: str | None = None,
+    kwargs_contain: dict[str, Any] | None = None,
 ) -> Iterator[Task]:
     """Every matching task, newest first, read page by page (each ``page_size`` rows, a keyset
     after the last one): each task present when the walk started comes once, however many tasks
@@ -116,7 +124,7 @@ def iter_tasks(
         raise ValidationError(f"page_size must be an integer from 1 to {_MAX_LIST_LIMIT}")
     cursor = None
     while True:
-        page = _page(state, name, page_size, cursor, queue)
+        page = _page(state, name, page_size, cursor, queue, kwargs_contain)
         yield from page
         if len(page) < page_size:
             return
@@ -124,8 +132,14 @@ def iter_tasks(
 
 
 def _page(
-    state: TaskState | str | None, name: str | None, limit: int, cursor: tuple[object, object] | None, queue: str | None
+    state: TaskState | str | None,
+    name: str | None,
+    limit: int,
+    cursor: tuple[object, object] | None,
+    queue: str | None,
+    kwargs_contain: dict[str, Any] | None = None,
 ) -> list[Task]:
+    from tasklib.filters import contained
     from tasklib.queues import valid_queue
 
     query, params = listing.page_query(
@@ -133,6 +147,7 @@ def _page(
         names=None if name is None else tuple(resolve_names(name)),
         cursor=cursor,
         queue=None if queue is None else valid_queue(queue),
+        kwargs=None if kwargs_contain is None else contained(kwargs_contain),
     )
     rows = database().rows(query, {**params, "limit": limit})
     return [row_to_task(r) for r in rows]

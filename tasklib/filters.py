@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from tasklib import listing
+from tasklib.errors import ValidationError
 from tasklib.states import TaskState
+
+
+def contained(value: object, what: str = "kwargs_contain") -> str:
+    """``value`` (a dict, or its JSON text) as the JSON object text a containment filter binds, or
+    a ValidationError saying what is wrong with it."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as exc:
+            problem = f"{exc.msg} at character {exc.pos}"  # type: ignore[attr-defined]
+            raise ValidationError(f"{what}: not valid JSON ({problem}): {str(value)[:60]!r}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f'{what}: expected a JSON object such as {{"user_id": 42}}, got {type(value).__name__}')
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"{what}: not representable as JSON: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -23,6 +42,8 @@ class TaskFilter:
     finished_from: datetime | None = None
     finished_to: datetime | None = None
     queue: str | None = None
+    #: A JSON object (text) the task's arguments contain: ``{"user_id": 42}``.
+    kwargs: str | None = None
 
     def filters(self) -> dict[str, Any]:
         """As ``listing.filter_clause`` / ``listing.page_query`` keywords."""
@@ -36,6 +57,7 @@ class TaskFilter:
             "finished_from": self.finished_from,
             "finished_to": self.finished_to,
             "queue": self.queue,
+            "kwargs": self.kwargs,
         }
 
     def clause(self, **extra: Any) -> tuple[str, dict[str, object]]:

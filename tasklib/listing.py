@@ -32,8 +32,10 @@ def filter_clause(
     states: tuple[str, ...] | None = None,
     names: tuple[str, ...] | None = None,
     queue: str | None = None,
+    kwargs: str | None = None,
 ) -> tuple[str, dict[str, object]]:
-    """A WHERE clause and its parameters for the dashboard's filters. Values are always bound."""
+    """A WHERE clause and its parameters for the dashboard's filters. Values are always bound.
+    ``kwargs`` is a JSON object (text) the task's arguments must contain (``@>``)."""
     clauses: list[str] = []
     params: dict[str, object] = {}
     for condition, key, value in (
@@ -42,6 +44,7 @@ def filter_clause(
         ("name = %(f_name)s", "f_name", name),
         ("name = ANY(%(f_names)s)", "f_names", None if names is None else list(names)),
         ("queue = %(f_queue)s", "f_queue", queue),
+        ("kwargs @> CAST(%(f_kwargs)s AS jsonb)", "f_kwargs", kwargs),
     ):
         if value is not None:
             clauses.append(condition)

@@ -367,3 +367,17 @@ def test_the_timeline_names_how_a_task_ended(client: TestClient, tl, state: str,
     timeline = client.get(f"/tasks/{task_id}").text.split("Timeline", 1)[1].split("</dl>", 1)[0]
     ended = re.findall(r"<dt>(Completed|Failed|Cancelled|Ended)</dt>", timeline)
     assert ended == [label]
+
+
+def test_the_list_filters_by_the_arguments_tasks_contain(client: TestClient, tl) -> None:
+    wanted = tasklib.submit_task_sync(jobs.mark, key="user-42")
+    other = tasklib.submit_task_sync(jobs.mark, key="user-7")
+    page = client.get("/tasks", params={"kwargs": '{"key": "user-42"}'}).text
+    assert str(wanted) in page and str(other) not in page
+    assert 'value="{&#34;key&#34;: &#34;user-42&#34;}"' in page or "user-42" in page.split("Arguments contain")[1][:200]
+    both = client.get("/tasks", params={"kwargs": '{"key": "user-42"}', "state": "completed"}).text
+    assert str(wanted) not in both  # combined with the state filter (it is pending)
+    bad = client.get("/tasks", params={"kwargs": "{user: 42"})
+    assert bad.status_code == 400 and "kwargs: not valid JSON" in bad.text
+    assert client.get("/tasks", params={"kwargs": "[1, 2]"}).status_code == 400
+    assert client.get("/partials/tasks", params={"kwargs": "nope"}).status_code == 400

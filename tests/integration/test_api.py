@@ -410,3 +410,19 @@ def test_init_moves_version_10_settings_rows_out_of_the_tasks_table(database_url
     assert last == {"policy": {"completed": 60.0}, "removed": {}, "total": 0, "worker_id": "w9"}  # the newest
     assert tasklib.list_queues()[0].name in ("default", "emails")
     assert {q.name: q.paused for q in tasklib.list_queues()}["emails"] is True
+
+
+def test_list_tasks_by_the_arguments_they_contain(tl: tasklib.Config) -> None:
+    """kwargs_contain: JSON containment on the arguments, with the other filters and on every page."""
+    for user in (41, 42, 42, 43):
+        tasklib.submit_task_sync(jobs.mark, key=f"u{user}", sleep=0.0)
+    nested = tasklib.submit_task_sync(jobs.send_email, to="ann@example.com", subject="s", body="b")
+    mine = tasklib.list_tasks(kwargs_contain={"key": "u42"})
+    assert [t.kwargs["key"] for t in mine] == ["u42", "u42"]
+    assert tasklib.list_tasks(kwargs_contain={"key": "u42"}, name="send_email") == []
+    assert [t.id for t in tasklib.list_tasks(kwargs_contain={"to": "ann@example.com"}, state="pending")] == [nested]
+    assert [t.kwargs["key"] for t in tasklib.iter_tasks(kwargs_contain={"key": "u42"}, page_size=1)] == ["u42", "u42"]
+    assert len(tasklib.list_tasks(kwargs_contain={})) == 5  # the empty object is in every object
+    for bad, says in (("{nope", "not valid JSON"), ([1], "expected a JSON object"), ({"s": {1}}, "not representable")):
+        with pytest.raises(tasklib.ValidationError, match=says):
+            tasklib.list_tasks(kwargs_contain=bad)  # type: ignore[arg-type]
