@@ -78,7 +78,7 @@ else
 endif
 	$(PY) -m bench
 
-## The chaos suite's soak for 10 minutes (make test runs it for 90 s); SOAK_SECONDS=… to change.
+## The chaos suite's soak for 10 minutes (make test runs it for 60 s); SOAK_SECONDS=… to change.
 SOAK_SECONDS ?= 600
 soak: install
 	TASKLIB_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/chaos/test_soak.py -s -p no:cacheprovider

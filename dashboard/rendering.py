@@ -63,6 +63,13 @@ def period(seconds: float) -> str:
     return f"{seconds:g} s"
 
 
+def short_id(value: Any) -> str:
+    """The one short form of a task id on every page: its last 8 hex digits. A UUIDv7 starts with
+    its creation time, so the first digits of tasks made together read the same; the last are
+    random and tell them apart."""
+    return "…" + str(value)[-8:]
+
+
 def mount_path(request: Any) -> str:
     """The path the dashboard is mounted under ("" at the top; "/tasklib" inside an application
     that mounts it there), from the ASGI ``root_path``: every link, form, poll and redirect starts with it."""
@@ -77,7 +84,7 @@ def root(context: Any) -> str:
 
 
 def setup(env: Any) -> None:
-    env.filters.update(reltime=reltime, exact=exact, pretty_json=pretty_json, period=period)
+    env.filters.update(reltime=reltime, exact=exact, pretty_json=pretty_json, period=period, short_id=short_id)
     env.globals.update(
         duration=duration, states=list(TaskState), now=lambda: datetime.now(UTC), root=root, replica_note=replica_note
     )

@@ -112,6 +112,20 @@ def test_overview_and_workers_pages(stack: Stack, page: Page) -> None:
     stack.shot(page, "tasks-phone")
 
 
+def test_the_full_id_is_one_click_to_copy(stack: Stack, page: Page) -> None:
+    task_id = tasklib.submit_task_sync(tasks.echo, text="copy me")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
+    page.goto(f"{stack.url}/tasks")
+    expect(page.locator("#task-list")).to_contain_text("…" + str(task_id)[-8:])
+    page.goto(f"{stack.url}/tasks/{task_id}")
+    button = page.get_by_role("button", name="Copy the task id")
+    button.focus()
+    page.keyboard.press("Enter")  # from the keyboard, as from the mouse
+    expect(button).to_have_text("copied")
+    assert page.evaluate("navigator.clipboard.readText()") == str(task_id)
+    stack.shot(page, "task-copy-id")
+
+
 def test_schedules_page_and_run_now(stack: Stack, page: Page) -> None:
     """A worker that imports a recurring task schedules it; the page shows the next run and the last
     one live; Run now submits one extra run that the worker completes."""

@@ -32,4 +32,18 @@
     if (event.detail.elt.hasAttribute("data-poll")) { setLive(event.detail.successful || event.detail.xhr.status === 204); }
   });
   document.addEventListener("htmx:sendError", function () { setLive(false); });
+
+  // A task's full id, one click to copy (delegated: the button is inside polled regions).
+  document.addEventListener("click", function (event) {
+    var button = event.target.closest ? event.target.closest("button[data-copy]") : null;
+    if (!button) { return; }
+    var text = button.getAttribute("data-copy");
+    var done = function () {
+      button.textContent = "copied";
+      setTimeout(function () { button.textContent = "copy"; }, 1500);
+    };
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(text).then(done, function () { button.textContent = "press Ctrl+C"; });
+    }
+  });
 })();

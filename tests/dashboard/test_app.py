@@ -381,3 +381,16 @@ def test_the_list_filters_by_the_arguments_tasks_contain(client: TestClient, tl)
     assert bad.status_code == 400 and "kwargs: not valid JSON" in bad.text
     assert client.get("/tasks", params={"kwargs": "[1, 2]"}).status_code == 400
     assert client.get("/partials/tasks", params={"kwargs": "nope"}).status_code == 400
+
+
+def test_tasks_made_together_have_labels_that_tell_them_apart(client: TestClient, tl) -> None:
+    """UUIDv7 ids start with their time: tasks submitted in one call share their first digits. Every
+    list, the overview and the tab titles show one short form, the last 8 digits, all distinct."""
+    ids = tasklib.submit_many_sync(jobs.mark, [{"key": f"k{i}"} for i in range(30)])
+    assert len({str(i)[:8] for i in ids}) < 30  # (what the first digits would have shown)
+    labels = re.findall(r'title="[0-9a-f-]{36}">(…[0-9a-f]{8})</a>', client.get("/tasks").text)
+    assert len(labels) == 30 and len(set(labels)) == 30
+    assert set(labels) == {"…" + str(i)[-8:] for i in ids}
+    page = client.get(f"/tasks/{ids[0]}").text
+    assert f"<title>Task …{str(ids[0])[-8:]} · TaskLib</title>" in page
+    assert f'data-copy="{ids[0]}"' in page  # the full id, one click to copy

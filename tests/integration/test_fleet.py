@@ -45,7 +45,7 @@ def test_twelve_workers_through_a_pool_of_four(tl: tasklib.Config, tmp_path: Pat
     within seconds although the lock is the default 600 s."""
     url, log = tl.database_url, tmp_path / "runs.log"
     assert url is not None
-    ids = tasklib.submit_many_sync(jobs.mark, [{"key": f"f{i}", "sleep": 0.05} for i in range(3000)])
+    ids = tasklib.submit_many_sync(jobs.mark, [{"key": f"f{i}", "sleep": 0.02} for i in range(3000)])
     with pgbouncer(url, pool_size=POOL) as (tx_url, _, bouncer_log):
         fleet = [
             start_worker(tx_url, log, "--pool-mode", "transaction", "--listen-url", url, "--concurrency", "2")
@@ -61,16 +61,27 @@ def test_twelve_workers_through_a_pool_of_four(tl: tasklib.Config, tmp_path: Pat
                 return tasklib.count_by_state()["completed"] >= 600
 
             assert wait_for(some_done, timeout=120, interval=0.2)
-            victims = fleet[:2]
-            with psycopg.connect(url) as conn:
-                held = {
-                    row[0]
-                    for row in conn.execute(
-                        "SELECT id FROM tasks WHERE state = 'running' AND worker_id IN"
-                        " (SELECT worker_id FROM tasklib_workers WHERE pid = ANY(%s))",
-                        [[v.pid for v in victims]],
-                    )
-                }
+            # The two workers holding the most claims right now (any two may be between claims),
+            # and those claims, read in one snapshot.
+            by_pid = {proc.pid: proc for proc in fleet}
+            held_by: dict[int, set[object]] = {}
+
+            def two_busy() -> bool:
+                with psycopg.connect(url) as conn:
+                    rows = conn.execute(
+                        "SELECT w.pid, t.id FROM tasks AS t JOIN tasklib_workers AS w USING (worker_id)"
+                        " WHERE t.state = 'running'"
+                    ).fetchall()
+                held_by.clear()
+                for pid, task_id in rows:
+                    if pid in by_pid:
+                        held_by.setdefault(pid, set()).add(task_id)
+                return len(held_by) >= 2
+
+            assert wait_for(two_busy, timeout=20, interval=0.02)
+            busiest = sorted(held_by, key=lambda pid: len(held_by[pid]), reverse=True)[:2]
+            victims = [by_pid[pid] for pid in busiest]
+            held = held_by[busiest[0]] | held_by[busiest[1]]
             assert held, "the killed workers held no claim"
             for victim in victims:
                 stop(victim, signal.SIGKILL)
