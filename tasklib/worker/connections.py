@@ -98,9 +98,10 @@ class WorkerConnections:
         self._url = url  # resolved on first use: the embedded server starts only when a worker runs
         self._kwargs = connect_kwargs(application_name, prepared_statements=prepared_statements)
         self.pooled = pooled
-        # A transaction (or, pooled, a statement with its settings) holds its connection to the end:
-        # another task of this worker using the same role (the writer and liveness share "write")
-        # must not slip a statement into it.
+        # Pooled, every statement is a transaction (its settings, then it) that holds its connection
+        # to the end: another task of this worker using the same role (the writer and liveness share
+        # "write") must not slip a statement into it. In session mode a statement is one message
+        # exchange, which psycopg serializes by itself.
         self._busy: dict[Role, asyncio.Lock] = {"claim": asyncio.Lock(), "write": asyncio.Lock(), "schedule": asyncio.Lock()}
         self.application_name = application_name
         # "schedule" is opened only by workers with recurring tasks (``tasklib.worker.scheduler``).
@@ -131,13 +132,12 @@ class WorkerConnections:
         try:
             conn = await self.connection(role)
             cursor = conn.cursor(row_factory=row_factory)
-            async with self._busy[role]:
-                if self.pooled:
-                    async with conn.pipeline(), conn.transaction():
-                        await conn.execute(_LOCAL_SETTINGS[role])
-                        await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
-                else:
+            if self.pooled:
+                async with self._busy[role], conn.pipeline(), conn.transaction():
+                    await conn.execute(_LOCAL_SETTINGS[role])
                     await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
+            else:
+                await cursor.execute(statement, params, prepare=sql.prepare(statement))  # type: ignore[arg-type]
             return await cursor.fetchall() if cursor.description else []
         except psycopg.OperationalError:
             broken = self._conns[role]

@@ -142,8 +142,8 @@ class TaskWorker:
             prepared_statements=config.prepares(),
             pooled=config.pool_mode == "transaction",
         )
-        #: Whether it hears of submits (LISTEN) or only polls: a pooled worker without listen_url.
-        self._polls_only = config.pool_mode == "transaction" and not config.listen_url
+        #: Whether it only polls, hearing of nothing (a pooled worker without listen_url): set by run().
+        self._polls_only = False
         self._writer = OutcomeWriter(self._execute, self.worker_id, config)
         self._lanes = Lanes([])
         self._claimer = Claimer(self._connections, poll_interval_seconds)
@@ -181,6 +181,8 @@ class TaskWorker:
             redact_url(url),
             extra={"event": "worker.started", "worker_id": self.worker_id},
         )
+        listen_url = self.config.resolved_listen_url()
+        self._polls_only = listen_url is None
         if self._polls_only:
             log.warning(
                 "pool_mode is transaction and no listen_url is set: this worker cannot LISTEN through the pooler, "
@@ -202,7 +204,6 @@ class TaskWorker:
         with contextlib.suppress(psycopg.Error):  # (else its first refresh announces it)
             await liveness.register()
         writer = asyncio.create_task(self._writer.run(), name="tasklib-write")
-        listen_url = self.config.resolved_listen_url()
         background = [
             *([asyncio.create_task(self._listen(listen_url), name="tasklib-listen")] if listen_url else []),
             asyncio.create_task(liveness.loop(), name="tasklib-locks"),
